@@ -1,0 +1,308 @@
+"""Typed, frozen configuration loaded once from ``params.yaml``.
+
+Every tunable of the project lives in ``params.yaml``; this module turns it into
+frozen pydantic models that reject unknown keys, wrong types and out-of-range
+values with a message naming the dotted key, the value found and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A parameter file or override is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+Probabilities = tuple[float, float, float]
+
+
+def _check_probabilities(value: Probabilities) -> Probabilities:
+    if any(p < 0 for p in value) or abs(sum(value) - 1.0) > 1e-6:
+        raise ValueError(f"must be three non-negative probabilities summing to 1, got {list(value)}")
+    return value
+
+
+class DataConfig(_Section):
+    root: str = "data/mvtec3d_synth"
+    format: Literal["mvtec3d", "eyecandies"] = "mvtec3d"
+    categories: tuple[str, ...] = ()
+    image_size: int = Field(256, ge=32, le=1024, multiple_of=16)
+    cache_dir: str = "data/cache"
+    eyecandies_rgb: str = "image_4"
+    plane_distance: float = Field(0.004, gt=0, le=0.1)
+    ransac_iterations: int = Field(200, ge=10, le=100_000)
+    ransac_sample_points: int = Field(20_000, ge=100)
+    morph_kernel: int = Field(5, ge=1, le=31)
+    min_component_pixels: int = Field(64, ge=0)
+
+
+class SynthConfig(_Section):
+    out: str = "data/mvtec3d_synth"
+    categories: tuple[str, ...] = ("bagel", "dowel", "cookie", "cable")
+    seed: int = Field(0, ge=0)
+    image_size: int = Field(400, ge=64, le=2048)
+    n_train: int = Field(40, ge=1)
+    n_validation: int = Field(10, ge=1)
+    n_test_good: int = Field(10, ge=1)
+    n_test_per_defect: int = Field(6, ge=1)
+    noise_std_m: float = Field(0.0002, ge=0, le=0.01)
+    preview: bool = True
+
+
+class ModelConfig(_Section):
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "package"
+    layers: tuple[int, ...] = (2, 3)
+    patch_size: int = Field(3, ge=1, le=7)
+    embed_dim: int = Field(256, ge=8, le=4096)
+    pre_proj_layers: int = Field(1, ge=0, le=4)
+    dsc_layers: int = Field(3, ge=2, le=6)
+    dsc_hidden: int = Field(512, ge=8, le=8192)
+    modalities: tuple[Literal["rgb", "depth"], ...] = ("rgb", "depth")
+    map_smoothing_sigma: float = Field(4.0, ge=0, le=32)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_source(cls, value: str) -> str:
+        if value in ("package", "hub", "none") or (value.startswith("file:") and len(value) > 5):
+            return value
+        raise ValueError(f"must be 'package', 'hub', 'none' or 'file:PATH', got {value!r}")
+
+    @field_validator("layers", "modalities")
+    @classmethod
+    def _non_empty_unique(cls, value: tuple) -> tuple:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"must be a non-empty list without repeats, got {list(value)}")
+        return value
+
+
+class GaussianConfig(_Section):
+    enabled: bool = True
+    sigma: float = Field(0.02, gt=0, le=1)
+    scales: tuple[float, float, float] = (6.0, 2.0, 1.0)
+    modality_probs: Probabilities = (1 / 3, 1 / 3, 1 / 3)
+
+    _probs = field_validator("modality_probs")(classmethod(lambda cls, v: _check_probabilities(v)))
+
+
+class TextureConfig(_Section):
+    enabled: bool = True
+    source: str = "bundled"
+    perlin_min_scale: int = Field(0, ge=0, le=8)
+    perlin_max_scale: int = Field(6, ge=1, le=10)
+    threshold: float = Field(0.5, ge=-1, le=1)
+    beta_mean: float = Field(0.5, ge=0, le=1)
+    beta_std: float = Field(0.3, ge=0, le=2)
+    beta_min: float = Field(0.2, ge=0, le=1)
+    beta_max: float = Field(0.8, ge=0, le=1)
+    modality_probs: Probabilities = (1 / 3, 1 / 3, 1 / 3)
+    focal_gamma: float = Field(2.0, ge=0, le=10)
+
+    _probs = field_validator("modality_probs")(classmethod(lambda cls, v: _check_probabilities(v)))
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TextureConfig:
+        if self.perlin_min_scale >= self.perlin_max_scale:
+            raise ValueError(
+                f"perlin_min_scale ({self.perlin_min_scale}) must be below "
+                f"perlin_max_scale ({self.perlin_max_scale})"
+            )
+        if self.beta_min > self.beta_max:
+            raise ValueError(f"beta_min ({self.beta_min}) must not exceed beta_max ({self.beta_max})")
+        return self
+
+
+class AnomaliesConfig(_Section):
+    gaussian: GaussianConfig = GaussianConfig()
+    texture: TextureConfig = TextureConfig()
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=0, le=10_000)
+    batch_size: int = Field(8, ge=1, le=512)
+    max_samples_per_epoch: int = Field(392, ge=1)
+    seed: int = Field(42, ge=0)
+    lr_discriminator: float = Field(1e-4, gt=0, le=1)
+    lr_projection: float = Field(5e-5, gt=0, le=1)
+    weight_decay_projection: float = Field(1e-5, ge=0, le=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    threads: int = Field(0, ge=0, le=1024)
+    validation_anomalies_per_good: int = Field(2, ge=0, le=100)
+    validation_seed: int = Field(1234, ge=0)
+    threshold_quantile: float = Field(0.99, gt=0, le=1)
+    models_dir: str = "models"
+
+
+class EvalConfig(_Section):
+    reports_dir: str = "reports"
+    aupro_thresholds: int = Field(2000, ge=100, le=1_000_000)
+    heatmap_samples: int = Field(3, ge=1, le=50)
+    batch_size: int = Field(8, ge=1, le=512)
+
+
+class TrackingConfig(_Section):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "bridgenet"
+    host: str = "127.0.0.1"
+    ui_port: int = Field(5000, ge=1, le=65535)
+    serve_port: int = Field(5001, ge=1, le=65535)
+    retries: int = Field(3, ge=0, le=20)
+    retry_delay_s: float = Field(2.0, ge=0, le=600)
+
+
+class RegistryConfig(_Section):
+    prefix: str = Field("bridgenet", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    challenger_alias: str = "challenger"
+    champion_alias: str = "champion"
+
+
+class PromotionConfig(_Section):
+    tolerances: dict[str, float] = {"image_auroc": 0.005, "aupro_30": 0.01}
+
+    @field_validator("tolerances")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        known = {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro_30", "aupro_1"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; allowed: {sorted(known)}")
+        if "image_auroc" not in value or "aupro_30" not in value:
+            raise ValueError("must at least hold image_auroc and aupro_30")
+        if any(t < 0 for t in value.values()):
+            raise ValueError("tolerances must be >= 0")
+        return value
+
+
+class ScheduleConfig(_Section):
+    cron: str = "0 3 * * 0"
+    timezone: str = "UTC"
+
+
+class DaskConfig(_Section):
+    address: str | None = None
+    n_workers: int = Field(2, ge=1, le=256)
+
+
+class Params(_Section):
+    data: DataConfig = DataConfig()
+    synth: SynthConfig = SynthConfig()
+    model: ModelConfig = ModelConfig()
+    anomalies: AnomaliesConfig = AnomaliesConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    registry: RegistryConfig = RegistryConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    dask: DaskConfig = DaskConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-safe dict of every resolved parameter."""
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view (``model.embed_dim``) for experiment trackers."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and prefix.split(".")[-1] != "tolerances":
+                for key, sub in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, sub)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        value = item.get("input")
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            parent = ".".join(str(p) for p in item["loc"][:-1]) or "top level"
+            lines.append(f"  {key}: unknown key (value {value!r}); not a parameter of {parent}")
+        else:
+            lines.append(f"  {key}: got {value!r}; {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value`` (value as YAML) into a key path and a value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, _, raw_value = text.partition("=")
+    path = [part for part in key.strip().split(".") if part]
+    if len(path) < 2:
+        raise ConfigError(f"override {text!r}: key {key!r} must be dotted, like data.image_size")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``section.key=value`` override applied."""
+    merged = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def _lists_to_tuples(value: Any) -> Any:
+    # YAML gives lists; the frozen models hold tuples, which strict mode
+    # will not build from a list.
+    if isinstance(value, list):
+        return tuple(_lists_to_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _lists_to_tuples(v) for k, v in value.items()}
+    return value
+
+
+def params_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
+    """Validate a raw mapping into :class:`Params`; errors name key and value."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(_lists_to_tuples(raw))
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Load ``params.yaml`` (missing file = embedded defaults) and apply overrides."""
+    path = Path(path)
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    elif path == DEFAULT_PARAMS:
+        raw = {}
+    else:
+        raise ConfigError(f"parameter file {path} does not exist")
+    return params_from_dict(apply_overrides(raw, overrides), source=str(path))

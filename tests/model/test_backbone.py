@@ -1,0 +1,98 @@
+"""The backbone's weights are real ImageNet weights and its claims match its output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from bridgenet.model.backbone import Backbone, WeightsUnavailableError, build_classifier
+
+IMAGENET_CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def _chelsea_batch(size: int) -> torch.Tensor:
+    image = Image.fromarray(skdata.chelsea()).resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().unsqueeze(0) / 255.0
+
+
+def test_package_weights_classify_chelsea_as_a_cat():
+    model = build_classifier("tf_efficientnet_lite0", "package")
+    cfg = model.pretrained_cfg
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        logits = model((_chelsea_batch(224) - mean) / std)
+    assert int(logits.argmax()) in IMAGENET_CAT_CLASSES
+
+
+def test_random_weights_do_not_pass_the_cat_check():
+    # Guards the test above: it must be the weights, not luck, that make a cat.
+    torch.manual_seed(0)
+    model = build_classifier("tf_efficientnet_lite0", "none")
+    with torch.inference_mode():
+        probs = model(_chelsea_batch(224) * 2 - 1).softmax(-1)
+    assert float(probs[0, 281:286].sum()) < 0.2
+
+
+@pytest.mark.parametrize("layers", [(2, 3), (1, 2, 3)])
+def test_reported_channels_and_strides_match_outputs(layers):
+    backbone = Backbone("tf_efficientnet_lite0", "package", layers)
+    with torch.inference_mode():
+        outputs = backbone(torch.zeros(2, 3, 256, 256))
+    assert len(outputs) == len(layers)
+    for out, channels, stride in zip(outputs, backbone.channels, backbone.strides):
+        assert out.shape == (2, channels, 256 // stride, 256 // stride)
+    if layers == (2, 3):
+        assert backbone.channels == [40, 112] and backbone.strides == [8, 16]
+
+
+def test_backbone_is_frozen_and_stays_in_eval_mode():
+    backbone = Backbone("tf_efficientnet_lite0", "package", (2, 3))
+    backbone.train()
+    assert not backbone.training and not backbone.net.training
+    assert not any(p.requires_grad for p in backbone.parameters())
+
+
+def test_file_weights_round_trip(tmp_path):
+    reference = build_classifier("tf_efficientnet_lite0", "package")
+    path = tmp_path / "weights.pth"
+    torch.save({"state_dict": reference.state_dict()}, path)
+    loaded = Backbone("tf_efficientnet_lite0", f"file:{path}", (2, 3))
+    packaged = Backbone("tf_efficientnet_lite0", "package", (2, 3))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        for a, b in zip(loaded(x), packaged(x)):
+            torch.testing.assert_close(a, b)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="no such file"):
+        Backbone("wide_resnet50_2", f"file:{tmp_path / 'wrn50.pth'}", (2, 3))
+
+
+def test_file_weights_for_another_architecture_are_refused(tmp_path):
+    path = tmp_path / "lite0.pth"
+    torch.save(build_classifier("tf_efficientnet_lite0", "none").state_dict(), path)
+    with pytest.raises(WeightsUnavailableError, match="do not fit|missing from the weights"):
+        Backbone("resnet18", f"file:{path}", (2, 3))
+
+
+def test_package_source_refuses_models_it_does_not_ship():
+    with pytest.raises(WeightsUnavailableError, match="package only exists"):
+        Backbone("wide_resnet50_2", "package", (2, 3))
+
+
+def test_hub_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailableError, match="model.weights=hub"):
+        Backbone("resnet18", "hub", (2, 3))
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="not a timm model"):
+        Backbone("no_such_net", "none", (2, 3))

@@ -1,0 +1,52 @@
+"""The command line: --help, --version, --params and --set on every verb."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from bridgenet import __version__
+from bridgenet.cli import main
+
+
+def test_version_and_help():
+    runner = CliRunner()
+    assert __version__ in runner.invoke(main, ["--version"]).output
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0 and "preprocess" in result.output
+
+
+def test_every_verb_takes_params_and_set():
+    runner = CliRunner()
+    for name, command in main.commands.items():
+        options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        assert {"--params", "--set"} <= options, name
+        assert runner.invoke(main, [name, "--help"]).exit_code == 0
+
+
+def test_set_overrides_reach_the_resolved_params(tmp_path):
+    params_file = tmp_path / "p.yaml"
+    params_file.write_text("train:\n  epochs: 7\n")
+    result = CliRunner().invoke(main, ["params", "--params", str(params_file),
+                                       "--set", "data.categories=[a,b]", "--set", "train.seed=5"])
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load(result.output)
+    assert resolved["train"]["epochs"] == 7
+    assert resolved["train"]["seed"] == 5
+    assert resolved["data"]["categories"] == ["a", "b"]
+
+
+def test_bad_override_exits_with_a_message_naming_the_key():
+    result = CliRunner().invoke(main, ["params", "--set", "model.embed_dim=-4"])
+    assert result.exit_code == 2
+    assert "model.embed_dim" in result.output
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "bridgenet"
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
+    assert __version__ in out.stdout
