@@ -1,0 +1,402 @@
+"""Preprocessing stage: ``data.root`` -> cached, network-ready arrays in ``data.cache_dir``.
+
+One compressed ``.npz`` per sample at ``{cache_dir}/{category}/{split}/{defect}/{stem}.npz``:
+
+- ``rgb`` uint8 (S, S, 3): antialiased bilinear resize of the RGB image;
+- ``depth`` float32 (S, S) in [0, 1] and ``foreground`` bool (S, S): visible
+  depth (:mod:`bridgenet.data.depth`), RANSAC seeded from the sample's
+  ``category/split/defect/stem`` so the cache is deterministic;
+- ``gt`` bool (H0, W0) at the original resolution (all False for good samples);
+- ``original_size`` int64 (2,): (H0, W0).
+
+Per category, ``index.csv`` lists the cached samples and ``manifest.json`` holds
+a fingerprint per entry (size and mtime_ns of every source file plus the
+settings that change the output). A re-run reuses entries whose fingerprint is
+unchanged, recomputes the others, and deletes entries whose sample is gone or
+now bad. Every file is written to a temporary file in its folder and moved in
+place with ``os.replace``, so no half-written entry is ever visible.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from bridgenet.config import DataConfig, Params
+from bridgenet.data.depth import visible_depth
+from bridgenet.data.readers import SPLITS, DataError, Sample, load_sample, scan_dataset
+
+LOGGER = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+SETTING_KEYS = (
+    "format",
+    "eyecandies_rgb",
+    "image_size",
+    "plane_distance",
+    "ransac_iterations",
+    "ransac_sample_points",
+    "morph_kernel",
+    "min_component_pixels",
+)
+INDEX_COLUMNS = (
+    "category",
+    "split",
+    "defect",
+    "stem",
+    "label",
+    "cache_path",
+    "rgb_path",
+    "xyz_path",
+    "gt_path",
+)
+MANIFEST = "manifest.json"
+INDEX = "index.csv"
+_TMP_SUFFIX = ".tmp"
+
+
+def cache_settings(data_cfg: DataConfig) -> dict[str, object]:
+    """The ``data:`` settings that change a cache entry's content."""
+    return {key: getattr(data_cfg, key) for key in SETTING_KEYS}
+
+
+def cache_path(sample: Sample) -> str:
+    """Entry path relative to the cache folder: ``category/split/defect/stem.npz``."""
+    return f"{sample.category}/{sample.split}/{sample.defect}/{sample.stem}.npz"
+
+
+def sample_seed(sample: Sample) -> int:
+    """RANSAC seed of a sample: CRC-32 of ``category/split/defect/stem``."""
+    return zlib.crc32(sample.key.encode("utf-8"))
+
+
+def fingerprint(sample: Sample, settings: dict[str, object]) -> str:
+    """Hash of the sample's source files (name, size, mtime_ns) and ``settings``."""
+    sources = []
+    for path in sample.source_paths:
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise DataError(path, f"cannot read file status ({exc})") from None
+        sources.append([str(path), stat.st_size, stat.st_mtime_ns])
+    text = json.dumps(
+        {"version": CACHE_VERSION, "settings": settings, "sources": sources, "label": sample.label},
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def network_inputs(
+    rgb: np.ndarray, xyz: np.ndarray, data_cfg: DataConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Network-ready arrays of one sample, the same for the cache and for online prediction.
+
+    rgb uint8 (H, W, 3) and xyz float32 (H, W, 3) in; rgb uint8 (S, S, 3)
+    (antialiased bilinear resize), depth float32 (S, S) in [0, 1] and
+    foreground bool (S, S) out, S = ``data_cfg.image_size``.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    depth, foreground = visible_depth(xyz, data_cfg, rng)
+    size = data_cfg.image_size
+    rgb_small = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))
+    return rgb_small.astype(np.uint8), depth.astype(np.float32), foreground.astype(bool)
+
+
+def preprocess_sample(sample: Sample, data_cfg: DataConfig) -> dict[str, np.ndarray]:
+    """Arrays of one cache entry (see the module docstring); raises DataError naming the file."""
+    rgb, xyz, gt = load_sample(sample)
+    height, width = rgb.shape[:2]
+    if gt is None:
+        gt = np.zeros((height, width), dtype=bool)
+    elif sample.label == 0 and gt.any():
+        raise DataError(
+            sample.gt_path, f"good sample's mask marks {int(gt.sum())} pixels as anomalous"
+        )
+    try:
+        rgb_small, depth, foreground = network_inputs(
+            rgb, xyz, data_cfg, np.random.default_rng(sample_seed(sample))
+        )
+    except ValueError as exc:
+        raise DataError(sample.xyz_path, f"visible depth failed ({exc})") from None
+    return {
+        "rgb": rgb_small,
+        "depth": depth,
+        "foreground": foreground,
+        "gt": gt.astype(bool),
+        "original_size": np.array([height, width], dtype=np.int64),
+    }
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX
+    )
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_entry(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a compressed ``.npz`` atomically (temporary file in the same folder, then rename)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    _write_atomic(path, buffer.getvalue())
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if path.exists() and path.read_text() == text:
+        return
+    _write_atomic(path, text.encode("utf-8"))
+
+
+def _read_manifest(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+        entries = manifest["entries"] if manifest.get("version") == CACHE_VERSION else {}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        LOGGER.warning("%s: unreadable manifest (%s); every entry will be recomputed", path, exc)
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _index_csv(rows: list[dict[str, object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=INDEX_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _remove_stale(folder: Path, keep: set[str]) -> int:
+    removed = 0
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder.parent).as_posix()
+        stale_entry = path.suffix == ".npz" and rel not in keep
+        if path.is_file() and (stale_entry or path.name.endswith(_TMP_SUFFIX)):
+            path.unlink()
+            removed += int(stale_entry)
+    for path in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        if not any(path.iterdir()):
+            path.rmdir()
+    return removed
+
+
+def _row(sample: Sample, rel: str) -> dict[str, object]:
+    return {
+        "category": sample.category,
+        "split": sample.split,
+        "defect": sample.defect,
+        "stem": sample.stem,
+        "label": sample.label,
+        "cache_path": rel,
+        "rgb_path": str(sample.rgb_path),
+        "xyz_path": str(sample.xyz_path),
+        "gt_path": "" if sample.gt_path is None else str(sample.gt_path),
+    }
+
+
+def _preprocess_category(
+    cache_dir: Path,
+    category: str,
+    samples: list[Sample],
+    data_cfg: DataConfig,
+    failures: list[DataError],
+    progress: tqdm,
+) -> dict[str, int]:
+    folder = cache_dir / category
+    settings = cache_settings(data_cfg)
+    old = _read_manifest(folder / MANIFEST)
+    counts = {"written": 0, "reused": 0, "failed": 0, "removed": 0}
+    entries: dict[str, str] = {}
+    rows = []
+    progress.set_postfix_str(category)
+    for sample in samples:
+        rel = cache_path(sample)
+        target = cache_dir / rel
+        progress.update(1)
+        try:
+            stamp = fingerprint(sample, settings)
+            arrays = (
+                None
+                if old.get(rel) == stamp and target.is_file()
+                else preprocess_sample(sample, data_cfg)
+            )
+        except DataError as error:
+            LOGGER.error("bad sample %s", error)
+            failures.append(error)
+            counts["failed"] += 1
+            if target.is_file():
+                target.unlink()
+                counts["removed"] += 1
+            continue
+        if arrays is None:
+            counts["reused"] += 1
+        else:
+            write_entry(target, arrays)  # an OSError here is the disk's, not the sample's
+            counts["written"] += 1
+        entries[rel] = stamp
+        rows.append(_row(sample, rel))
+    if folder.is_dir():
+        counts["removed"] += _remove_stale(folder, set(entries))
+    manifest = {"version": CACHE_VERSION, "settings": settings, "entries": entries}
+    _write_if_changed(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    _write_if_changed(folder / INDEX, _index_csv(rows))
+    return counts
+
+
+def run_preprocess(params: Params) -> dict[str, object]:
+    """Bring ``data.cache_dir`` up to date with ``data.root``; return the work counts.
+
+    Returns ``{"cache_dir", "written", "reused", "failed", "removed", "categories": {...}}``.
+    Bad samples are logged, left out of the cache and, once every other sample
+    is done, reported together in one ``ValueError`` that names each file.
+    """
+    data_cfg = params.data
+    cache_dir = Path(data_cfg.cache_dir)
+    index, problems = scan_dataset(data_cfg)
+    for problem in problems:
+        LOGGER.error("bad sample %s", problem)
+    failures: list[DataError] = list(problems)
+    per_category: dict[str, dict[str, int]] = {}
+    total = sum(len(samples) for samples in index.values())
+    with logging_redirect_tqdm(), tqdm(total=total, desc="preprocess", unit="sample") as progress:
+        for category, samples in index.items():
+            per_category[category] = _preprocess_category(
+                cache_dir, category, samples, data_cfg, failures, progress
+            )
+    summary: dict[str, object] = {"cache_dir": str(cache_dir), "categories": per_category}
+    for key in ("written", "reused", "failed", "removed"):
+        summary[key] = sum(counts[key] for counts in per_category.values())
+    summary["failed"] = len(failures)
+    LOGGER.info(
+        "preprocess: %d written, %d reused, %d failed, %d removed",
+        summary["written"],
+        summary["reused"],
+        summary["failed"],
+        summary["removed"],
+    )
+    if failures:
+        listing = "\n  ".join(str(f) for f in failures)
+        raise ValueError(
+            f"{len(failures)} bad input file(s); no cache entry in {cache_dir} for them:\n  {listing}"
+        )
+    return summary
+
+
+# ------------------------------------------------------------------ loading
+@dataclass(frozen=True)
+class CachedSplit:
+    """One category's split, stacked: N samples of side S.
+
+    rgb uint8 (N, S, S, 3), depth float32 (N, S, S) in [0, 1], foreground bool
+    (N, S, S), labels int64 (N,), defects/stems lists of N strings, gt a list of
+    N bool (H0, W0) masks at original resolution, original_sizes int64 (N, 2).
+    """
+
+    category: str
+    split: str
+    rgb: np.ndarray
+    depth: np.ndarray
+    foreground: np.ndarray
+    labels: np.ndarray
+    defects: list[str]
+    stems: list[str]
+    gt: list[np.ndarray]
+    original_sizes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+
+def _stale(folder: Path, why: str) -> ValueError:
+    return ValueError(f"{folder}: stale preprocessing cache ({why}); run `bridgenet preprocess`")
+
+
+def load_cached_split(
+    cache_dir: str | Path, category: str, split: str, data_cfg: DataConfig | None = None
+) -> CachedSplit:
+    """Load ``{cache_dir}/{category}``'s entries of ``split`` (train, validation or test).
+
+    With ``data_cfg``, the cache must have been built with its settings
+    (image_size, plane fit, ...). A missing cache raises FileNotFoundError, a
+    stale or inconsistent one ValueError; both name the folder.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    folder = Path(cache_dir) / category
+    index_path, manifest_path = folder / INDEX, folder / MANIFEST
+    if not index_path.is_file() or not manifest_path.is_file():
+        raise FileNotFoundError(
+            f"{folder}: no preprocessing cache (missing {INDEX} or {MANIFEST}); "
+            "run `bridgenet preprocess`"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise _stale(folder, f"unreadable {MANIFEST}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("version") != CACHE_VERSION:
+        raise _stale(
+            folder,
+            f"cache version {manifest.get('version') if isinstance(manifest, dict) else None}, "
+            f"expected {CACHE_VERSION}",
+        )
+    if data_cfg is not None and manifest.get("settings") != cache_settings(data_cfg):
+        raise _stale(
+            folder,
+            f"built with {manifest.get('settings')}, current settings {cache_settings(data_cfg)}",
+        )
+    with index_path.open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == split]
+    if not rows:
+        raise ValueError(f"{folder}: no cached sample of split {split!r}")
+    arrays: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("rgb", "depth", "foreground", "gt", "original_size")
+    }
+    for row in rows:
+        entry = Path(cache_dir) / row["cache_path"]
+        if row["cache_path"] not in manifest.get("entries", {}) or not entry.is_file():
+            raise _stale(folder, f"entry {entry} listed in {INDEX} is missing")
+        try:
+            with np.load(entry) as data:
+                for key, values in arrays.items():
+                    values.append(data[key])
+        except (OSError, ValueError, KeyError) as exc:
+            raise _stale(folder, f"unreadable entry {entry}: {exc}") from None
+    shapes = {a.shape for a in arrays["depth"]}
+    if len(shapes) != 1:
+        raise _stale(folder, f"entries of different sizes {sorted(shapes)}")
+    return CachedSplit(
+        category=category,
+        split=split,
+        rgb=np.stack(arrays["rgb"]).astype(np.uint8, copy=False),
+        depth=np.stack(arrays["depth"]).astype(np.float32, copy=False),
+        foreground=np.stack(arrays["foreground"]).astype(bool, copy=False),
+        labels=np.array([int(row["label"]) for row in rows], dtype=np.int64),
+        defects=[row["defect"] for row in rows],
+        stems=[row["stem"] for row in rows],
+        gt=arrays["gt"],
+        original_sizes=np.stack(arrays["original_size"]).astype(np.int64, copy=False),
+    )
