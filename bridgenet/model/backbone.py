@@ -103,7 +103,7 @@ def pretrained_state_dict(model_name: str, weights: str) -> dict[str, torch.Tens
     raise ValueError(f"model.weights: unknown source {weights!r}; use package, file:PATH, hub or none")
 
 
-def _create(model_name: str, weights: str, **kwargs: object) -> nn.Module:
+def _create(model_name: str, weights: str, announce_random: bool = True, **kwargs: object) -> nn.Module:
     if model_name not in timm.list_models():
         raise ValueError(f"model.backbone: {model_name!r} is not a timm model")
     if weights == "hub":
@@ -116,7 +116,8 @@ def _create(model_name: str, weights: str, **kwargs: object) -> nn.Module:
             ) from exc
     model = timm.create_model(model_name, pretrained=False, **kwargs)
     if weights == "none":
-        LOGGER.warning("model.weights=none: %s has random weights", model_name)
+        if announce_random:
+                LOGGER.warning("model.weights=none: %s has random weights", model_name)
         return model
     state = pretrained_state_dict(model_name, weights)
     try:
@@ -146,12 +147,16 @@ class Backbone(nn.Module):
     (B, channels[i], H / strides[i], W / strides[i]).
     """
 
-    def __init__(self, model_name: str, weights: str, layers: tuple[int, ...]) -> None:
+    def __init__(
+        self, model_name: str, weights: str, layers: tuple[int, ...], announce_random: bool = True
+    ) -> None:
         super().__init__()
         if not layers:
             raise ValueError("model.layers must name at least one layer")
         try:
-            self.net = _create(model_name, weights, features_only=True, out_indices=tuple(layers))
+            self.net = _create(
+                model_name, weights, announce_random, features_only=True, out_indices=tuple(layers)
+            )
         except IndexError as exc:
             raise ValueError(f"model.layers {list(layers)} out of range for {model_name}") from exc
         self.channels: list[int] = list(self.net.feature_info.channels())

@@ -1,0 +1,101 @@
+"""Unified Texture Anomaly Generator: Perlin regions on the foreground filled with blended texture.
+
+All per-step work is tensor indexing on the training device: Perlin masks and
+resized textures are drawn once into banks when the generator is built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bridgenet.anomalies.perlin import perlin_mask
+from bridgenet.anomalies.textures import load_textures
+from bridgenet.config import TextureConfig
+
+MODALITY_CHOICES = ("rgb", "depth", "both")
+
+
+def _dihedral(images: torch.Tensor) -> torch.Tensor:
+    """All 8 flips/rotations of (K, ..., S, S) stacked to (8K, ..., S, S)."""
+    views = []
+    for flipped in (images, images.flip(-1)):
+        views += [torch.rot90(flipped, k, dims=(-2, -1)) for k in range(4)]
+    return torch.cat(views)
+
+
+def choose_modalities(
+    batch: int, probs: tuple[float, float, float], modalities: tuple[str, ...], generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Which samples each modality's perturbation touches: {modality: (B,) bool}.
+
+    Draws rgb-only / depth-only / both with ``probs``; with one modality
+    present, every sample perturbs that one.
+    """
+    if len(modalities) == 1:
+        return {modalities[0]: torch.ones(batch, dtype=torch.bool)}
+    choice = torch.multinomial(torch.tensor(probs), batch, replacement=True, generator=generator)
+    return {"rgb": choice != 1, "depth": choice != 0}
+
+
+class TextureAnomalyGenerator:
+    """Blend textures into Perlin regions of the foreground.
+
+    ``__call__(rgb (B,3,S,S), depth (B,1,S,S), foreground (B,S,S) bool, generator)``
+    returns perturbed rgb, perturbed depth, the region mask (B, S, S) float and
+    {modality: (B,) bool} telling which samples each modality's change touched.
+    """
+
+    def __init__(
+        self,
+        cfg: TextureConfig,
+        image_size: int,
+        modalities: tuple[str, ...],
+        rng: np.random.Generator,
+        n_masks: int = 48,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if n_masks < 1:
+            raise ValueError(f"n_masks must be >= 1, got {n_masks}")
+        self.cfg = cfg
+        self.modalities = modalities
+        masks = np.stack([
+            perlin_mask(image_size, rng, cfg.perlin_min_scale, cfg.perlin_max_scale, cfg.threshold)
+            for _ in range(n_masks)
+        ])
+        self.masks = _dihedral(torch.from_numpy(masks)).to(device)  # (8M, S, S) bool
+        textures = torch.from_numpy(load_textures(cfg.source, image_size, rng)).permute(0, 3, 1, 2)
+        self.textures = _dihedral(textures).to(device)  # (8K, 3, S, S)
+
+    def regions(self, foreground: torch.Tensor, generator: torch.Generator, tries: int = 8) -> torch.Tensor:
+        """(B, S, S) bool Perlin regions inside ``foreground``; the first non-empty of ``tries`` draws."""
+        b = foreground.shape[0]
+        picks = torch.randint(len(self.masks), (b, tries), generator=generator).to(self.masks.device)
+        candidates = self.masks[picks] & foreground.unsqueeze(1)  # (B, tries, S, S)
+        non_empty = candidates.flatten(2).any(-1)  # (B, tries)
+        first = torch.where(non_empty.any(1), non_empty.float().argmax(1), torch.zeros_like(picks[:, 0]))
+        return candidates[torch.arange(b, device=foreground.device), first]
+
+    def __call__(
+        self, rgb: torch.Tensor, depth: torch.Tensor, foreground: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        b, device = rgb.shape[0], rgb.device
+        region = self.regions(foreground.to(torch.bool), generator).to(rgb.dtype)
+        texture = self.textures[torch.randint(len(self.textures), (b,), generator=generator).to(device)]
+        beta = torch.normal(self.cfg.beta_mean, self.cfg.beta_std, (b,), generator=generator)
+        beta = beta.clamp(self.cfg.beta_min, self.cfg.beta_max).to(device).view(b, 1, 1, 1)
+        touched = choose_modalities(b, self.cfg.modality_probs, self.modalities, generator)
+        m = region.unsqueeze(1)
+        out = {"rgb": rgb, "depth": depth}
+        sources = {"rgb": texture, "depth": texture.mean(dim=1, keepdim=True)}
+        for name, selected in touched.items():
+            weight = m * selected.to(device).view(b, 1, 1, 1)
+            blended = (1 - beta) * sources[name] + beta * out[name]
+            out[name] = out[name] * (1 - weight) + blended * weight
+        return out["rgb"], out["depth"], region, touched
+
+
+def mask_to_grid(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, S, S) mask -> (B, h, w) patch labels: a patch is anomalous if any pixel is."""
+    return F.adaptive_max_pool2d(mask.unsqueeze(1).float(), grid).squeeze(1)

@@ -1,0 +1,197 @@
+"""The BridgeNet network: one frozen backbone and one feature adaptation for RGB and depth.
+
+Data flow for a batch of B images of side S (stride-8 grid of side s = S / 8):
+
+    rgb (B, 3, S, S), depth (B, 1, S, S)            inputs in [0, 1]
+    -> embed(): backbone + PatchAdapter, shared      (B, D, s, s) per modality
+    -> concatenate modalities per patch              (B * s * s, M * D)
+    -> projection (trainable linear)                 (B * s * s, M * D)
+    -> discriminator MLP -> logit per patch          (B * s * s,)
+    -> image score = max patch score; anomaly map = patch scores upsampled and smoothed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bridgenet.config import ModelConfig
+from bridgenet.model.backbone import Backbone
+
+MODALITIES = ("rgb", "depth")
+
+
+@dataclass
+class AnomalyResult:
+    """Eval-mode output: ``pred_score`` (B,) in [0, 1], ``anomaly_map`` (B, H, W) in [0, 1]."""
+
+    pred_score: torch.Tensor
+    anomaly_map: torch.Tensor
+
+
+def _pooling_kernel(channels: int, patch: int, width: int) -> torch.Tensor:
+    """Fixed conv weight (width, channels, patch, patch) that average-pools each patch vector.
+
+    The patch vector (channels * patch * patch values, channel-major) is
+    adaptive-average-pooled to ``width`` values: a fixed linear map, applied
+    here as a convolution so that no patch is ever unfolded in memory.
+    """
+    eye = torch.eye(channels * patch * patch).unsqueeze(1)  # (C*k*k, 1, C*k*k)
+    pooled = F.adaptive_avg_pool1d(eye, width).squeeze(1)  # (C*k*k, width)
+    return pooled.t().reshape(width, channels, patch, patch).contiguous()
+
+
+class PatchAdapter(nn.Module):
+    """Parameter-free feature adaptation shared by both modalities.
+
+    Each layer's k x k neighbourhood is aggregated and averaged to an equal
+    share of ``embed_dim``; deeper maps are upsampled to the first layer's grid.
+    Input: list of (B, C_i, H_i, W_i); output (B, embed_dim, H_0, W_0).
+    """
+
+    def __init__(self, channels: list[int], patch_size: int, embed_dim: int) -> None:
+        super().__init__()
+        if patch_size % 2 != 1:
+            raise ValueError(f"model.patch_size must be odd, got {patch_size}")
+        if embed_dim < len(channels):
+            raise ValueError(f"model.embed_dim {embed_dim} is smaller than the number of layers")
+        shares = [embed_dim // len(channels)] * len(channels)
+        shares[-1] += embed_dim - sum(shares)
+        self.patch_size = patch_size
+        for i, (c, width) in enumerate(zip(channels, shares)):
+            self.register_buffer(f"kernel{i}", _pooling_kernel(c, patch_size, width), persistent=False)
+        self.n_layers = len(channels)
+        self.embed_dim = embed_dim
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        pad = self.patch_size // 2
+        maps = []
+        for i, feature in enumerate(features):
+            pooled = F.conv2d(feature, getattr(self, f"kernel{i}").to(feature.dtype), padding=pad)
+            if pooled.shape[-2:] != size:
+                pooled = F.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
+            maps.append(pooled)
+        return torch.cat(maps, dim=1)
+
+
+def _mlp_init(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class Discriminator(nn.Module):
+    """MLP patch scorer: (N, in_dim) -> logits (N,). Linear-BatchNorm-LeakyReLU blocks."""
+
+    def __init__(self, in_dim: int, hidden: int, n_layers: int) -> None:
+        super().__init__()
+        if n_layers < 2:
+            raise ValueError(f"model.dsc_layers must be >= 2, got {n_layers}")
+        blocks: list[nn.Module] = []
+        width = in_dim
+        for _ in range(n_layers - 1):
+            blocks += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.3)]
+            width = hidden
+        self.body = nn.Sequential(*blocks)
+        self.tail = nn.Linear(width, 1, bias=False)
+        self.apply(_mlp_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.body(x)).squeeze(-1)
+
+
+class Projection(nn.Module):
+    """Trainable linear projection of the fused patch features; identity when n_layers == 0."""
+
+    def __init__(self, dim: int, n_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*[nn.Linear(dim, dim) for _ in range(n_layers)])
+        self.apply(_mlp_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of (B, H, W) maps, reflect padding."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(round(4 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = maps.unsqueeze(1)
+    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return out.squeeze(1)
+
+
+class BridgeNet(nn.Module):
+    """Shared-backbone RGB + depth patch discriminator (see module docstring)."""
+
+    def __init__(self, cfg: ModelConfig, weights: str | None = None, announce_random: bool = True) -> None:
+        super().__init__()
+        unknown = set(cfg.modalities) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"model.modalities: unknown {sorted(unknown)}; allowed {MODALITIES}")
+        self.modalities = tuple(m for m in MODALITIES if m in cfg.modalities)
+        self.backbone = Backbone(cfg.backbone, weights or cfg.weights, cfg.layers, announce_random)
+        self.adapter = PatchAdapter(self.backbone.channels, cfg.patch_size, cfg.embed_dim)
+        fused = cfg.embed_dim * len(self.modalities)
+        self.projection = Projection(fused, cfg.pre_proj_layers)
+        self.discriminator = Discriminator(fused, cfg.dsc_hidden, cfg.dsc_layers)
+        self.stride = self.backbone.strides[0]
+        self.smoothing_sigma = cfg.map_smoothing_sigma
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        return {
+            "projection": list(self.projection.parameters()),
+            "discriminator": list(self.discriminator.parameters()),
+        }
+
+    @staticmethod
+    def as_three_channels(images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) depth becomes (B, 3, H, W) so the RGB backbone reads it."""
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+    def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1], (B, 1 or 3, H, W) -> normalised backbone input (B, 3, H, W)."""
+        return self.backbone.normalize(self.as_three_channels(images))
+
+    def embed_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised backbone input (B, 3, H, W) -> patch embeddings (B, D, H/8, W/8)."""
+        with torch.no_grad():
+            features = self.backbone(x)
+        return self.adapter(features)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """One modality, images in [0, 1] -> patch embeddings (B, D, H/8, W/8)."""
+        return self.embed_normalized(self.backbone_input(images))
+
+    def embed_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m: self.embed(inputs[m]) for m in self.modalities}
+
+    def fuse(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-modality (B, D, h, w) -> per-patch rows (B * h * w, M * D)."""
+        stacked = torch.cat([embeddings[m] for m in self.modalities], dim=1)
+        return stacked.permute(0, 2, 3, 1).reshape(-1, stacked.shape[1])
+
+    def patch_logits(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-modality embeddings -> patch logits (B, h, w)."""
+        first = embeddings[self.modalities[0]]
+        b, _, h, w = first.shape
+        return self.discriminator(self.projection(self.fuse(embeddings))).view(b, h, w)
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> AnomalyResult:
+        """rgb (B, 3, S, S) and depth (B, 1, S, S) in [0, 1] -> scores and maps at S x S."""
+        inputs = {"rgb": rgb, "depth": depth}
+        scores = torch.sigmoid(self.patch_logits(self.embed_inputs(inputs)).float())
+        size = rgb.shape[-2:] if "rgb" in self.modalities else depth.shape[-2:]
+        maps = F.interpolate(scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+        maps = gaussian_blur(maps.squeeze(1), self.smoothing_sigma)
+        return AnomalyResult(pred_score=scores.flatten(1).amax(dim=1), anomaly_map=maps)

@@ -1,0 +1,117 @@
+"""Both anomaly generators: regions on the foreground, blending, modality choice, seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bridgenet.anomalies.gaussian import GaussianAnomalyGenerator
+from bridgenet.anomalies.perlin import perlin_mask
+from bridgenet.anomalies.texture import TextureAnomalyGenerator, choose_modalities, mask_to_grid
+from bridgenet.anomalies.textures import load_textures
+from bridgenet.config import GaussianConfig, TextureConfig
+
+S = 64
+
+
+@pytest.fixture(scope="module")
+def texture_gen() -> TextureAnomalyGenerator:
+    return TextureAnomalyGenerator(TextureConfig(), S, ("rgb", "depth"), np.random.default_rng(0), n_masks=8)
+
+
+def _batch(b: int = 6):
+    rgb = torch.full((b, 3, S, S), 0.5)
+    depth = torch.full((b, 1, S, S), 0.25)
+    foreground = torch.zeros(b, S, S, dtype=torch.bool)
+    foreground[:, 16:48, 16:48] = True
+    return rgb, depth, foreground
+
+
+def test_perlin_mask_is_binary_non_empty_and_seeded():
+    a = perlin_mask(S, np.random.default_rng(3))
+    b = perlin_mask(S, np.random.default_rng(3))
+    assert a.dtype == bool and a.any() and not a.all()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_texture_regions_fall_on_the_foreground_only(texture_gen):
+    rgb, depth, fg = _batch()
+    out_rgb, out_depth, region, touched = texture_gen(rgb, depth, fg, torch.Generator().manual_seed(0))
+    assert region.shape == (6, S, S)
+    assert (region.bool() & ~fg).sum() == 0
+    assert region.flatten(1).any(1).all()
+    changed = (out_rgb != rgb).any(1) | (out_depth != depth).any(1)
+    assert (changed & ~region.bool()).sum() == 0  # nothing changes outside the region
+    for i in range(6):
+        # Each sample changed exactly the modalities it was told it touched.
+        assert bool((out_rgb[i] != rgb[i]).any()) == bool(touched["rgb"][i])
+        assert bool((out_depth[i] != depth[i]).any()) == bool(touched["depth"][i])
+        assert touched["rgb"][i] or touched["depth"][i]
+
+
+def test_blend_weight_follows_the_clipped_beta(texture_gen):
+    rgb, depth, fg = _batch(32)
+    _, out_depth, region, touched = texture_gen(rgb, depth, fg, torch.Generator().manual_seed(1))
+    for i in torch.nonzero(touched["depth"]).flatten().tolist():
+        inside = region[i].bool()
+        # out = beta * x + (1 - beta) * texture with beta in [0.2, 0.8]
+        texture = texture_gen.textures  # any texture value lies in [0, 1]
+        assert texture.min() >= 0 and texture.max() <= 1
+        values = out_depth[i, 0][inside]
+        assert values.min() >= 0.2 * 0.25 - 1e-6 and values.max() <= 0.2 * 0.25 + 0.8 + 1e-6
+
+
+def test_same_seed_same_anomalies(texture_gen):
+    rgb, depth, fg = _batch()
+    a = texture_gen(rgb, depth, fg, torch.Generator().manual_seed(5))
+    b = texture_gen(rgb, depth, fg, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[2], b[2])
+
+
+def test_no_foreground_gives_no_region(texture_gen):
+    rgb, depth, fg = _batch(2)
+    _, _, region, _ = texture_gen(rgb, depth, torch.zeros_like(fg), torch.Generator().manual_seed(0))
+    assert region.sum() == 0
+
+
+def test_modality_choice_frequencies():
+    picks = choose_modalities(30000, (0.2, 0.3, 0.5), ("rgb", "depth"), torch.Generator().manual_seed(0))
+    rgb_only = (picks["rgb"] & ~picks["depth"]).float().mean()
+    depth_only = (picks["depth"] & ~picks["rgb"]).float().mean()
+    assert abs(rgb_only - 0.2) < 0.02 and abs(depth_only - 0.3) < 0.02
+    single = choose_modalities(5, (1 / 3, 1 / 3, 1 / 3), ("depth",), torch.Generator())
+    assert list(single) == ["depth"] and single["depth"].all()
+
+
+def test_gaussian_levels_have_the_configured_std():
+    gen = GaussianAnomalyGenerator(GaussianConfig(sigma=0.05), ("rgb", "depth"))
+    x = torch.zeros(200, 3, 32, 32)
+    for level, scale in zip(("image", "feature", "projected"), (6, 2, 1)):
+        std = float(gen.noise(x, level, torch.Generator().manual_seed(0)).std())
+        assert abs(std - 0.05 * scale) < 0.01 * scale
+
+
+def test_mask_to_grid_marks_any_touched_patch():
+    mask = torch.zeros(1, 16, 16)
+    mask[0, 0, 9] = 1
+    grid = mask_to_grid(mask, (2, 2))
+    torch.testing.assert_close(grid, torch.tensor([[[0.0, 1.0], [0.0, 0.0]]]))
+
+
+def test_texture_sources(tmp_path):
+    bundled = load_textures("bundled", 32, np.random.default_rng(0))
+    assert bundled.shape[1:] == (32, 32, 3) and len(bundled) >= 10
+    assert 0 <= bundled.min() and bundled.max() <= 1
+    folder = tmp_path / "dtd" / "images" / "banded"
+    folder.mkdir(parents=True)
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / "a.jpg")
+    assert load_textures(str(tmp_path / "dtd"), 16, np.random.default_rng(0)).shape == (1, 16, 16, 3)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        load_textures(str(tmp_path / "missing"), 16, np.random.default_rng(0))
+    (folder / "b.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="b.png"):
+        load_textures(str(tmp_path / "dtd"), 16, np.random.default_rng(0))

@@ -1,0 +1,98 @@
+"""The network: shared backbone and adaptation, shapes, and the adaptation's definition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bridgenet.config import ModelConfig
+from bridgenet.model.network import BridgeNet, PatchAdapter, gaussian_blur
+
+SMALL = ModelConfig(embed_dim=32, dsc_hidden=32, weights="package")
+
+
+@pytest.fixture(scope="module")
+def network() -> BridgeNet:
+    torch.manual_seed(0)
+    return BridgeNet(SMALL).eval()
+
+
+def test_eval_forward_returns_scores_and_maps(network):
+    rgb, depth = torch.rand(2, 3, 64, 64), torch.rand(2, 1, 64, 64)
+    with torch.inference_mode():
+        result = network(rgb, depth)
+    assert result.pred_score.shape == (2,)
+    assert result.anomaly_map.shape == (2, 64, 64)
+    assert ((result.pred_score >= 0) & (result.pred_score <= 1)).all()
+    # The image score is the largest patch score; smoothing only lowers peaks.
+    assert (result.anomaly_map.flatten(1).amax(1) <= result.pred_score + 1e-6).all()
+
+
+def test_rgb_and_depth_share_one_backbone_and_one_adapter(network):
+    backbones = [m for m in network.modules() if type(m).__name__ == "Backbone"]
+    adapters = [m for m in network.modules() if isinstance(m, PatchAdapter)]
+    assert len(backbones) == 1 and len(adapters) == 1
+    calls: list[int] = []
+    hook = network.backbone.register_forward_hook(lambda mod, inp, out: calls.append(id(mod)))
+    adapter_calls: list[int] = []
+    hook2 = network.adapter.register_forward_hook(lambda mod, inp, out: adapter_calls.append(id(mod)))
+    with torch.inference_mode():
+        network(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64))
+    hook.remove(), hook2.remove()
+    assert calls == [id(network.backbone)] * 2
+    assert adapter_calls == [id(network.adapter)] * 2
+    # Depth is read through the very same weights: a depth image equal to an RGB
+    # image's three channels embeds exactly like that RGB image.
+    gray = torch.rand(1, 1, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(network.embed(gray), network.embed(gray.expand(-1, 3, -1, -1)))
+
+
+def test_only_projection_and_discriminator_train(network):
+    trainable = {name.split(".")[0] for name, p in network.named_parameters() if p.requires_grad}
+    assert trainable == {"projection", "discriminator"}
+
+
+def test_fused_width_follows_the_modalities():
+    rgb_only = BridgeNet(SMALL.model_copy(update={"modalities": ("rgb",)}))
+    both = BridgeNet(SMALL)
+    assert rgb_only.discriminator.body[0].in_features == 32
+    assert both.discriminator.body[0].in_features == 64
+    with torch.inference_mode():
+        # Depth-blind model: changing depth changes nothing.
+        rgb = torch.rand(1, 3, 64, 64)
+        a = rgb_only.eval()(rgb, torch.zeros(1, 1, 64, 64)).anomaly_map
+        b = rgb_only(rgb, torch.ones(1, 1, 64, 64)).anomaly_map
+    torch.testing.assert_close(a, b)
+
+
+def test_adapter_equals_unfold_then_adaptive_average():
+    # The definition in METHOD.md: aggregate each 3 x 3 neighbourhood, average the
+    # patch vector to the layer's width, upsample the deeper map, concatenate.
+    torch.manual_seed(1)
+    features = [torch.randn(2, 5, 8, 8), torch.randn(2, 7, 4, 4)]
+    adapter = PatchAdapter([5, 7], patch_size=3, embed_dim=12)
+    got = adapter(features)
+    expected = []
+    for f, width in zip(features, (6, 6)):
+        b, c, h, w = f.shape
+        patches = F.unfold(f, 3, padding=1).transpose(1, 2).reshape(b * h * w, 1, c * 9)
+        pooled = F.adaptive_avg_pool1d(patches, width).reshape(b, h, w, width).permute(0, 3, 1, 2)
+        expected.append(F.interpolate(pooled, size=(8, 8), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(got, torch.cat(expected, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_gaussian_blur_preserves_constants_and_spreads_peaks():
+    flat = torch.full((1, 16, 16), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 2.0), flat)
+    peak = torch.zeros(1, 17, 17)
+    peak[0, 8, 8] = 1
+    out = gaussian_blur(peak, 2.0)
+    assert out[0, 8, 8] < 1 and out[0, 8, 8] == out.max()
+    assert abs(float(out.sum()) - 1) < 1e-3  # reflect padding adds a little at the border
+
+
+def test_bad_modalities_are_refused():
+    with pytest.raises(ValueError, match="patch_size must be odd"):
+        PatchAdapter([4], patch_size=2, embed_dim=8)
