@@ -111,5 +111,79 @@ def preprocess(params: Params) -> None:
     click.echo(json.dumps(summary, indent=2, default=str))
 
 
+def _categories(params: Params, category: tuple[str, ...]) -> list[str]:
+    from bridgenet.data.readers import discover_categories
+
+    return list(category) or discover_categories(params.data)
+
+
+@main.command("train")
+@click.option("--category", "-c", multiple=True, help="Category to train (repeatable; default: all).")
+@click.option("--resume", is_flag=True, help="Continue from the category's last checkpoint.")
+@with_params
+@fail_cleanly
+def train(params: Params, category: tuple[str, ...], resume: bool) -> None:
+    """Train one model per category on its good samples."""
+    from bridgenet.train import train_category
+
+    for name in _categories(params, category):
+        summary = train_category(params, name, resume=resume)
+        summary.pop("history")
+        click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@main.command("evaluate")
+@click.option("--category", "-c", multiple=True, help="Category to evaluate (repeatable; default: all).")
+@with_params
+@fail_cleanly
+def evaluate(params: Params, category: tuple[str, ...]) -> None:
+    """Score the test split of each category and write reports (metrics.json, curves, heatmaps)."""
+    from bridgenet.evaluate import run_evaluate
+
+    doc = run_evaluate(params, _categories(params, category))
+    click.echo(Path(params.eval.reports_dir, "metrics.md").read_text())
+    click.echo(json.dumps(doc["mean"], indent=2))
+
+
+@main.command("predict")
+@click.option("--model", "model_ref", required=True, help="model.pt path or MLflow URI (models:/NAME@ALIAS).")
+@click.option("--rgb", "rgb_path", required=True, type=click.Path(path_type=Path), help="RGB image (PNG).")
+@click.option("--xyz", "xyz_path", required=True, type=click.Path(path_type=Path), help="Point cloud (TIFF, H x W x 3).")
+@click.option("--heatmap", "heatmap_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the anomaly map overlaid on the image here.")
+@with_params
+@fail_cleanly
+def predict(params: Params, model_ref: str, rgb_path: Path, xyz_path: Path, heatmap_path: Path | None) -> None:
+    """Score one RGB + point cloud sample; prints JSON."""
+    from bridgenet.predict import predict_files
+
+    result = predict_files(model_ref, rgb_path, xyz_path, heatmap_path, params.tracking.uri)
+    click.echo(json.dumps(result))
+
+
+@main.command("register")
+@click.option("--category", "-c", multiple=True, help="Category to register (repeatable; default: all).")
+@with_params
+@fail_cleanly
+def register(params: Params, category: tuple[str, ...]) -> None:
+    """Log each trained model to MLflow and register it as the challenger (with a model card)."""
+    from bridgenet.register import run_register
+
+    results = run_register(params, _categories(params, category))
+    click.echo(json.dumps(results, indent=2, default=str))
+
+
+@main.command("promote")
+@click.option("--category", "-c", multiple=True, help="Category to gate (repeatable; default: all).")
+@with_params
+@fail_cleanly
+def promote(params: Params, category: tuple[str, ...]) -> None:
+    """Promote each challenger to champion if it is no worse on the current test split."""
+    from bridgenet.promote import run_promote
+
+    results = run_promote(params, _categories(params, category))
+    click.echo(json.dumps(results, indent=2, default=str))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -147,6 +147,22 @@ class BridgeNet(nn.Module):
         self.discriminator = Discriminator(fused, cfg.dsc_hidden, cfg.dsc_layers)
         self.stride = self.backbone.strides[0]
         self.smoothing_sigma = cfg.map_smoothing_sigma
+        # Per-modality channel statistics of clean training embeddings, so that the
+        # Gaussian generator's noise scales are relative to the features' spread.
+        for m in self.modalities:
+            self.register_buffer(f"{m}_mean", torch.zeros(1, cfg.embed_dim, 1, 1))
+            self.register_buffer(f"{m}_std", torch.ones(1, cfg.embed_dim, 1, 1))
+
+    @torch.no_grad()
+    def fit_standardization(self, embeddings: dict[str, torch.Tensor]) -> None:
+        """Set each modality's channel mean/std from raw training embeddings (N, D, h, w)."""
+        for m in self.modalities:
+            raw = embeddings[m].float()
+            getattr(self, f"{m}_mean").copy_(raw.mean(dim=(0, 2, 3), keepdim=True))
+            getattr(self, f"{m}_std").copy_(raw.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))
+
+    def standardize(self, modality: str, embedding: torch.Tensor) -> torch.Tensor:
+        return (embedding - getattr(self, f"{modality}_mean")) / getattr(self, f"{modality}_std")
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {
@@ -163,18 +179,21 @@ class BridgeNet(nn.Module):
         """Images in [0, 1], (B, 1 or 3, H, W) -> normalised backbone input (B, 3, H, W)."""
         return self.backbone.normalize(self.as_three_channels(images))
 
-    def embed_normalized(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised backbone input (B, 3, H, W) -> patch embeddings (B, D, H/8, W/8)."""
-        with torch.no_grad():
-            features = self.backbone(x)
-        return self.adapter(features)
+    def embed_normalized(self, x: torch.Tensor, modality: str | None = None) -> torch.Tensor:
+        """Normalised backbone input (B, 3, H, W) -> patch embeddings (B, D, H/8, W/8).
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        With ``modality``, the embedding is standardised with that modality's statistics.
+        """
+        with torch.no_grad():
+            embedding = self.adapter(self.backbone(x))
+        return embedding if modality is None else self.standardize(modality, embedding)
+
+    def embed(self, images: torch.Tensor, modality: str | None = None) -> torch.Tensor:
         """One modality, images in [0, 1] -> patch embeddings (B, D, H/8, W/8)."""
-        return self.embed_normalized(self.backbone_input(images))
+        return self.embed_normalized(self.backbone_input(images), modality)
 
     def embed_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {m: self.embed(inputs[m]) for m in self.modalities}
+        return {m: self.embed(inputs[m], m) for m in self.modalities}
 
     def fuse(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-modality (B, D, h, w) -> per-patch rows (B * h * w, M * D)."""

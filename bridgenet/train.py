@@ -1,0 +1,360 @@
+"""Training one BridgeNet model per category on good samples only.
+
+Model selection and the decision threshold use the validation split (its good
+samples plus texture anomalies drawn with a fixed seed), never the test split.
+The backbone is frozen, so clean training samples are embedded once per run;
+only perturbed inputs go through the backbone again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from bridgenet.anomalies.gaussian import GaussianAnomalyGenerator
+from bridgenet.anomalies.texture import TextureAnomalyGenerator, mask_to_grid
+from bridgenet.config import Params
+from bridgenet.model.io import TrainedModel, atomic_save, read_checkpoint, save_model
+from bridgenet.model.losses import bce, focal_loss
+from bridgenet.model.network import BridgeNet
+from bridgenet.preprocess import CachedSplit, load_cached_split
+
+LOGGER = logging.getLogger(__name__)
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Batch:
+    """Network inputs in [0, 1]: rgb (B, 3, S, S), depth (B, 1, S, S), foreground (B, S, S) bool."""
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    foreground: torch.Tensor
+
+    @classmethod
+    def from_split(cls, split: CachedSplit, index: np.ndarray | slice = slice(None)) -> Batch:
+        return cls(
+            rgb=torch.from_numpy(split.rgb[index]).permute(0, 3, 1, 2).float().div(255.0),
+            depth=torch.from_numpy(split.depth[index]).unsqueeze(1).float(),
+            foreground=torch.from_numpy(split.foreground[index]),
+        )
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.rgb.to(device), self.depth.to(device), self.foreground.to(device))
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {"rgb": self.rgb, "depth": self.depth}
+
+    def __len__(self) -> int:
+        return self.rgb.shape[0]
+
+
+@dataclass
+class ValidationSet:
+    """Good validation samples plus fixed synthetic anomalies: labels (N,), masks (N, S, S)."""
+
+    batch: Batch
+    labels: np.ndarray
+    masks: np.ndarray
+
+
+def build_validation_set(split: CachedSplit, params: Params, modalities: tuple[str, ...]) -> ValidationSet:
+    """Validation goods plus ``validation_anomalies_per_good`` texture anomalies each (fixed seed)."""
+    good = Batch.from_split(split)
+    copies = params.train.validation_anomalies_per_good
+    if copies == 0:
+        return ValidationSet(good, np.zeros(len(good), dtype=np.int64), np.zeros_like(split.foreground))
+    seed = params.train.validation_seed
+    texture_cfg = params.anomalies.texture
+    generator = TextureAnomalyGenerator(texture_cfg, split.rgb.shape[1], modalities, np.random.default_rng(seed))
+    torch_gen = torch.Generator().manual_seed(seed)
+    rgbs, depths, fgs, masks = [good.rgb], [good.depth], [good.foreground], [torch.zeros_like(good.foreground)]
+    for _ in range(copies):
+        rgb, depth, region, _ = generator(good.rgb, good.depth, good.foreground, torch_gen)
+        rgbs.append(rgb)
+        depths.append(depth)
+        fgs.append(good.foreground)
+        masks.append(region.bool())
+    mask = torch.cat(masks)
+    labels = mask.flatten(1).any(1).numpy().astype(np.int64)
+    return ValidationSet(Batch(torch.cat(rgbs), torch.cat(depths), torch.cat(fgs)), labels, mask.numpy())
+
+
+@torch.inference_mode()
+def predict_batches(
+    network: BridgeNet, batch: Batch, device: torch.device, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores (N,) and anomaly maps (N, S, S) for every sample of ``batch``."""
+    network.eval()
+    scores, maps = [], []
+    for start in range(0, len(batch), batch_size):
+        part = slice(start, start + batch_size)
+        result = network(batch.rgb[part].to(device), batch.depth[part].to(device))
+        scores.append(result.pred_score.float().cpu())
+        maps.append(result.anomaly_map.float().cpu())
+    return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+
+def validation_metrics(scores: np.ndarray, maps: np.ndarray, val: ValidationSet) -> dict[str, float]:
+    """Image and pixel AUROC on the validation set; ``score`` = their mean (selection criterion)."""
+    out: dict[str, float] = {}
+    if len(np.unique(val.labels)) == 2:
+        out["val_image_auroc"] = float(roc_auc_score(val.labels, scores))
+        out["val_pixel_auroc"] = float(roc_auc_score(val.masks.ravel(), maps.ravel()))
+        out["val_score"] = (out["val_image_auroc"] + out["val_pixel_auroc"]) / 2
+    else:
+        # Only good samples: prefer the model whose good scores are lowest.
+        out["val_score"] = float(-np.mean(scores))
+    out["val_good_score_mean"] = float(np.mean(scores[val.labels == 0]))
+    return out
+
+
+class Trainer:
+    """Holds the network, both generators, the optimisers and the per-run clean-feature cache."""
+
+    def __init__(self, params: Params, train_split: CachedSplit, device: torch.device) -> None:
+        self.params = params
+        self.device = device
+        torch.manual_seed(params.train.seed)
+        self.network = BridgeNet(params.model).to(device)
+        self.modalities = self.network.modalities
+        tcfg = params.train
+        groups = self.network.trainable_parameters()
+        self.optimizers = {
+            "discriminator": torch.optim.AdamW(groups["discriminator"], lr=tcfg.lr_discriminator),
+        }
+        if groups["projection"]:
+            self.optimizers["projection"] = torch.optim.Adam(
+                groups["projection"], lr=tcfg.lr_projection, weight_decay=tcfg.weight_decay_projection
+            )
+        self.generator = torch.Generator().manual_seed(params.train.seed)
+        acfg = params.anomalies
+        self.gaussian = GaussianAnomalyGenerator(acfg.gaussian, self.modalities) if acfg.gaussian.enabled else None
+        self.texture = (
+            TextureAnomalyGenerator(
+                acfg.texture, train_split.rgb.shape[1], self.modalities,
+                np.random.default_rng(params.train.seed), device=device,
+            )
+            if acfg.texture.enabled
+            else None
+        )
+        if self.gaussian is None and self.texture is None:
+            raise ValueError("anomalies: both generators are disabled; nothing to train on")
+        self.data = Batch.from_split(train_split).to(device)
+        self.clean = self._embed_all(self.data)
+        self.use_amp = params.train.amp and device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+
+    @torch.no_grad()
+    def _embed_all(self, data: Batch) -> dict[str, torch.Tensor]:
+        """Standardised clean embeddings of every training sample, computed once per run."""
+        size = self.params.train.batch_size
+        inputs = data.inputs()
+        raw = {
+            m: torch.cat([self.network.embed(inputs[m][i:i + size]) for i in range(0, len(data), size)])
+            for m in self.modalities
+        }
+        self.network.fit_standardization(raw)
+        return {m: self.network.standardize(m, raw[m]) for m in self.modalities}
+
+    def _replace_embeddings(
+        self, clean: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], touched: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Embeddings where only the ``touched`` samples of each modality are re-embedded from ``inputs``."""
+        out = {}
+        for m in self.modalities:
+            selected = touched.get(m, torch.zeros(len(inputs[m]), dtype=torch.bool)).to(self.device)
+            emb = clean[m].clone()
+            if bool(selected.any()):
+                emb[selected] = self.network.embed_normalized(inputs[m][selected], m)
+            out[m] = emb
+        return out
+
+    def step(self, index: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on the training samples ``index``; returns the loss terms."""
+        net, gen = self.network, self.generator
+        clean = {m: self.clean[m][index] for m in self.modalities}
+        batch = Batch(self.data.rgb[index], self.data.depth[index], self.data.foreground[index])
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            z_clean = net.projection(net.fuse(clean))
+            negatives: list[torch.Tensor] = []
+            if self.gaussian is not None:
+                normalized = {m: net.backbone_input(batch.inputs()[m]) for m in self.modalities}
+                noisy_inputs = {m: self.gaussian.noise(x, "image", gen) for m, x in normalized.items()}
+                image_level = self._replace_embeddings(clean, noisy_inputs, self.gaussian.targets(len(batch), gen))
+                negatives.append(net.projection(net.fuse(image_level)))
+                targets = self.gaussian.targets(len(batch), gen)
+                feature_level = {
+                    m: torch.where(targets[m].to(self.device).view(-1, 1, 1, 1),
+                                   self.gaussian.noise(clean[m], "feature", gen), clean[m])
+                    for m in self.modalities
+                }
+                negatives.append(net.projection(net.fuse(feature_level)))
+                negatives.append(self.gaussian.noise(z_clean, "projected", gen))
+            z_texture = None
+            if self.texture is not None:
+                rgb, depth, region, touched = self.texture(batch.rgb, batch.depth, batch.foreground, gen)
+                augmented = {m: net.backbone_input(x) for m, x in (("rgb", rgb), ("depth", depth))}
+                z_texture = net.projection(net.fuse(self._replace_embeddings(clean, augmented, touched)))
+                patch_labels = mask_to_grid(region, clean[self.modalities[0]].shape[-2:]).flatten()
+            rows = [z_clean, *negatives] + ([z_texture] if z_texture is not None else [])
+            logits = net.discriminator(torch.cat(rows)).float()
+        n = z_clean.shape[0]
+        terms: dict[str, float] = {}
+        loss = torch.zeros((), device=self.device)
+        if negatives:
+            clean_term = bce(logits[:n], 0.0)
+            for level, k in zip(("image", "feature", "projected"), range(1, 4)):
+                term = clean_term + bce(logits[k * n:(k + 1) * n], 1.0)
+                terms[f"bce_{level}"] = float(term.detach())
+                loss = loss + term
+        if z_texture is not None:
+            focal = focal_loss(logits[-n:], patch_labels.float(), self.params.anomalies.texture.focal_gamma)
+            if not negatives:
+                focal = focal + bce(logits[:n], 0.0)
+            terms["focal"] = float(focal.detach())
+            loss = loss + focal
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        for opt in self.optimizers.values():
+            self.scaler.step(opt)
+        self.scaler.update()
+        terms["loss"] = float(loss.detach())
+        return terms
+
+    def epoch(self) -> dict[str, float]:
+        """One pass over at most ``max_samples_per_epoch`` shuffled training samples."""
+        self.network.train()
+        tcfg = self.params.train
+        order = torch.randperm(len(self.data), generator=self.generator)[: tcfg.max_samples_per_epoch]
+        sums: dict[str, float] = {}
+        steps = 0
+        for start in range(0, len(order), tcfg.batch_size):
+            index = order[start:start + tcfg.batch_size].to(self.device)
+            if len(index) < 2:  # BatchNorm needs more than one sample
+                continue
+            for key, value in self.step(index).items():
+                sums[key] = sums.get(key, 0.0) + value
+            steps += 1
+        return {key: value / max(steps, 1) for key, value in sums.items()}
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "network": {k: v.clone() for k, v in self.network.state_dict().items() if not k.startswith("backbone.")},
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["network"], strict=False)
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        self.generator.set_state(state["generator"])
+
+
+def choose_threshold(good_scores: np.ndarray, quantile: float) -> float:
+    """Decision threshold from validation good scores: their ``quantile``."""
+    return float(np.quantile(good_scores, quantile))
+
+
+def train_category(
+    params: Params,
+    category: str,
+    out_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, Any]:
+    """Train ``category``; write ``model.pt`` (best validation epoch) and ``checkpoint.pt`` (last epoch).
+
+    Returns a summary: best epoch, validation metrics, threshold, history and timings.
+    """
+    tcfg = params.train
+    out_dir = Path(out_dir) if out_dir is not None else Path(tcfg.models_dir) / category
+    checkpoint_path, model_path = out_dir / "checkpoint.pt", out_dir / "model.pt"
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    device = resolve_device(tcfg.device)
+    train_split = load_cached_split(params.data.cache_dir, category, "train", params.data)
+    val_split = load_cached_split(params.data.cache_dir, category, "validation", params.data)
+    started = time.perf_counter()
+    trainer = Trainer(params, train_split, device)
+    validation = build_validation_set(val_split, params, trainer.modalities)
+    setup_seconds = time.perf_counter() - started
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": -1, "val_score": -np.inf, "state": None}
+    first_epoch = 0
+    if resume and checkpoint_path.is_file():
+        checkpoint = read_checkpoint(checkpoint_path)
+        if checkpoint["params"] != params.to_dict():
+            raise ValueError(f"{checkpoint_path}: made with other params; resume needs the same params")
+        trainer.load_state(checkpoint["trainer"])
+        history, best, first_epoch = checkpoint["history"], checkpoint["best"], checkpoint["epoch"] + 1
+        LOGGER.info("resuming %s from epoch %d", category, first_epoch)
+    elif resume:
+        LOGGER.warning("--resume: no checkpoint at %s, starting from scratch", checkpoint_path)
+
+    bar = tqdm(range(first_epoch, tcfg.epochs), desc=f"train {category}", unit="epoch",
+               initial=first_epoch, total=tcfg.epochs)
+    for epoch in bar:
+        tick = time.perf_counter()
+        losses = trainer.epoch()
+        train_seconds = time.perf_counter() - tick
+        scores, maps = predict_batches(trainer.network, validation.batch, device, params.eval.batch_size)
+        record = {"epoch": epoch, **losses, **validation_metrics(scores, maps, validation),
+                  "epoch_seconds": train_seconds}
+        history.append(record)
+        if record["val_score"] > best["val_score"]:
+            best = {"epoch": epoch, "val_score": record["val_score"], "state": trainer.state()["network"]}
+        bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}", val=f"{record['val_score']:.3f}",
+                        best=best["epoch"])
+        atomic_save({"format": "bridgenet-model/1", "params": params.to_dict(), "category": category,
+                     "epoch": epoch, "trainer": trainer.state(), "history": history, "best": best},
+                    checkpoint_path)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    if best["state"] is not None:
+        trainer.network.load_state_dict(best["state"], strict=False)
+    scores, maps = predict_batches(trainer.network, validation.batch, device, params.eval.batch_size)
+    final_metrics = validation_metrics(scores, maps, validation)
+    threshold = choose_threshold(scores[validation.labels == 0], tcfg.threshold_quantile)
+    model = TrainedModel(trainer.network.cpu(), params, category, threshold, final_metrics, best["epoch"])
+    save_model(model, model_path, history)
+    epoch_times = [h["epoch_seconds"] for h in history]
+    summary = {
+        "category": category,
+        "model_path": str(model_path),
+        "best_epoch": best["epoch"],
+        "epochs": tcfg.epochs,
+        "threshold": threshold,
+        "validation": final_metrics,
+        "history": history,
+        "setup_seconds": setup_seconds,
+        "seconds_per_epoch": float(np.mean(epoch_times)) if epoch_times else 0.0,
+        "train_samples": len(train_split),
+        "device": str(device),
+    }
+    LOGGER.info("trained %s: best epoch %s, validation %s, threshold %.4f",
+                category, best["epoch"], final_metrics, threshold)
+    return summary

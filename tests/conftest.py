@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny synthetic data set, rendered and preprocessed once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridgenet.config import Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_OVERRIDES = (
+    "synth.categories=[bagel, cookie]",
+    "synth.image_size=128",
+    "synth.n_train=12",
+    "synth.n_validation=4",
+    "synth.n_test_good=4",
+    "synth.n_test_per_defect=2",
+    "synth.preview=false",
+    "data.image_size=96",
+    "model.embed_dim=64",
+    "model.dsc_hidden=64",
+    "model.map_smoothing_sigma=2.0",
+    "train.epochs=3",
+    "train.batch_size=6",
+    "train.lr_discriminator=0.001",
+    "train.lr_projection=0.0005",
+    "train.validation_anomalies_per_good=1",
+    "eval.aupro_thresholds=200",
+)
+
+
+def tiny_params(root: Path, *extra: str) -> Params:
+    """Params for the tiny data set under ``root`` (data, cache, models, reports, mlflow)."""
+    return load_params(
+        REPO / "params.yaml",
+        [
+            *TINY_OVERRIDES,
+            f"synth.out={root / 'synth'}",
+            f"data.root={root / 'synth'}",
+            f"data.cache_dir={root / 'cache'}",
+            f"train.models_dir={root / 'models'}",
+            f"eval.reports_dir={root / 'reports'}",
+            f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """Rendered and preprocessed tiny data set; tests must not modify it."""
+    from bridgenet.data.synthetic import synthesize
+    from bridgenet.preprocess import run_preprocess
+
+    root = tmp_path_factory.mktemp("tiny")
+    params = tiny_params(root)
+    synthesize(params.synth, Path(params.synth.out))
+    run_preprocess(params)
+    return root

@@ -1,0 +1,106 @@
+"""Model-behaviour tests of training on CPU with the tiny synthetic data set."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bridgenet.evaluate import evaluate_category, load_test_split, score_split
+from bridgenet.model.io import load_model, read_checkpoint
+from bridgenet.train import train_category
+from tests.conftest import tiny_params
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_root, tmp_path_factory):
+    params = tiny_params(tiny_root, "train.epochs=8")
+    out = tmp_path_factory.mktemp("trained")
+    summary = train_category(params, "bagel", out_dir=out)
+    return params, summary, load_model(out / "model.pt")
+
+
+def test_training_lowers_the_loss(trained):
+    _, summary, _ = trained
+    losses = [h["loss"] for h in summary["history"]]
+    assert len(losses) == 8
+    assert losses[-1] < losses[0]
+    assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2])
+
+
+def test_test_split_scores(trained):
+    params, _, model = trained
+    split = load_test_split(params, "bagel")
+    evaluation, _ = evaluate_category(params, model, split, torch.device("cpu"))
+    assert evaluation.metrics["pixel_auroc"] > 0.75
+    assert evaluation.scores.shape == (len(split),)
+
+
+def test_selection_and_threshold_come_from_validation(trained):
+    _, summary, model = trained
+    assert 0 <= summary["best_epoch"] < 8
+    best = summary["history"][summary["best_epoch"]]
+    assert best["val_score"] == max(h["val_score"] for h in summary["history"])
+    assert 0 < model.threshold < 1
+    assert model.epoch == summary["best_epoch"]
+
+
+def test_same_seed_same_scores(tiny_root, tmp_path):
+    params = tiny_params(tiny_root, "train.epochs=1")
+    a = train_category(params, "cookie", out_dir=tmp_path / "a")
+    b = train_category(params, "cookie", out_dir=tmp_path / "b")
+    assert a["history"][0]["loss"] == b["history"][0]["loss"]
+    split = load_test_split(params, "cookie")
+    sa = score_split(load_model(tmp_path / "a" / "model.pt"), split, 4, torch.device("cpu"))[0]
+    sb = score_split(load_model(tmp_path / "b" / "model.pt"), split, 4, torch.device("cpu"))[0]
+    np.testing.assert_array_equal(sa, sb)
+    c = train_category(tiny_params(tiny_root, "train.epochs=1", "train.seed=7"), "cookie", out_dir=tmp_path / "c")
+    assert c["history"][0]["loss"] != a["history"][0]["loss"]
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_root, tmp_path):
+    epochs = 4
+    overrides = [f"--set=train.epochs={epochs}", f"--set=train.models_dir={tmp_path / 'models'}"]
+    base = [sys.executable, "-m", "bridgenet.cli", "train", "--category", "cookie",
+            "--params", str(tmp_path / "params.yaml")]
+    params = tiny_params(tiny_root)
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.to_dict()))
+    checkpoint = tmp_path / "models" / "cookie" / "checkpoint.pt"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(base + overrides, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if checkpoint.is_file() and read_checkpoint(checkpoint)["epoch"] >= 1:
+            break
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = read_checkpoint(checkpoint)["epoch"]
+    assert killed_at < epochs - 1, "the run finished before the kill"
+    assert not (tmp_path / "models" / "cookie" / "model.pt").exists()
+    done = subprocess.run(base + overrides + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    assert summary["epochs"] == epochs
+    resumed = load_model(tmp_path / "models" / "cookie" / "model.pt")
+    # Same numbers as a run that was never interrupted.
+    straight = train_category(tiny_params(tiny_root, f"train.epochs={epochs}"), "cookie",
+                              out_dir=tmp_path / "straight")
+    reference = read_checkpoint(tmp_path / "models" / "cookie" / "checkpoint.pt")["history"]
+    assert [h["loss"] for h in reference] == [h["loss"] for h in straight["history"]]
+    split = load_test_split(params, "cookie")
+    np.testing.assert_allclose(
+        score_split(resumed, split, 4, torch.device("cpu"))[0],
+        score_split(load_model(tmp_path / "straight" / "model.pt"), split, 4, torch.device("cpu"))[0],
+    )
