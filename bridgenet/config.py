@@ -197,6 +197,8 @@ class DaskConfig(_Section):
 
 
 class Params(_Section):
+    """Every parameter; ``category_overrides`` holds per-category changes (see :meth:`for_category`)."""
+
     data: DataConfig = DataConfig()
     synth: SynthConfig = SynthConfig()
     model: ModelConfig = ModelConfig()
@@ -208,6 +210,31 @@ class Params(_Section):
     promotion: PromotionConfig = PromotionConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     dask: DaskConfig = DaskConfig()
+    category_overrides: dict[str, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _overrides_are_valid(self) -> Params:
+        for category, override in self.category_overrides.items():
+            unknown = sorted(set(override) - OVERRIDABLE_SECTIONS)
+            if unknown:
+                raise ValueError(
+                    f"category_overrides.{category}: sections {unknown} cannot be set per category; "
+                    f"allowed: {sorted(OVERRIDABLE_SECTIONS)}"
+                )
+            self.for_category(category)
+        return self
+
+    def for_category(self, category: str) -> Params:
+        """These params with ``category_overrides[category]`` merged in (validated)."""
+        override = self.category_overrides.get(category)
+        if not override:
+            return self
+        merged = _deep_merge(self.to_dict(), override)
+        merged["category_overrides"] = {}
+        try:
+            return Params.model_validate(_lists_to_tuples(merged))
+        except ValidationError as err:
+            raise ValueError(_format_errors(err, f"category_overrides.{category}")) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-safe dict of every resolved parameter."""
@@ -218,7 +245,7 @@ class Params(_Section):
         out: dict[str, Any] = {}
 
         def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict) and prefix.split(".")[-1] != "tolerances":
+            if isinstance(value, dict) and prefix.split(".")[-1] not in ("tolerances", "category_overrides"):
                 for key, sub in value.items():
                     walk(f"{prefix}.{key}" if prefix else key, sub)
             else:
@@ -228,13 +255,25 @@ class Params(_Section):
         return out
 
 
+OVERRIDABLE_SECTIONS = {"model", "anomalies", "train", "eval"}
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid parameters in {source}:"]
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"])
         value = item.get("input")
         kind = item["type"]
-        if kind == "extra_forbidden":
+        if not key:  # a rule across several keys; its message names them
+            lines.append(f"  {item['msg'].removeprefix('Value error, ')}")
+        elif kind == "extra_forbidden":
             parent = ".".join(str(p) for p in item["loc"][:-1]) or "top level"
             lines.append(f"  {key}: unknown key (value {value!r}); not a parameter of {parent}")
         else:

@@ -34,7 +34,7 @@ def test_repo_params_list_every_tunable():
 def _flatten(raw, prefix=""):
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "tolerances":
+        if isinstance(value, dict) and key not in ("tolerances", "category_overrides"):
             yield from _flatten(value, dotted + ".")
         else:
             yield dotted
@@ -109,3 +109,17 @@ def test_bad_override_is_refused():
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_category_overrides_apply_to_their_category_only():
+    params = load_params(REPO_PARAMS, ["category_overrides.bagel={train: {epochs: 3}}"])
+    assert params.for_category("bagel").train.epochs == 3
+    assert params.for_category("dowel").train.epochs == params.train.epochs
+    assert params.for_category("bagel").category_overrides == {}
+
+
+def test_bad_category_override_names_category_and_key():
+    with pytest.raises(ConfigError, match=r"category_overrides\.bagel:\n\s+train\.epochs: got -3"):
+        load_params(REPO_PARAMS, ["category_overrides.bagel={train: {epochs: -3}}"])
+    with pytest.raises(ConfigError, match=r"category_overrides\.bagel: sections \['data'\]"):
+        load_params(REPO_PARAMS, ["category_overrides.bagel={data: {root: x}}"])
