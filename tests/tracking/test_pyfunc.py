@@ -1,0 +1,179 @@
+"""The pyfunc model (logged from code): input checks, loading from the registry, predict via MLflow URIs."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.exceptions import MlflowException
+
+from bridgenet.data.readers import read_rgb, read_xyz
+from bridgenet.tracking.pyfunc import download_model_file, example_from_arrays, model_signature
+from bridgenet.tracking.pyfunc_model import parse_inputs
+
+INVALID = "INVALID_PARAMETER_VALUE"
+
+
+def sample(side: int = 16, batch: int | None = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    xyz = np.zeros((side, side, 3), np.float32)
+    xyz[..., 2] = 0.5
+    if batch is None:
+        return {"rgb": rgb, "xyz": xyz}
+    return {"rgb": np.repeat(rgb[None], batch, 0), "xyz": np.repeat(xyz[None], batch, 0)}
+
+
+def real_sample(tiny, defect: str = "good") -> tuple[np.ndarray, np.ndarray]:
+    folder = tiny.root / "data" / "bagel" / "test" / defect
+    return read_rgb(folder / "rgb" / "000.png"), read_xyz(folder / "xyz" / "000.tiff")
+
+
+# ------------------------------------------------------------ input checks
+def test_parse_inputs_accepts_batches_and_a_single_sample():
+    rgb, xyz = parse_inputs(sample(batch=3))
+    assert rgb.shape == (3, 16, 16, 3) and xyz.dtype == np.float32
+    rgb, xyz = parse_inputs(sample(batch=None))
+    assert rgb.shape == (1, 16, 16, 3) and xyz.shape == (1, 16, 16, 3)
+
+
+def _broken(**changes):
+    data = sample(batch=2)
+    data.update(changes)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "model_input, message",
+    [
+        (_broken(xyz=None), r"missing input\(s\) \['xyz'\]"),
+        (_broken(rgb=sample(batch=2)["rgb"].astype(np.float32)), "rgb: expected uint8"),
+        (_broken(xyz=sample(batch=2)["xyz"].astype(np.int32)), "xyz: expected float32"),
+        (_broken(xyz=sample(side=12, batch=2)["xyz"]), "must have the same"),
+        (_broken(xyz=np.zeros((2, 16, 16, 3), np.float32)), r"empty point cloud .* \[0, 1\]"),
+        (
+            _broken(
+                rgb=np.zeros((0, 16, 16, 3), np.uint8), xyz=np.zeros((0, 16, 16, 3), np.float32)
+            ),
+            "empty input",
+        ),
+        (pd.DataFrame({"rgb": [1]}), "expected named tensors"),
+    ],
+)
+def test_malformed_input_is_an_invalid_parameter(model_input, message):
+    with pytest.raises(MlflowException, match=message) as info:
+        parse_inputs(model_input)
+    assert info.value.error_code == INVALID
+    assert info.value.get_http_status_code() == 400
+
+
+def test_signature_and_input_example_describe_named_tensors():
+    signature = model_signature()
+    assert signature.inputs.input_names() == ["rgb", "xyz"]
+    assert [str(t) for t in signature.inputs.numpy_types()] == ["uint8", "float32"]
+    assert signature.outputs.input_names() == ["score", "anomaly_map", "anomalous"]
+    data = sample(side=100, batch=None)
+    example = example_from_arrays(data["rgb"], data["xyz"], size=64)
+    assert example["rgb"].shape == (1, 64, 64, 3) and example["xyz"].dtype == np.float32
+    assert (example["xyz"][..., 2] == 0.5).all()  # nearest pixel: real points only
+
+
+# ------------------------------------------------------- from the registry
+@pytest.fixture(scope="module")
+def champion(registry):
+    params = registry["params"]
+    mlflow.set_tracking_uri(params.tracking.uri)
+    mlflow.set_registry_uri(params.tracking.uri)
+    return mlflow.pyfunc.load_model("models:/bridgenet-bagel@champion")
+
+
+def test_registered_model_scores_real_samples(champion, tiny):
+    good_rgb, good_xyz = real_sample(tiny)
+    defect = min(
+        p.name for p in (tiny.root / "data" / "bagel" / "test").iterdir() if p.name != "good"
+    )
+    bad_rgb, bad_xyz = real_sample(tiny, defect)
+    out = champion.predict(
+        {"rgb": np.stack([good_rgb, bad_rgb]), "xyz": np.stack([good_xyz, bad_xyz])}
+    )
+    assert set(out) == {"score", "anomaly_map", "anomalous"}
+    assert out["score"].shape == (2,) and out["score"].dtype == np.float32
+    assert (
+        out["anomaly_map"].shape == (2, *good_rgb.shape[:2])
+        and out["anomaly_map"].dtype == np.float32
+    )
+    assert out["anomalous"].dtype == bool
+    assert np.isfinite(out["score"]).all() and np.isfinite(out["anomaly_map"]).all()
+    threshold = champion.unwrap_python_model().model.threshold
+    np.testing.assert_array_equal(out["anomalous"], out["score"] > threshold)
+    single = champion.unwrap_python_model().predict(None, {"rgb": good_rgb, "xyz": good_xyz})
+    assert single["score"][0] == pytest.approx(out["score"][0], abs=1e-6)
+
+
+def test_malformed_input_through_pyfunc_is_invalid_parameter(champion, tiny):
+    rgb, xyz = real_sample(tiny)
+    for bad in (
+        {"rgb": rgb[None]},  # schema: missing input
+        {"rgb": rgb[None].astype(np.float32), "xyz": xyz[None]},  # schema: wrong dtype
+        {"rgb": rgb[None], "xyz": np.zeros_like(xyz)[None]},
+    ):  # ours: empty cloud
+        with pytest.raises(MlflowException) as info:
+            champion.predict(bad)
+        assert info.value.error_code == INVALID, info.value.message
+
+
+def test_predict_resolves_registry_uris(registry, tiny, tmp_path):
+    from bridgenet.cli import main
+    from bridgenet.predict import predict_arrays, resolve_model
+
+    params = registry["params"]
+    uri = params.tracking.uri
+    model = resolve_model("models:/bridgenet-bagel@champion", uri)
+    assert model.category == "bagel"
+    rgb, xyz = real_sample(tiny)
+    prediction = predict_arrays(model, rgb, xyz)
+    assert prediction.anomaly_map.shape == rgb.shape[:2] and 0.0 <= prediction.score <= 1.0
+    run_id = registry["registered"]["bagel"]["run_id"]
+    assert download_model_file(f"runs:/{run_id}/model", uri).name == "model.pt"
+    assert download_model_file(registry["registered"]["bagel"]["model_uri"], uri).is_file()
+    folder = tiny.root / "data" / "bagel" / "test" / "good"
+    result = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            "--model",
+            "models:/bridgenet-bagel@champion",
+            "--rgb",
+            str(folder / "rgb" / "000.png"),
+            "--xyz",
+            str(folder / "xyz" / "000.tiff"),
+            "--heatmap",
+            str(tmp_path / "h.png"),
+            "--set",
+            f"tracking.uri={uri}",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output.strip().splitlines()[-1])
+    assert answer["category"] == "bagel" and answer["score"] == pytest.approx(
+        prediction.score, abs=1e-6
+    )
+    assert (tmp_path / "h.png").is_file()
+
+
+def test_download_uses_the_given_store_as_registry(registry, tmp_path):
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # restored after the test
+    path = download_model_file("models:/bridgenet-dowel/1", registry["params"].tracking.uri)
+    assert path.is_file() and not (tmp_path / "elsewhere.db").exists()
+
+
+def test_unknown_model_uri_is_named_in_the_error(registry):
+    uri = registry["params"].tracking.uri
+    with pytest.raises(ValueError, match="name a version"):
+        download_model_file("models:/bridgenet-bagel", uri)
+    with pytest.raises(FileNotFoundError, match="models:/bridgenet-nothing@champion"):
+        download_model_file("models:/bridgenet-nothing@champion", uri)

@@ -1,0 +1,156 @@
+"""Registration, model card and the promotion gate (challenger vs champion on the same data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from bridgenet.tracking.registry import compare_metrics, promote
+
+TOL = {"image_auroc": 0.005, "aupro_30": 0.01}
+NAN = float("nan")
+
+
+# ------------------------------------------------------------- the decision
+def test_first_model_is_promoted():
+    decision = compare_metrics({"image_auroc": 0.7, "aupro_30": 0.2}, None, TOL)
+    assert decision["promote"] and "first model" in decision["reason"]
+
+
+@pytest.mark.parametrize(
+    "challenger, promoted, named",
+    [
+        ({"image_auroc": 0.900, "aupro_30": 0.50}, True, None),  # equal
+        ({"image_auroc": 0.896, "aupro_30": 0.491}, True, None),  # drops within tolerance
+        ({"image_auroc": 0.950, "aupro_30": 0.70}, True, None),  # better
+        ({"image_auroc": 0.894, "aupro_30": 0.50}, False, "image_auroc"),  # drop 0.006 > 0.005
+        ({"image_auroc": 0.990, "aupro_30": 0.48}, False, "aupro_30"),  # better image, worse pixels
+        ({"image_auroc": 0.900, "aupro_30": NAN}, False, "undefined"),  # cannot be measured
+    ],
+)
+def test_no_gated_metric_may_drop_beyond_its_tolerance(challenger, promoted, named):
+    decision = compare_metrics(challenger, {"image_auroc": 0.9, "aupro_30": 0.5}, TOL)
+    assert decision["promote"] is promoted
+    if named:
+        assert named in decision["reason"]
+    assert decision["metrics"]["image_auroc"]["champion"] == 0.9
+
+
+def test_metric_undefined_for_both_is_skipped():
+    decision = compare_metrics(
+        {"image_auroc": 0.9, "aupro_30": NAN}, {"image_auroc": 0.9, "aupro_30": NAN}, TOL
+    )
+    assert decision["promote"] and "aupro_30" in decision["reason"]
+
+
+# ------------------------------------------------------------ registration
+def test_registered_version_has_aliases_lineage_metrics_and_card(registry):
+    params = registry["params"]
+    client = MlflowClient(params.tracking.uri, params.tracking.uri)
+    for category in ("bagel", "dowel"):
+        result = registry["registered"][category]
+        version = client.get_model_version_by_alias(f"bridgenet-{category}", "champion")
+        assert str(version.version) == str(result["version"]) == "1"
+        assert (
+            client.get_model_version_by_alias(f"bridgenet-{category}", "challenger").version
+            == version.version
+        )
+        tags = version.tags
+        assert tags["category"] == category and tags["run_id"] == result["run_id"]
+        assert float(tags["test.image_auroc"]) == pytest.approx(
+            result["metrics"]["image_auroc"], rel=1e-5
+        )
+        assert {"git.commit", "git.dirty", "dvc.lock", "model_card"} <= set(tags)
+        assert tags["promotion.decision"] == "promoted"
+        card = Path(
+            mlflow.artifacts.download_artifacts(
+                tags["model_card"], tracking_uri=params.tracking.uri
+            )
+        )
+        text = card.read_text()
+        assert f"# Model card: bridgenet-{category}, version 1" in text
+        assert "No champion yet" in text
+        assert (
+            f"figures/heatmaps_{category}.png" in text
+            and f"figures/training_curves_{category}.png" in text
+        )
+        for defect in _defects(params, category):
+            assert f"| {defect} |" in text
+
+
+def _defects(params, category):
+    folder = Path(params.data.root) / category / "test"
+    return sorted(p.name for p in folder.iterdir() if p.name != "good")
+
+
+# ---------------------------------------------------------------- the gate
+def test_promotion_gate_keeps_the_better_model(tiny, good_models, constant_models, tmp_path):
+    """constant model first (becomes champion), good model promoted over it, constant again rejected."""
+    from bridgenet.cli import main
+    from bridgenet.register import run_register
+
+    store = [
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"eval.reports_dir={tmp_path / 'reports'}",
+    ]
+    constant = tiny.params(*store, f"train.models_dir={constant_models}")
+    good = tiny.params(*store)
+    client = MlflowClient(good.tracking.uri, good.tracking.uri)
+    report_path = tmp_path / "reports" / "promotion_bagel.json"
+
+    assert run_register(constant, ["bagel"], repo_root=tmp_path)["bagel"]["version"] == "1"
+    first = promote(constant, "bagel")
+    assert first["decision"] == "promoted" and first["champion_after"] == "1"
+    assert first["challenger"]["metrics"]["image_auroc"] == pytest.approx(0.5)
+
+    registered = run_register(good, ["bagel"], repo_root=tmp_path)["bagel"]
+    assert registered["version"] == "2" and registered["champion_version"] == "1"
+    assert registered["would_promote"] is True
+    second = promote(good, "bagel")
+    assert second["decision"] == "promoted", second["reason"]
+    assert second["champion_before"]["version"] == "1" and second["champion_after"] == "2"
+    assert (
+        second["compared"]["image_auroc"]["challenger"]
+        > second["compared"]["image_auroc"]["champion"]
+    )
+    assert json.loads(report_path.read_text())["decision"] == "promoted"
+    assert str(client.get_model_version_by_alias("bridgenet-bagel", "champion").version) == "2"
+    v2 = client.get_model_version("bridgenet-bagel", "2").tags
+    assert v2["promotion.decision"] == "promoted" and v2["promotion.compared_with"] == "1"
+    assert float(v2["promotion.champion.image_auroc"]) == pytest.approx(0.5)
+    assert client.get_model_version("bridgenet-bagel", "1").tags["promotion.superseded_by"] == "2"
+    card = Path(
+        mlflow.artifacts.download_artifacts(v2["model_card"], tracking_uri=good.tracking.uri)
+    ).read_text()
+    assert "champion v1" in card and "would be promoted" in card
+
+    # a worse model is registered as challenger but never promoted (gate run through the CLI)
+    assert run_register(constant, ["bagel"], repo_root=tmp_path)["bagel"]["would_promote"] is False
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(constant.to_dict()))
+    result = CliRunner().invoke(main, ["promote", "-c", "bagel", "--params", str(params_file)])
+    assert result.exit_code == 0, result.output
+    third = json.loads(report_path.read_text())
+    assert third["decision"] == "rejected" and "image_auroc dropped" in third["reason"]
+    assert third["test_data"]["fingerprint"] == second["test_data"]["fingerprint"]
+    assert str(client.get_model_version_by_alias("bridgenet-bagel", "champion").version) == "2"
+    assert str(client.get_model_version_by_alias("bridgenet-bagel", "challenger").version) == "3"
+    assert client.get_model_version("bridgenet-bagel", "3").tags["promotion.decision"] == "rejected"
+
+    # gating the champion against itself changes nothing
+    client.set_registered_model_alias("bridgenet-bagel", "challenger", "2")
+    unchanged = promote(good, "bagel")
+    assert unchanged["decision"] == "unchanged" and not unchanged["promoted"]
+    assert str(client.get_model_version_by_alias("bridgenet-bagel", "champion").version) == "2"
+
+
+def test_promote_without_a_challenger_is_an_error(tiny, tmp_path):
+    params = tiny.params(f"tracking.uri=sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(ValueError, match="no 'challenger' version"):
+        promote(params, "bagel")

@@ -1,0 +1,168 @@
+"""Against real processes on 127.0.0.1: an ``mlflow server`` (with an outage) and ``mlflow models serve``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from bridgenet.data.readers import read_rgb, read_xyz
+from bridgenet.tracking.runs import TrackingUnavailableError
+from tests.tracking.conftest import free_port, stop_process, wait_for_http
+
+pytestmark = pytest.mark.slow
+HOST = "127.0.0.1"
+
+
+def start_tracking_server(port: int, db: Path, artifacts: Path) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--artifacts-destination",
+        str(artifacts),
+        "--workers",
+        "1",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        wait_for_http(f"http://{HOST}:{port}/health", process)
+    except BaseException:
+        stop_process(process)
+        raise
+    return process
+
+
+def test_tracking_server_logs_registers_and_fails_clearly_when_down(
+    tiny, good_models, tmp_path, monkeypatch, caplog
+):
+    from bridgenet.predict import resolve_model
+    from bridgenet.register import run_register
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    db, artifacts = tmp_path / "server.db", tmp_path / "server-artifacts"
+    port = free_port()
+    uri = f"http://{HOST}:{port}"
+    params = tiny.params(
+        f"tracking.uri={uri}",
+        "tracking.retries=2",
+        "tracking.retry_delay_s=0.01",
+        f"eval.reports_dir={tmp_path / 'reports'}",
+    )
+    server = start_tracking_server(port, db, artifacts)
+    try:
+        result = run_register(params, ["bagel"], repo_root=tmp_path)["bagel"]
+        client = MlflowClient(uri, uri)
+        assert (
+            str(client.get_model_version_by_alias("bridgenet-bagel", "challenger").version) == "1"
+        )
+        assert client.get_run(result["run_id"]).info.status == "FINISHED"
+        assert resolve_model("models:/bridgenet-bagel@challenger", uri).category == "bagel"
+        assert any(artifacts.rglob("model.pt"))  # proxied artifacts land in --artifacts-destination
+    finally:
+        stop_process(server)
+
+    caplog.set_level(logging.WARNING, logger="bridgenet.tracking.runs")
+    with pytest.raises(
+        TrackingUnavailableError,
+        match=rf"MLflow tracking server at {uri} unreachable after 3 tries",
+    ):
+        run_register(params, ["bagel"], repo_root=tmp_path)
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert [r.getMessage().split("(try ")[1][:3] for r in retries] == ["1/3", "2/3"]
+
+    server = start_tracking_server(port, db, artifacts)  # same store: nothing was lost
+    try:
+        client = MlflowClient(uri, uri)
+        assert client.get_run(result["run_id"]).data.tags["category"] == "bagel"
+        versions = client.search_model_versions("name='bridgenet-bagel'")
+        assert [int(v.version) for v in versions] == [1]
+        assert (
+            client.get_model_version_by_alias("bridgenet-bagel", "challenger").tags["run_id"]
+            == result["run_id"]
+        )
+    finally:
+        stop_process(server)
+
+
+def test_served_champion_scores_a_request_and_rejects_malformed_ones(registry, tiny):
+    port = free_port()
+    # the scoring server execs `uvicorn`, found on PATH: the interpreter's bin folder
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": registry["params"].tracking.uri,
+        "MLFLOW_REGISTRY_URI": registry["params"].tracking.uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/bridgenet-bagel@champion",
+        "--env-manager",
+        "local",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    server = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        wait_for_http(f"http://{HOST}:{port}/ping", server, timeout=180)
+        folder = tiny.root / "data" / "bagel" / "test" / "good"
+        rgb, xyz = read_rgb(folder / "rgb" / "000.png"), read_xyz(folder / "xyz" / "000.tiff")
+        url = f"http://{HOST}:{port}/invocations"
+        answer = requests.post(
+            url,
+            json={"inputs": {"rgb": rgb[None].tolist(), "xyz": xyz[None].tolist()}},
+            timeout=120,
+        )
+        assert answer.status_code == 200, answer.text[:2000]
+        predictions = answer.json()["predictions"]
+        assert len(predictions["score"]) == 1 and 0.0 <= predictions["score"][0] <= 1.0
+        assert np.asarray(predictions["anomaly_map"]).shape == (1, *rgb.shape[:2])
+        assert isinstance(predictions["anomalous"][0], bool)
+        cases = [
+            ({"inputs": {"rgb": rgb[None].tolist()}}, "xyz"),
+            (
+                {"inputs": {"rgb": rgb[None].tolist(), "xyz": np.zeros_like(xyz)[None].tolist()}},
+                "empty point cloud",
+            ),
+            (
+                {"inputs": {"rgb": rgb[None, :10].tolist(), "xyz": xyz[None].tolist()}},
+                "must have the same",
+            ),
+        ]
+        for bad, fragment in cases:
+            response = requests.post(url, json=bad, timeout=120)
+            assert response.status_code == 400, (response.status_code, response.text[:500])
+            body = response.json()
+            assert (
+                body["error_code"] == "INVALID_PARAMETER_VALUE" and fragment in body["message"]
+            ), body
+    finally:
+        stop_process(server)
