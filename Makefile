@@ -31,8 +31,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The whole pipeline (dvc repro: synthesize, preprocess, train, evaluate, report,
+# register) against one local Prefect server, then the metrics table.
 run: setup
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.local_server -- dvc repro
+	$(BIN)/bridgenet summary
 
 test: setup
 	$(BIN)/python -m pytest

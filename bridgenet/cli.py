@@ -6,8 +6,9 @@ import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import yaml
@@ -124,10 +125,13 @@ def _categories(params: Params, category: tuple[str, ...]) -> list[str]:
 @fail_cleanly
 def train(params: Params, category: tuple[str, ...], resume: bool) -> None:
     """Train one model per category on its good samples."""
+    from bridgenet.tracking.summary import save_train_summary
     from bridgenet.train import train_category
 
     for name in _categories(params, category):
-        summary = train_category(params, name, resume=resume)
+        category_params = params.for_category(name)
+        summary = train_category(category_params, name, resume=resume)
+        save_train_summary(summary, Path(category_params.train.models_dir) / name)
         summary.pop("history")
         click.echo(json.dumps(summary, indent=2, default=str))
 
@@ -183,6 +187,44 @@ def promote(params: Params, category: tuple[str, ...]) -> None:
 
     results = run_promote(params, _categories(params, category))
     click.echo(json.dumps(results, indent=2, default=str))
+
+
+@main.command("pipeline")
+@click.option("--category", "-c", multiple=True, help="Category (repeatable; default: all).")
+@click.option("--no-register", is_flag=True, help="Skip MLflow registration and promotion.")
+@with_params
+@fail_cleanly
+def pipeline(params: Params, category: tuple[str, ...], no_register: bool) -> None:
+    """Run the Prefect `retrain` flow locally: preprocess, train, evaluate, register, promote."""
+    from flows.retrain import retrain_flow
+
+    ctx = click.get_current_context()
+
+    result = retrain_flow(
+        params_file=str(ctx.params.get("params_file", DEFAULT_PARAMS)),
+        overrides=list(ctx.params.get("overrides", ())),
+        categories=list(category) or None,
+        with_registry=not no_register,
+    )
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
+@main.command("summary")
+@with_params
+def summary(params: Params) -> None:
+    """Print the per-category metrics table and where to look next."""
+    reports_dir = Path(params.eval.reports_dir)
+    table = reports_dir / "metrics.md"
+    if not table.is_file():
+        raise click.ClickException(f"{table} does not exist yet: run `make run` (or `dvc repro`) first")
+    click.echo(table.read_text())
+    t = params.tracking
+    click.echo(f"Reports, curves and heatmap sheets: {reports_dir}/ (categories/<name>/heatmaps_<name>.png)")
+    click.echo(f"MLflow UI: mlflow ui --backend-store-uri {t.uri} --host {t.host} --port {t.ui_port}")
+    click.echo(f"Registered models: {params.registry.prefix}-<category>, aliases "
+               f"@{params.registry.champion_alias} and @{params.registry.challenger_alias}")
+    click.echo("Score a sample: bridgenet predict --model models:/"
+               f"{params.registry.prefix}-<category>@{params.registry.champion_alias} --rgb A.png --xyz A.tiff")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -136,38 +136,83 @@ def write_category_figures(
     return {"heatmaps": sheet, "defect_auroc": bar}
 
 
-def run_evaluate(
-    params: Params,
-    categories: list[str] | None = None,
-    models_dir: Path | None = None,
-    reports_dir: Path | None = None,
+def category_dir(params: Params, category: str, reports_dir: Path | None = None) -> Path:
+    return Path(reports_dir or params.eval.reports_dir) / "categories" / category
+
+
+def evaluate_to_folder(
+    params: Params, category: str, models_dir: Path | None = None, reports_dir: Path | None = None
 ) -> dict[str, Any]:
-    """Evaluate every category's ``model.pt`` and write the reports folder.
+    """Evaluate one category's ``model.pt``; write ``reports/categories/<category>/``.
 
-    Writes metrics.json, metrics.md, roc.csv/pro.csv (+ PNG), and per category a
-    heatmap sheet and a per-defect AUROC chart. Returns the metrics document.
+    The folder gets metrics.json (the 9 keys plus details), roc.csv, pro.csv, the
+    heatmap sheet and the per-defect chart. Returns the metrics.json content.
     """
-    from bridgenet.data.readers import discover_categories
-
-    models_dir = Path(models_dir or params.train.models_dir)
-    out_dir = Path(reports_dir or params.eval.reports_dir)
+    params = params.for_category(category)
+    model = load_model(Path(models_dir or params.train.models_dir) / category / "model.pt")
+    out_dir = category_dir(params, category, reports_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    categories = categories or discover_categories(params.data)
-    device = resolve_device(params.train.device)
+    split = load_test_split(params, category)
+    evaluation, small_maps = evaluate_category(params, model, split, resolve_device(params.train.device))
+    figures = write_category_figures(evaluation, split, small_maps, out_dir, params.eval.heatmap_samples)
+    extras = {**evaluation.extras, "figures": {k: str(v) for k, v in figures.items()}}
+    doc = reports.write_metrics_json(out_dir / "metrics.json", {category: evaluation.metrics})
+    _write_json(out_dir / "details.json", {category: extras})
+    reports.write_curves_csv(out_dir / "roc.csv", {category: evaluation.roc}, "tpr")
+    reports.write_curves_csv(out_dir / "pro.csv", {category: evaluation.pro}, "pro")
+    LOGGER.info("%s: %s", category, {k: round(float(v), 4) for k, v in evaluation.metrics.items()})
+    return doc
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    import json
+
+    path.write_text(json.dumps(reports._finite_or_none(content), indent=2) + "\n", encoding="utf-8")
+
+
+def _read_curves(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    table = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(1, 2), ndmin=2)
+    return table[:, 0], table[:, 1]
+
+
+def aggregate_reports(params: Params, categories: list[str], reports_dir: Path | None = None) -> dict[str, Any]:
+    """Merge the per-category folders into reports/metrics.json, metrics.md, roc/pro CSV and PNG."""
+    import json
+
+    out_dir = Path(reports_dir or params.eval.reports_dir)
     per_category, extras, rocs, pros = {}, {}, {}, {}
-    for category in tqdm(categories, desc="evaluate", unit="category"):
-        model = load_model(models_dir / category / "model.pt")
-        split = load_test_split(params, category)
-        evaluation, small_maps = evaluate_category(params, model, split, device)
-        figures = write_category_figures(evaluation, split, small_maps, out_dir, params.eval.heatmap_samples)
-        per_category[category] = evaluation.metrics
-        extras[category] = {**evaluation.extras, "figures": {k: str(v) for k, v in figures.items()}}
-        rocs[category], pros[category] = evaluation.roc, evaluation.pro
-        LOGGER.info("%s: %s", category, {k: round(float(v), 4) for k, v in evaluation.metrics.items()})
-    doc = reports.write_metrics_json(out_dir / "metrics.json", per_category, extras)
+    for category in categories:
+        folder = category_dir(params, category, out_dir)
+        path = folder / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run `bridgenet evaluate --category {category}` first")
+        doc = json.loads(path.read_text())
+        values = doc["categories"][category]
+        per_category[category] = {k: float("nan") if v is None else v for k, v in values.items()}
+        details = folder / "details.json"
+        extras[category] = json.loads(details.read_text())[category] if details.is_file() else {}
+        rocs[category] = _read_curves(folder / "roc.csv")
+        pros[category] = _read_curves(folder / "pro.csv")
+    doc = reports.write_metrics_json(out_dir / "metrics.json", per_category)
+    _write_json(out_dir / "details.json", extras)
     reports.write_metrics_markdown(out_dir / "metrics.md", per_category)
     reports.write_curves_csv(out_dir / "roc.csv", rocs, "tpr")
     reports.write_curves_csv(out_dir / "pro.csv", pros, "pro")
     reports.plot_curves(out_dir / "roc.png", rocs, "tpr", "Image ROC")
     reports.plot_curves(out_dir / "pro.png", pros, "pro", "PRO curve", limit=0.3)
     return doc
+
+
+def run_evaluate(
+    params: Params,
+    categories: list[str] | None = None,
+    models_dir: Path | None = None,
+    reports_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate every category and write the whole reports folder; returns metrics.json's content."""
+    from bridgenet.data.readers import discover_categories
+
+    categories = categories or discover_categories(params.data)
+    for category in tqdm(categories, desc="evaluate", unit="category"):
+        evaluate_to_folder(params, category, models_dir, reports_dir)
+    return aggregate_reports(params, categories, reports_dir)

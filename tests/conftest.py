@@ -59,3 +59,13 @@ def tiny_root(tmp_path_factory) -> Path:
     synthesize(params.synth, Path(params.synth.out))
     run_preprocess(params)
     return root
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url():
+    """One temporary Prefect server for the whole session (its URL, for subprocesses too)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield PREFECT_API_URL.value()

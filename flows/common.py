@@ -1,0 +1,62 @@
+"""What every flow shares: loading params, retry policy, a small command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prefect.tasks import exponential_backoff
+
+from bridgenet.config import ConfigError, Params, load_params
+
+# Tasks that touch files or the tracking server retry with exponential backoff,
+# on transient errors only: a bad sample or a wrong parameter fails at once.
+IO_RETRIES = 2
+IO_BACKOFF = exponential_backoff(backoff_factor=2)
+TRANSIENT = (OSError, ConnectionError, TimeoutError)
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry I/O, network and tracking-server errors only."""
+    from bridgenet.tracking.runs import TrackingUnavailableError
+
+    try:
+        state.result()
+    except (*TRANSIENT, TrackingUnavailableError) as exc:
+        return not isinstance(exc, FileNotFoundError)
+    except Exception:  # noqa: BLE001 - anything else is not worth a retry
+        return False
+    return False
+
+
+def resolve(params_file: str, overrides: Sequence[str], category: str | None = None) -> Params:
+    """Load params.yaml with overrides; with ``category``, merge its per-category overrides."""
+    params = load_params(params_file, list(overrides))
+    return params.for_category(category) if category else params
+
+
+def categories_of(params: Params, categories: Sequence[str] | None) -> list[str]:
+    from bridgenet.data.readers import discover_categories
+
+    return list(categories or discover_categories(params.data))
+
+
+def cli(flow: Callable[..., Any], with_category: bool = False, argv: Sequence[str] | None = None) -> None:
+    """``python -m flows.X [--params FILE] [--set k=v ...] [--category C ...]`` runs the flow."""
+    parser = argparse.ArgumentParser(prog=f"python -m {flow.__module__}", description=flow.__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    if with_category:
+        parser.add_argument("--category", "-c", action="append", default=None)
+    args = parser.parse_args(argv)
+    kwargs: dict[str, Any] = {"params_file": args.params, "overrides": args.overrides}
+    if with_category:
+        kwargs["categories"] = args.category
+    try:
+        result = flow(**kwargs)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+    print(json.dumps(result, indent=2, default=str))
