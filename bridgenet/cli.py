@@ -195,7 +195,11 @@ def promote(params: Params, category: tuple[str, ...]) -> None:
 @with_params
 @fail_cleanly
 def pipeline(params: Params, category: tuple[str, ...], no_register: bool) -> None:
-    """Run the Prefect `retrain` flow locally: preprocess, train, evaluate, register, promote."""
+    """Run the Prefect `retrain` flow: preprocess, train, evaluate, register, promote.
+
+    Categories run in parallel on a Dask cluster when dask.n_workers > 1 (a temporary
+    local one) or dask.address names one; --set dask.n_workers=1 runs them in turn.
+    """
     from flows.retrain import retrain_flow
 
     ctx = click.get_current_context()

@@ -21,12 +21,16 @@ TRANSIENT = (OSError, ConnectionError, TimeoutError)
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition: retry I/O, network and tracking-server errors only."""
+    from sqlalchemy.exc import OperationalError
+
     from bridgenet.tracking.runs import TrackingUnavailableError
 
     try:
         state.result()
     except (*TRANSIENT, TrackingUnavailableError) as exc:
         return not isinstance(exc, FileNotFoundError)
+    except OperationalError as exc:  # a SQLite store busy with another worker's write
+        return "locked" in str(exc) or "busy" in str(exc)
     except Exception:  # noqa: BLE001 - anything else is not worth a retry
         return False
     return False
@@ -36,6 +40,36 @@ def resolve(params_file: str, overrides: Sequence[str], category: str | None = N
     """Load params.yaml with overrides; with ``category``, merge its per-category overrides."""
     params = load_params(params_file, list(overrides))
     return params.for_category(category) if category else params
+
+
+def only_category(params: Params, category: str) -> Params:
+    """``params`` restricted to one category's data (for per-category preprocessing)."""
+    return params.model_copy(update={"data": params.data.model_copy(update={"categories": (category,)})})
+
+
+def bind_worker_resources(n_workers: int) -> str:
+    """Share this machine between ``n_workers`` concurrent category tasks.
+
+    With CUDA, each Dask worker takes one device (by worker index); on the CPU the
+    cores are split so that workers do not oversubscribe them. Returns a description.
+    """
+    import os
+
+    import torch
+
+    try:
+        from distributed import get_worker
+
+        worker_name = str(get_worker().name)
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return "in-process"
+    if torch.cuda.is_available():
+        index = (int(worker_name) if worker_name.isdigit() else abs(hash(worker_name))) % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return f"worker {worker_name}: cuda:{index}"
+    threads = max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    torch.set_num_threads(threads)
+    return f"worker {worker_name}: {threads} CPU threads"
 
 
 def categories_of(params: Params, categories: Sequence[str] | None) -> list[str]:

@@ -14,7 +14,7 @@ import argparse
 from prefect.schedules import Cron
 
 from flows.common import resolve
-from flows.retrain import retrain_flow
+from flows.retrain import retrain_flow, task_runner_for
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="scheduled-retrain")
     args = parser.parse_args(argv)
     params = resolve(args.params, args.overrides)
-    retrain_flow.serve(
+    retrain_flow.with_options(task_runner=task_runner_for(params.dask.n_workers, params.dask.address)).serve(
         name=args.name,
         schedule=Cron(params.schedule.cron, timezone=params.schedule.timezone),
         parameters={"params_file": args.params, "overrides": args.overrides},

@@ -1,8 +1,11 @@
-"""Flow: the whole retraining run, every category: preprocess -> train -> evaluate -> register -> promote.
+"""Flow: the whole retraining run, every category fanned out on a task runner.
 
-Categories are independent (own seed, MLflow run and output folder); one
-category's failure does not stop the others, and the flow run ends failed
-with a message naming each failed category and its error.
+Per category: preprocess -> train -> evaluate -> register -> promote, then one
+report over the categories that finished. Categories are independent (own
+seed, MLflow run and output folder), so they run in parallel on a Dask cluster
+(``dask.n_workers`` > 1 or ``dask.address``) with the same results as one after
+the other. One category's failure does not stop the others; the flow run ends
+failed with a message naming each failed category and its error.
 """
 
 from __future__ import annotations
@@ -24,41 +27,63 @@ class CategoriesFailed(RuntimeError):
     """Some categories failed; the message names each with its error."""
 
 
-def _outcome(future: PrefectFuture) -> tuple[bool, Any]:
-    future.wait()
-    state = future.state
-    if state.is_completed():
-        return True, future.result()
-    try:
-        future.result()
-    except Exception as exc:  # noqa: BLE001 - any task error is this category's failure
-        return False, f"{type(exc).__name__}: {exc}"
-    return False, f"ended in state {state.name}"
+def task_runner_for(n_workers: int, address: str | None) -> Any:
+    """A Dask runner (existing cluster at ``address`` or a temporary local one), or in-process."""
+    if address is None and n_workers <= 1:
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    # One single-threaded process per worker: torch threads are set per task.
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
 
 
-@flow(name="retrain", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def _outcome(chain: list[PrefectFuture]) -> tuple[bool, Any]:
+    """(True, last result) when the whole chain completed, else (False, the first error)."""
+    for future in chain:
+        future.wait()
+    for future in chain:
+        if future.state.is_completed():
+            continue
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - any task error is this category's failure
+            return False, f"{type(exc).__name__}: {exc}"
+        return False, f"ended in state {future.state.name}"
+    return True, chain[-1].result()
+
+
+@flow(name="retrain")
 def retrain_flow(
     params_file: str = "params.yaml",
     overrides: list[str] | None = None,
     categories: list[str] | None = None,
     with_registry: bool = True,
 ) -> dict[str, Any]:
-    """Retrain, evaluate, register and gate every category of data.root."""
+    """Preprocess, train, evaluate, register and gate every category of data.root."""
     logger = get_run_logger()
     overrides = overrides or []
     params = resolve(params_file, overrides)
-    preprocess_task(params_file, overrides)
-    chains: dict[str, PrefectFuture] = {}
+    n_workers = 1 if params.dask.address is None and params.dask.n_workers <= 1 else params.dask.n_workers
+    if with_registry:
+        # Create the tracking store and experiment once, before workers write to it.
+        from bridgenet.tracking.runs import configure_tracking
+
+        configure_tracking(params)
+    chains: dict[str, list[PrefectFuture]] = {}
     for category in categories_of(params, categories):
-        trained = train_task.submit(params_file, overrides, category)
-        last = evaluate_task.submit(params_file, overrides, category, wait_for=[trained])
+        chain = [preprocess_task.submit(params_file, overrides, category)]
+        chain.append(train_task.submit(params_file, overrides, category, n_workers=n_workers, wait_for=chain[-1:]))
+        chain.append(evaluate_task.submit(params_file, overrides, category, wait_for=chain[-1:]))
         if with_registry:
-            last = register_task.submit(params_file, overrides, category, wait_for=[last])
-            last = promote_task.submit(params_file, overrides, category, wait_for=[last])
-        chains[category] = last
+            chain.append(register_task.submit(params_file, overrides, category, wait_for=chain[-1:]))
+            chain.append(promote_task.submit(params_file, overrides, category, wait_for=chain[-1:]))
+        chains[category] = chain
     results, failures = {}, {}
-    for category, future in chains.items():
-        ok, value = _outcome(future)
+    for category, chain in chains.items():
+        ok, value = _outcome(chain)
         (results if ok else failures)[category] = value
     if results:
         results["report"] = report_task(params_file, overrides, [c for c in chains if c in results])
@@ -69,5 +94,19 @@ def retrain_flow(
     return results
 
 
+def run_retrain(
+    params_file: str = "params.yaml",
+    overrides: list[str] | None = None,
+    categories: list[str] | None = None,
+    with_registry: bool = True,
+) -> dict[str, Any]:
+    """Run :func:`retrain_flow` on the task runner that ``dask.*`` in the params asks for."""
+    params = resolve(params_file, overrides or [])
+    runner = task_runner_for(params.dask.n_workers, params.dask.address)
+    return retrain_flow.with_options(task_runner=runner)(
+        params_file=params_file, overrides=overrides or [], categories=categories, with_registry=with_registry
+    )
+
+
 if __name__ == "__main__":
-    cli(retrain_flow, with_category=True)
+    cli(run_retrain, with_category=True)

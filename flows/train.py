@@ -6,15 +6,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import categories_of, cli, resolve
+from flows.common import bind_worker_resources, categories_of, cli, resolve
 from flows.generate_anomalies import render_preview
 
 
 @task
-def train_task(params_file: str, overrides: list[str], category: str, resume: bool = False) -> dict[str, Any]:
+def train_task(
+    params_file: str, overrides: list[str], category: str, resume: bool = False, n_workers: int = 1
+) -> dict[str, Any]:
     from bridgenet.tracking.summary import save_train_summary
     from bridgenet.train import train_category
 
+    get_run_logger().info("%s: %s", category, bind_worker_resources(n_workers))
     params = resolve(params_file, overrides, category)
     summary = train_category(params, category, resume=resume)
     save_train_summary(summary, summary["model_path"].rsplit("/", 1)[0])

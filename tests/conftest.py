@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY_OVERRIDES = (
     "synth.categories=[bagel, cookie]",
+    "data.categories=[bagel, cookie]",
     "synth.image_size=128",
     "synth.n_train=12",
     "synth.n_validation=4",
