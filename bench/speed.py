@@ -1,0 +1,176 @@
+"""Speed benchmark: depth extraction, training and inference throughput, memory, FLOPs.
+
+    python bench/speed.py [--configs default reference] [--train-samples 392] [--out bench/results]
+
+For each configuration (``default``: params.yaml; ``reference``: the reference code's
+widths, embedding and discriminator 1536) on the CPU, and on CUDA where present:
+training samples per second and seconds per epoch, inference samples per second at
+batch 1 and 8, model FLOPs per sample (torch.utils.flop_counter) and the achieved
+fraction of this machine's measured fp32 matrix-multiply throughput, and peak resident
+memory (each configuration runs in its own process so peaks do not mix). Inputs are
+random arrays of the configured size: speed does not depend on content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CONFIGS = {
+    "default": [],
+    "reference": ["model.embed_dim=1536", "model.dsc_hidden=1536"],
+}
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def fake_split(n: int, size: int):
+    from bridgenet.preprocess import CachedSplit
+
+    rng = np.random.default_rng(0)
+    foreground = np.zeros((n, size, size), dtype=bool)
+    foreground[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = True
+    return CachedSplit(
+        category="bench", split="train",
+        rgb=rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+        depth=rng.random((n, size, size), dtype=np.float32) * foreground,
+        foreground=foreground, labels=np.zeros(n, dtype=np.int64),
+        defects=["good"] * n, stems=[f"{i:03d}" for i in range(n)],
+        gt=[np.zeros((size, size), dtype=bool)] * n, original_sizes=np.full((n, 2), size),
+    )
+
+
+def measure(name: str, overrides: list[str], device_name: str, train_samples: int, queue: mp.Queue) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bridgenet.config import load_params
+    from bridgenet.train import Trainer
+
+    params = load_params(REPO / "params.yaml", [*overrides, f"train.device={device_name}",
+                                                  f"train.max_samples_per_epoch={train_samples}"])
+    device = torch.device(device_name)
+    size = params.data.image_size
+    split = fake_split(train_samples, size)
+    start = time.perf_counter()
+    trainer = Trainer(params, split, device)
+    setup_s = time.perf_counter() - start  # includes embedding every clean sample once
+    trainer.epoch()  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    trainer.epoch()
+    sync(device)
+    epoch_s = time.perf_counter() - start
+    network = trainer.network.eval()
+    result = {"config": name, "overrides": overrides, "device": device_name, "image_size": size,
+              "embed_dim": params.model.embed_dim, "dsc_hidden": params.model.dsc_hidden,
+              "train_samples": train_samples, "setup_seconds": setup_s, "seconds_per_epoch": epoch_s,
+              "train_samples_per_s": train_samples / epoch_s}
+    for batch in (1, 8):
+        rgb = torch.rand(batch, 3, size, size, device=device)
+        depth = torch.rand(batch, 1, size, size, device=device)
+        with torch.inference_mode():
+            for _ in range(3):
+                network(rgb, depth)
+            sync(device)
+            repeats = max(3, 48 // batch)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                network(rgb, depth)
+            sync(device)
+        result[f"infer_samples_per_s_b{batch}"] = batch * repeats / (time.perf_counter() - start)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        network(torch.rand(1, 3, size, size, device=device), torch.rand(1, 1, size, size, device=device))
+    result["gflops_per_sample"] = counter.get_total_flops() / 1e9
+    result["matmul_gflops"] = matmul_gflops(device)
+    result["achieved_fraction_b8"] = (result["gflops_per_sample"] * result["infer_samples_per_s_b8"]
+                                      / result["matmul_gflops"])
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    if device.type == "cuda":
+        result["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1024**3
+    queue.put(result)
+
+
+def depth_ms(repeats: int = 10) -> float:
+    """Median milliseconds of visible-depth extraction on bench/depth.py's 800 x 800 scene."""
+    from bench.depth import tilted_scene
+    from bridgenet.config import load_params
+    from bridgenet.data.depth import visible_depth
+
+    data_cfg = load_params(REPO / "params.yaml").data
+    xyz = tilted_scene(800, np.random.default_rng(0))
+    visible_depth(xyz, data_cfg, np.random.default_rng(1))
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        visible_depth(xyz, data_cfg, np.random.default_rng(i))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--train-samples", type=int, default=392)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    ctx = mp.get_context("spawn")
+    results = []
+    for device in devices:
+        for name in args.configs:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=measure, args=(name, CONFIGS[name], device, args.train_samples, queue))
+            proc.start()
+            result = queue.get()
+            proc.join()
+            print(json.dumps(result, indent=2), flush=True)
+            results.append(result)
+    depth = depth_ms()
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+               "date": date.today().isoformat(), "command": "python " + " ".join(sys.argv)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"speed-{'cuda' if 'cuda' in devices else 'cpu'}.json"
+    path.write_text(json.dumps({"machine": machine, "depth_ms_800": depth, "runs": results}, indent=2) + "\n")
+    print(f"depth extraction: {depth:.1f} ms per 800 x 800 sample")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
