@@ -72,6 +72,7 @@ class ModelConfig(_Section):
     dsc_hidden: int = Field(512, ge=8, le=8192)
     modalities: tuple[Literal["rgb", "depth"], ...] = ("rgb", "depth")
     map_smoothing_sigma: float = Field(4.0, ge=0, le=32)
+    foreground_only: bool = True
 
     @field_validator("weights")
     @classmethod
@@ -89,7 +90,7 @@ class ModelConfig(_Section):
 
 
 class GaussianConfig(_Section):
-    enabled: bool = True
+    enabled: bool = False
     sigma: float = Field(0.02, gt=0, le=1)
     scales: tuple[float, float, float] = (6.0, 2.0, 1.0)
     modality_probs: Probabilities = (1 / 3, 1 / 3, 1 / 3)
@@ -108,7 +109,7 @@ class TextureConfig(_Section):
     beta_min: float = Field(0.2, ge=0, le=1)
     beta_max: float = Field(0.8, ge=0, le=1)
     modality_probs: Probabilities = (1 / 3, 1 / 3, 1 / 3)
-    focal_gamma: float = Field(2.0, ge=0, le=10)
+    focal_gamma: float = Field(0.0, ge=0, le=10)
 
     _probs = field_validator("modality_probs")(classmethod(lambda cls, v: _check_probabilities(v)))
 
@@ -134,8 +135,8 @@ class TrainConfig(_Section):
     batch_size: int = Field(8, ge=1, le=512)
     max_samples_per_epoch: int = Field(392, ge=1)
     seed: int = Field(42, ge=0)
-    lr_discriminator: float = Field(1e-4, gt=0, le=1)
-    lr_projection: float = Field(5e-5, gt=0, le=1)
+    lr_discriminator: float = Field(5e-4, gt=0, le=1)
+    lr_projection: float = Field(2e-4, gt=0, le=1)
     weight_decay_projection: float = Field(1e-5, ge=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True

@@ -25,7 +25,7 @@ from bridgenet.anomalies.texture import TextureAnomalyGenerator, mask_to_grid
 from bridgenet.config import Params
 from bridgenet.model.io import TrainedModel, atomic_save, read_checkpoint, save_model
 from bridgenet.model.losses import bce, focal_loss
-from bridgenet.model.network import BridgeNet
+from bridgenet.model.network import BridgeNet, foreground_patches
 from bridgenet.preprocess import CachedSplit, load_cached_split
 
 LOGGER = logging.getLogger(__name__)
@@ -194,28 +194,36 @@ class Trainer:
         net, gen = self.network, self.generator
         clean = {m: self.clean[m][index] for m in self.modalities}
         batch = Batch(self.data.rgb[index], self.data.depth[index], self.data.foreground[index])
+        grid = clean[self.modalities[0]].shape[-2:]
+        # Patches the eval forward never scores are not trained on either (and cost most of a step).
+        keep = (foreground_patches(batch.depth, grid).flatten() > 0 if net.foreground_only
+                else torch.ones(len(batch) * grid[0] * grid[1], dtype=torch.bool, device=self.device))
+
+        def project(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+            return net.projection(net.fuse(embeddings)[keep])
+
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            z_clean = net.projection(net.fuse(clean))
+            z_clean = project(clean)
             negatives: list[torch.Tensor] = []
             if self.gaussian is not None:
                 normalized = {m: net.backbone_input(batch.inputs()[m]) for m in self.modalities}
                 noisy_inputs = {m: self.gaussian.noise(x, "image", gen) for m, x in normalized.items()}
                 image_level = self._replace_embeddings(clean, noisy_inputs, self.gaussian.targets(len(batch), gen))
-                negatives.append(net.projection(net.fuse(image_level)))
+                negatives.append(project(image_level))
                 targets = self.gaussian.targets(len(batch), gen)
                 feature_level = {
                     m: torch.where(targets[m].to(self.device).view(-1, 1, 1, 1),
                                    self.gaussian.noise(clean[m], "feature", gen), clean[m])
                     for m in self.modalities
                 }
-                negatives.append(net.projection(net.fuse(feature_level)))
+                negatives.append(project(feature_level))
                 negatives.append(self.gaussian.noise(z_clean, "projected", gen))
             z_texture = None
             if self.texture is not None:
                 rgb, depth, region, touched = self.texture(batch.rgb, batch.depth, batch.foreground, gen)
                 augmented = {m: net.backbone_input(x) for m, x in (("rgb", rgb), ("depth", depth))}
-                z_texture = net.projection(net.fuse(self._replace_embeddings(clean, augmented, touched)))
-                patch_labels = mask_to_grid(region, clean[self.modalities[0]].shape[-2:]).flatten()
+                z_texture = project(self._replace_embeddings(clean, augmented, touched))
+                patch_labels = mask_to_grid(region, grid).flatten()[keep]
             rows = [z_clean, *negatives] + ([z_texture] if z_texture is not None else [])
             logits = net.discriminator(torch.cat(rows)).float()
         n = z_clean.shape[0]

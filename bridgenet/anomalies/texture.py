@@ -55,9 +55,12 @@ class TextureAnomalyGenerator:
         rng: np.random.Generator,
         n_masks: int = 48,
         device: torch.device | str = "cpu",
+        n_flat: int = 32,
     ) -> None:
         if n_masks < 1:
             raise ValueError(f"n_masks must be >= 1, got {n_masks}")
+        if n_flat < 0:
+            raise ValueError(f"n_flat must be >= 0, got {n_flat}")
         self.cfg = cfg
         self.modalities = modalities
         masks = np.stack([
@@ -66,7 +69,11 @@ class TextureAnomalyGenerator:
         ])
         self.masks = _dihedral(torch.from_numpy(masks)).to(device)  # (8M, S, S) bool
         textures = torch.from_numpy(load_textures(cfg.source, image_size, rng)).permute(0, 3, 1, 2)
-        self.textures = _dihedral(textures).to(device)  # (8K, 3, S, S)
+        # Flat random colours beside the textures: a stain or discolouration has no texture,
+        # and in depth a flat fill is a plateau, i.e. a dent or bump with a crisp rim.
+        flat = torch.from_numpy(rng.uniform(0.0, 1.0, (n_flat, 3, 1, 1)).astype(np.float32))
+        flat = flat.expand(-1, -1, image_size, image_size)
+        self.textures = torch.cat([_dihedral(textures), flat]).to(device)  # (8K + n_flat, 3, S, S)
 
     def regions(self, foreground: torch.Tensor, generator: torch.Generator, tries: int = 8) -> torch.Tensor:
         """(B, S, S) bool Perlin regions inside ``foreground``; the first non-empty of ``tries`` draws."""

@@ -190,7 +190,7 @@ def build_bagel(rng: np.random.Generator, spacing: float) -> Mesh:
     grid = np.stack([ring * np.cos(theta), ring * np.sin(theta), height], -1)
     mesh = grid_mesh(grid, wrap_rows=True)
     lumps = FourierNoise(rng, 15.0, 60.0)(mesh.vertices)
-    return _rest_on_plane(mesh.displaced(0.0012 * lumps))
+    return _rest_on_plane(mesh.displaced(0.0008 * lumps))
 
 
 def build_dowel(rng: np.random.Generator, spacing: float) -> Mesh:

@@ -38,6 +38,8 @@ from bridgenet.data.raycast import (
 )
 
 FAMILIES = ("geometric", "appearance", "both")
+DEFECT_EDGE_WEIGHT = 0.15  # profile weight where a colour defect reaches full strength
+GEOMETRY_EDGE_WEIGHT = 0.35  # the same for a displacement
 _FLIP = np.diag([1.0, -1.0, -1.0])  # world (z up) -> camera looking down (y down, z forward)
 
 
@@ -89,8 +91,9 @@ class SampleParams:
 class Defect:
     """A smooth patch of radius ``radius`` (m) around ``centre`` (object frame, m).
 
-    ``depth``: peak displacement in metres along ``normal`` (the unit outward
-    surface normal at the centre, object frame; negative = inward), used by
+    ``depth``: displacement in metres of the patch's flat floor (or top) along
+    ``normal`` (the unit outward surface normal at the centre, object frame;
+    negative = inward), with a steep rim (:func:`plateau`), used by
     "geometric" and "both"; ``colour`` (RGB in [0, 1]) is blended
     into the albedo with peak weight ``strength`` by "appearance" and "both".
     """
@@ -162,11 +165,13 @@ def object_mesh(category: str, shape_seed: int, image_size: int) -> Mesh:
     return mesh
 
 
-def defect_weights(mesh: Mesh, defect: Defect) -> np.ndarray:
+def defect_weights(mesh: Mesh, defect: Defect, flat: bool = False) -> np.ndarray:
     """(V,) weights in [0, 1]: 1 at the centre, exactly 0 outside the irregular patch.
 
     Only upward-facing surface (object-frame normal z > 0.45) is affected, so the
-    patch stays visible from above.
+    patch stays visible from above. ``flat`` gives the radial falloff a flat
+    floor and a steep rim (:func:`plateau`); the fade towards steep surface
+    stays smooth, so that no displaced rim turns away from the camera.
     """
     weights = np.zeros(len(mesh.vertices))
     distance = np.linalg.norm(mesh.vertices - np.asarray(defect.centre), axis=1)
@@ -177,8 +182,20 @@ def defect_weights(mesh: Mesh, defect: Defect) -> np.ndarray:
     radius = defect.radius * (1 + 0.25 * np.clip(noise(mesh.vertices[near]), -1.5, 1.5))
     s = distance[near] / radius
     up = np.clip((mesh.normals[near, 2] - 0.45) / 0.25, 0.0, 1.0)
-    weights[near] = np.where(s < 1, (1 - s**2) ** 2, 0.0) * up * up * (3 - 2 * up)
+    radial = np.where(s < 1, (1 - s**2) ** 2, 0.0)
+    weights[near] = (plateau(radial) if flat else radial) * up * up * (3 - 2 * up)
     return weights
+
+
+def plateau(weights: np.ndarray, edge: float = GEOMETRY_EDGE_WEIGHT) -> np.ndarray:
+    """Flat-bottomed profile (same shape as ``weights``) in [0, 1]: 1 where ``weights >= edge``.
+
+    Natural shape variation is smooth and broad; a dent or bump with a flat
+    floor and a steep rim (a smoothstep over weights 0..``edge``, the outer
+    ~40 % of the radius) is what makes a geometric defect a defect.
+    """
+    t = np.clip(weights / edge, 0.0, 1.0)
+    return t * t * (3 - 2 * t)
 
 
 def scan_geometry(
@@ -209,7 +226,8 @@ def scan_geometry(
         )
         # one direction for the whole patch keeps the deformed surface smooth
         shown = mesh.displaced(
-            defect.depth * weights * texture, direction=np.asarray(defect.normal)
+            defect.depth * defect_weights(mesh, defect, flat=True) * texture,
+            direction=np.asarray(defect.normal),
         )
     r_oc, t_oc = params.object_to_camera()
     r_wc, t_wc = params.world_to_camera()
@@ -283,7 +301,7 @@ def render_sample(
         mottle = FourierNoise(
             np.random.default_rng(defect.seed + 2), 1.0 / defect.radius, 6.0 / defect.radius
         )
-        alpha = np.clip(g["object_weights"] / 0.15, 0, 1) * (
+        alpha = np.clip(g["object_weights"] / DEFECT_EDGE_WEIGHT, 0, 1) * (
             0.8 + 0.2 * np.clip(mottle(g["tex_points"]), -1, 1)
         )
         albedo[on_object] += (

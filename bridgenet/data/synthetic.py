@@ -59,7 +59,7 @@ MIN_DEFECT_FRACTION = 0.015  # of the image's pixels
 MAX_DEFECT_FRACTION = 0.07
 MIN_DEFECT_HEIGHT_M = 0.002  # every defect pixel lies at least this far above the support plane
 _DEFECT_ATTEMPTS = 16
-_DEPTH_MM = {"dent": (-3.0, -1.5), "bump": (1.5, 3.0), "contamination": (0.8, 1.8)}
+_DEPTH_MM = {"dent": (-4.0, -2.5), "bump": (1.5, 3.0), "contamination": (1.0, 2.0)}
 _CONTAMINANTS = np.array(
     [[0.55, 0.58, 0.5], [0.88, 0.87, 0.82], [0.1, 0.1, 0.1], [0.4, 0.45, 0.22]]
 )

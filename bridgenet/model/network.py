@@ -7,6 +7,7 @@ Data flow for a batch of B images of side S (stride-8 grid of side s = S / 8):
     -> concatenate modalities per patch              (B * s * s, M * D)
     -> projection (trainable linear)                 (B * s * s, M * D)
     -> discriminator MLP -> logit per patch          (B * s * s,)
+    -> patches off the (dilated) foreground, depth == 0, scored 0 (``foreground_only``)
     -> image score = max patch score; anomaly map = patch scores upsampled and smoothed
 """
 
@@ -131,6 +132,18 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return out.squeeze(1)
 
 
+def foreground_patches(depth: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, S, S) depth -> (B, h, w) float: 1 on patches within one patch of the foreground.
+
+    The visible depth is 0 exactly off the object. A sample without any
+    foreground keeps every patch, so a failed depth extraction never hides a score.
+    """
+    foreground = (depth > 0).float()
+    patches = F.max_pool2d(F.adaptive_max_pool2d(foreground, grid), 3, stride=1, padding=1).squeeze(1)
+    empty = patches.flatten(1).amax(1) == 0
+    return torch.where(empty.view(-1, 1, 1), torch.ones_like(patches), patches)
+
+
 class BridgeNet(nn.Module):
     """Shared-backbone RGB + depth patch discriminator (see module docstring)."""
 
@@ -147,6 +160,7 @@ class BridgeNet(nn.Module):
         self.discriminator = Discriminator(fused, cfg.dsc_hidden, cfg.dsc_layers)
         self.stride = self.backbone.strides[0]
         self.smoothing_sigma = cfg.map_smoothing_sigma
+        self.foreground_only = cfg.foreground_only
         # Per-modality channel statistics of clean training embeddings, so that the
         # Gaussian generator's noise scales are relative to the features' spread.
         for m in self.modalities:
@@ -210,6 +224,8 @@ class BridgeNet(nn.Module):
         """rgb (B, 3, S, S) and depth (B, 1, S, S) in [0, 1] -> scores and maps at S x S."""
         inputs = {"rgb": rgb, "depth": depth}
         scores = torch.sigmoid(self.patch_logits(self.embed_inputs(inputs)).float())
+        if self.foreground_only:
+            scores = scores * foreground_patches(depth.float(), scores.shape[-2:])
         size = rgb.shape[-2:] if "rgb" in self.modalities else depth.shape[-2:]
         maps = F.interpolate(scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
         maps = gaussian_blur(maps.squeeze(1), self.smoothing_sigma)

@@ -115,3 +115,11 @@ def test_texture_sources(tmp_path):
     (folder / "b.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="b.png"):
         load_textures(str(tmp_path / "dtd"), 16, np.random.default_rng(0))
+
+
+def test_texture_bank_holds_flat_colours_besides_textures():
+    gen = TextureAnomalyGenerator(TextureConfig(), S, ("rgb",), np.random.default_rng(0), n_masks=2, n_flat=5)
+    spread = gen.textures.flatten(2).std(-1).amax(-1)  # (K,) largest per-channel spread
+    assert (spread == 0).sum() == 5
+    with pytest.raises(ValueError, match="n_flat"):
+        TextureAnomalyGenerator(TextureConfig(), S, ("rgb",), np.random.default_rng(0), n_flat=-1)

@@ -204,3 +204,17 @@ def test_rerun_with_fewer_samples_removes_stale_files(tmp_path):
     assert all(
         re.fullmatch(r"\d{3}\.(png|tiff)", p.name) for p in tmp_path.rglob("*") if p.is_file()
     )
+
+
+def test_geometric_defects_have_a_flat_floor_and_a_steep_rim():
+    from bridgenet.data.render import GEOMETRY_EDGE_WEIGHT, plateau
+
+    weights = np.linspace(0.0, 1.0, 101)
+    profile = plateau(weights)
+    assert profile[0] == 0 and (profile[weights >= GEOMETRY_EDGE_WEIGHT] == 1).all()
+    assert (np.diff(profile) >= 0).all()
+    params, _, sample = make_sample(3, "bagel", "test", "dent", 0, SIZE, 0.0)
+    clean = render_sample(params)
+    dz = np.abs(sample.xyz[..., 2] - clean.xyz[..., 2])[sample.mask]
+    # A smooth (1 - s^2)^2 bowl is within 20 % of its depth on ~11 % of its area.
+    assert (dz > 0.8 * dz.max()).mean() > 0.25

@@ -96,3 +96,27 @@ def test_gaussian_blur_preserves_constants_and_spreads_peaks():
 def test_bad_modalities_are_refused():
     with pytest.raises(ValueError, match="patch_size must be odd"):
         PatchAdapter([4], patch_size=2, embed_dim=8)
+
+
+def test_foreground_patches_cover_the_object_plus_one_patch():
+    from bridgenet.model.network import foreground_patches
+
+    depth = torch.zeros(2, 1, 64, 64)
+    depth[0, :, 24:32, 24:32] = 0.5  # one stride-8 patch at grid (3, 3)
+    patches = foreground_patches(depth, (8, 8))
+    assert patches[0].sum() == 9 and patches[0, 2:5, 2:5].all()
+    assert patches[1].all()  # no foreground at all: nothing is hidden
+
+
+def test_off_object_patches_score_zero_only_with_foreground_only():
+    torch.manual_seed(0)
+    rgb, depth = torch.rand(1, 3, 64, 64), torch.zeros(1, 1, 64, 64)
+    depth[..., :16, :16] = 1.0
+    masked = BridgeNet(SMALL).eval()
+    full = BridgeNet(SMALL.model_copy(update={"foreground_only": False})).eval()
+    full.load_state_dict(masked.state_dict())
+    with torch.inference_mode():
+        on, off = masked(rgb, depth), full(rgb, depth)
+    assert on.anomaly_map[0, 40:, 40:].max() < 1e-6  # only the smoothing tail reaches here
+    assert off.anomaly_map[0, 40:, 40:].min() > 0
+    assert on.pred_score <= off.pred_score
