@@ -296,11 +296,21 @@ def train_category(
 
     Returns a summary: best epoch, validation metrics, threshold, history and timings.
     """
+    previous_threads = torch.get_num_threads()
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
+    try:
+        return _train_category(params, category, out_dir, resume, on_epoch)
+    finally:
+        torch.set_num_threads(previous_threads)  # no side effect on the caller's process
+
+
+def _train_category(
+    params: Params, category: str, out_dir: Path | None, resume: bool, on_epoch: EpochCallback | None
+) -> dict[str, Any]:
     tcfg = params.train
     out_dir = Path(out_dir) if out_dir is not None else Path(tcfg.models_dir) / category
     checkpoint_path, model_path = out_dir / "checkpoint.pt", out_dir / "model.pt"
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
     device = resolve_device(tcfg.device)
     train_split = load_cached_split(params.data.cache_dir, category, "train", params.data)
     val_split = load_cached_split(params.data.cache_dir, category, "validation", params.data)

@@ -122,7 +122,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian smoothing of (B, H, W) maps, reflect padding."""
     if sigma <= 0:
         return maps
-    radius = max(1, int(round(4 * sigma)))
+    radius = max(1, round(4 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
