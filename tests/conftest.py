@@ -70,3 +70,15 @@ def prefect_api_url():
 
     with prefect_test_harness():
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def trained_bagel(tiny_root, tmp_path_factory):
+    """(params, summary, TrainedModel): bagel trained 8 epochs on the tiny set, once per session."""
+    from bridgenet.model.io import load_model
+    from bridgenet.train import train_category
+
+    params = tiny_params(tiny_root, "train.epochs=8")
+    out = tmp_path_factory.mktemp("trained")
+    summary = train_category(params, "bagel", out_dir=out)
+    return params, summary, load_model(out / "model.pt")

@@ -6,17 +6,10 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
-from bridgenet.model.io import load_model
-from bridgenet.train import train_category
-from tests.conftest import tiny_params
-
 
 @pytest.fixture(scope="module")
-def trained(tiny_root, tmp_path_factory):
-    params = tiny_params(tiny_root, "train.epochs=8")
-    out = tmp_path_factory.mktemp("trained")
-    summary = train_category(params, "bagel", out_dir=out)
-    return params, summary, load_model(out / "model.pt")
+def trained(trained_bagel):
+    return trained_bagel
 
 
 @pytest.mark.parametrize("defect", ["color", "contamination"])
