@@ -96,9 +96,11 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_root, tmp_path
     straight = train_category(tiny_params(tiny_root, f"train.epochs={epochs}"), "cookie",
                               out_dir=tmp_path / "straight")
     reference = read_checkpoint(tmp_path / "models" / "cookie" / "checkpoint.pt")["history"]
-    assert [h["loss"] for h in reference] == [h["loss"] for h in straight["history"]]
+    # Equal up to float summation order (torch's thread count may differ between processes).
+    assert [h["loss"] for h in reference] == pytest.approx([h["loss"] for h in straight["history"]], rel=1e-5)
     split = load_test_split(params, "cookie")
     np.testing.assert_allclose(
         score_split(resumed, split, 4, torch.device("cpu"))[0],
         score_split(load_model(tmp_path / "straight" / "model.pt"), split, 4, torch.device("cpu"))[0],
+        rtol=1e-5,
     )
