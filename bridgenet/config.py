@@ -73,6 +73,7 @@ class ModelConfig(_Section):
     modalities: tuple[Literal["rgb", "depth"], ...] = ("rgb", "depth")
     map_smoothing_sigma: float = Field(4.0, ge=0, le=32)
     foreground_only: bool = True
+    backbone_cpu_batch: int = Field(2, ge=0, le=1024)
 
     @field_validator("weights")
     @classmethod

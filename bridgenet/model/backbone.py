@@ -145,10 +145,16 @@ class Backbone(nn.Module):
     ``forward(x)`` takes images (B, 3, H, W), already normalised with
     :attr:`mean` / :attr:`std`, and returns one map per layer,
     (B, channels[i], H / strides[i], W / strides[i]).
+
+    The network runs channels-last. On the CPU, batches are cut into pieces of
+    ``cpu_batch`` images: EfficientNet's wide early activations then stay in the
+    caches, which measured 1.5 to 2 times faster than whole batches of 8 on a
+    2-core machine (``bench/speed.py``). Results do not depend on the piece size.
     """
 
     def __init__(
-        self, model_name: str, weights: str, layers: tuple[int, ...], announce_random: bool = True
+        self, model_name: str, weights: str, layers: tuple[int, ...], announce_random: bool = True,
+        cpu_batch: int = 0,
     ) -> None:
         super().__init__()
         if not layers:
@@ -167,6 +173,8 @@ class Backbone(nn.Module):
         for parameter in self.net.parameters():
             parameter.requires_grad_(False)
         self.net.eval()
+        self.net.to(memory_format=torch.channels_last)
+        self.cpu_batch = cpu_batch
 
     def train(self, mode: bool = True) -> Backbone:
         # Frozen: batch-norm statistics never update, whatever the caller asks.
@@ -178,4 +186,8 @@ class Backbone(nn.Module):
         return (images - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.net(x))
+        x = x.contiguous(memory_format=torch.channels_last)
+        if x.device.type != "cpu" or self.cpu_batch <= 0 or len(x) <= self.cpu_batch:
+            return list(self.net(x))
+        pieces = [self.net(piece) for piece in x.split(self.cpu_batch)]
+        return [torch.cat(maps) for maps in zip(*pieces)]

@@ -153,7 +153,8 @@ class BridgeNet(nn.Module):
         if unknown:
             raise ValueError(f"model.modalities: unknown {sorted(unknown)}; allowed {MODALITIES}")
         self.modalities = tuple(m for m in MODALITIES if m in cfg.modalities)
-        self.backbone = Backbone(cfg.backbone, weights or cfg.weights, cfg.layers, announce_random)
+        self.backbone = Backbone(cfg.backbone, weights or cfg.weights, cfg.layers, announce_random,
+                                 cfg.backbone_cpu_batch)
         self.adapter = PatchAdapter(self.backbone.channels, cfg.patch_size, cfg.embed_dim)
         fused = cfg.embed_dim * len(self.modalities)
         self.projection = Projection(fused, cfg.pre_proj_layers)
@@ -223,9 +224,18 @@ class BridgeNet(nn.Module):
     def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> AnomalyResult:
         """rgb (B, 3, S, S) and depth (B, 1, S, S) in [0, 1] -> scores and maps at S x S."""
         inputs = {"rgb": rgb, "depth": depth}
-        scores = torch.sigmoid(self.patch_logits(self.embed_inputs(inputs)).float())
+        embeddings = self.embed_inputs(inputs)
+        first = embeddings[self.modalities[0]]
+        b, _, h, w = first.shape
+        rows = self.fuse(embeddings)
         if self.foreground_only:
-            scores = scores * foreground_patches(depth.float(), scores.shape[-2:])
+            # Patches off the object score 0, so only the others go through the MLP.
+            keep = foreground_patches(depth.float(), (h, w)).flatten() > 0
+            logits = torch.full((b * h * w,), -torch.inf, device=rows.device)
+            logits[keep] = self.discriminator(self.projection(rows[keep])).float()
+        else:
+            logits = self.discriminator(self.projection(rows)).float()
+        scores = torch.sigmoid(logits).view(b, h, w)
         size = rgb.shape[-2:] if "rgb" in self.modalities else depth.shape[-2:]
         maps = F.interpolate(scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
         maps = gaussian_blur(maps.squeeze(1), self.smoothing_sigma)
