@@ -1,0 +1,49 @@
+"""The accuracy benchmark's bookkeeping: mean/std over seeds, the mean category, the targets."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.accuracy import check_targets, markdown, summarize
+
+
+def _run(config: str, seed: int, category: str, image: float, geometric: float, appearance: float) -> dict:
+    return {"config": config, "seed": seed, "category": category, "train_seconds": 10.0,
+            "metrics": {"image_auroc": image, "pixel_auroc": 0.9, "aupro_30": 0.8, "aupro_1": 0.5},
+            "families": {"geometric": geometric, "appearance": appearance, "both": 1.0}}
+
+
+def test_mean_and_std_over_seeds_per_category_and_over_categories():
+    runs = [_run("rgb+depth", 0, "a", 0.90, 1.0, 0.8), _run("rgb+depth", 1, "a", 1.00, 1.0, 0.9),
+            _run("rgb+depth", 0, "b", 0.80, 0.9, 0.9), _run("rgb+depth", 1, "b", 0.80, 0.9, 0.9)]
+    table = summarize(runs, ["rgb+depth", "rgb"], ["a", "b"])
+    assert "rgb" not in table  # nothing ran
+    cell = table["rgb+depth"]["categories"]["a"]["image_auroc"]
+    assert cell["mean"] == pytest.approx(0.95) and cell["std"] == pytest.approx(0.05) and cell["n"] == 2
+    overall = table["rgb+depth"]["mean"]
+    # per seed: (0.9 + 0.8) / 2 = 0.85 and (1.0 + 0.8) / 2 = 0.9
+    assert overall["image_auroc"]["mean"] == pytest.approx(0.875)
+    assert overall["image_auroc"]["std"] == pytest.approx(0.025)
+    assert overall["image_auroc_appearance"]["mean"] == pytest.approx((0.85 + 0.9) / 2)
+    assert "| rgb+depth | **mean** | 0.875 ± 0.025 |" in markdown(table, ["a", "b"])
+
+
+def test_a_seed_missing_a_category_stays_out_of_the_mean_category():
+    runs = [_run("rgb+depth", 0, "a", 0.9, 1, 1), _run("rgb+depth", 0, "b", 0.7, 1, 1),
+            _run("rgb+depth", 1, "a", 0.1, 1, 1)]
+    table = summarize(runs, ["rgb+depth"], ["a", "b"])
+    assert table["rgb+depth"]["seeds_complete"] == [0]
+    assert table["rgb+depth"]["mean"]["image_auroc"]["mean"] == pytest.approx(0.8)
+    assert table["rgb+depth"]["categories"]["a"]["image_auroc"]["n"] == 2
+
+
+def test_targets_compare_fusion_with_the_modality_blind_to_each_family():
+    runs = [_run("rgb+depth", 0, "a", 0.98, 0.99, 0.97), _run("rgb", 0, "a", 0.9, 0.6, 0.99),
+            _run("depth", 0, "a", 0.9, 0.99, 0.6)]
+    lines = check_targets(summarize(runs, ["rgb+depth", "rgb", "depth"], ["a"]))
+    assert lines[0].startswith("PASS: rgb+depth mean image AUROC 0.980")
+    assert lines[1].startswith("PASS: geometric defects (unseen by rgb)")
+    assert lines[2].startswith("PASS: appearance defects (unseen by depth)")
+    worse = [_run("rgb+depth", 0, "a", 0.96, 0.5, 0.97), *runs[1:]]
+    lines = check_targets(summarize(worse, ["rgb+depth", "rgb", "depth"], ["a"]))
+    assert lines[0].startswith("FAIL") and lines[1].startswith("FAIL") and lines[2].startswith("PASS")
