@@ -200,11 +200,11 @@ def pipeline(params: Params, category: tuple[str, ...], no_register: bool) -> No
     Categories run in parallel on a Dask cluster when dask.n_workers > 1 (a temporary
     local one) or dask.address names one; --set dask.n_workers=1 runs them in turn.
     """
-    from flows.retrain import retrain_flow
+    from flows.retrain import run_retrain
 
     ctx = click.get_current_context()
 
-    result = retrain_flow(
+    result = run_retrain(
         params_file=str(ctx.params.get("params_file", DEFAULT_PARAMS)),
         overrides=list(ctx.params.get("overrides", ())),
         categories=list(category) or None,

@@ -55,7 +55,9 @@ def _outcome(chain: list[PrefectFuture]) -> tuple[bool, Any]:
     return True, chain[-1].result()
 
 
-@flow(name="retrain")
+# Called directly, the flow runs categories one after another: torch's thread count and
+# seeding are per process, so categories must not share a process concurrently.
+@flow(name="retrain", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def retrain_flow(
     params_file: str = "params.yaml",
     overrides: list[str] | None = None,

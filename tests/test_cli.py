@@ -50,3 +50,27 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "bridgenet"
     out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
     assert __version__ in out.stdout
+
+
+def test_pipeline_runs_on_the_task_runner_the_params_ask_for(monkeypatch):
+    import flows.retrain
+
+    seen = {}
+
+    def fake_flow(**kwargs):
+        seen["runner"] = fake_flow.runner
+        return {"categories": kwargs["categories"]}
+
+    def with_options(task_runner):
+        fake_flow.runner = task_runner
+        return fake_flow
+
+    monkeypatch.setattr(flows.retrain.retrain_flow, "with_options", with_options)
+    result = CliRunner().invoke(main, ["pipeline", "--set", "dask.n_workers=1", "-c", "bagel"])
+    assert result.exit_code == 0, result.output
+    assert type(seen["runner"]).__name__ == "ThreadPoolTaskRunner" and seen["runner"]._max_workers == 1
+    result = CliRunner().invoke(main, ["pipeline", "--set", "dask.n_workers=2", "-c", "bagel"])
+    assert result.exit_code == 0, result.output
+    assert type(seen["runner"]).__name__ == "DaskTaskRunner"
+    # Called directly (a deployment without options), categories run one at a time.
+    assert flows.retrain.retrain_flow.task_runner._max_workers == 1
