@@ -47,6 +47,28 @@ def only_category(params: Params, category: str) -> Params:
     return params.model_copy(update={"data": params.data.model_copy(update={"categories": (category,)})})
 
 
+def restore_malloc_defaults() -> bool:
+    """Undo, inside a Dask worker, what Dask's ``MALLOC_TRIM_THRESHOLD_`` does to glibc.
+
+    Distributed's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``; glibc
+    then stops adapting its mmap threshold, so every tensor above 128 KiB is a fresh
+    ``mmap`` paid for in page faults. A training epoch took 10.9 s in a worker against
+    4.2 s in a plain process (one thread, 40 samples). Fixed heap thresholds of 32 MiB
+    (mmap) and 512 MiB (trim) bring it back to 3.9 s. No-op outside glibc or Dask.
+    """
+    import ctypes
+    import os
+
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 1024**2) and libc.mallopt(m_trim_threshold, 512 * 1024**2))
+
+
 def bind_worker_resources(n_workers: int) -> str:
     """Share this machine between ``n_workers`` concurrent category tasks.
 
@@ -63,6 +85,7 @@ def bind_worker_resources(n_workers: int) -> str:
         worker_name = str(get_worker().name)
     except (ImportError, ValueError):  # not inside a Dask worker
         return "in-process"
+    restore_malloc_defaults()
     if torch.cuda.is_available():
         index = (int(worker_name) if worker_name.isdigit() else abs(hash(worker_name))) % torch.cuda.device_count()
         torch.cuda.set_device(index)

@@ -6,13 +6,22 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import IO_BACKOFF, IO_RETRIES, categories_of, cli, resolve, retry_transient
+from flows.common import (
+    IO_BACKOFF,
+    IO_RETRIES,
+    categories_of,
+    cli,
+    resolve,
+    restore_malloc_defaults,
+    retry_transient,
+)
 
 
 @task(retries=IO_RETRIES, retry_delay_seconds=IO_BACKOFF, retry_condition_fn=retry_transient)
 def evaluate_task(params_file: str, overrides: list[str], category: str) -> dict[str, Any]:
     from bridgenet.evaluate import evaluate_to_folder
 
+    restore_malloc_defaults()  # when in a Dask worker
     doc = evaluate_to_folder(resolve(params_file, overrides), category)
     get_run_logger().info("%s: %s", category, doc["categories"][category])
     return doc["categories"][category]

@@ -6,7 +6,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import IO_BACKOFF, IO_RETRIES, cli, only_category, resolve, retry_transient
+from flows.common import (
+    IO_BACKOFF,
+    IO_RETRIES,
+    cli,
+    only_category,
+    resolve,
+    restore_malloc_defaults,
+    retry_transient,
+)
 
 
 @task(retries=IO_RETRIES, retry_delay_seconds=IO_BACKOFF, retry_condition_fn=retry_transient)
@@ -14,6 +22,7 @@ def preprocess_task(params_file: str, overrides: list[str], category: str | None
     """Preprocess every category of data.categories, or only ``category``."""
     from bridgenet.preprocess import run_preprocess
 
+    restore_malloc_defaults()  # when in a Dask worker
     params = resolve(params_file, overrides)
     summary = run_preprocess(only_category(params, category) if category else params)
     get_run_logger().info("preprocess: %s", {k: summary[k] for k in ("written", "reused", "failed", "removed")})

@@ -8,13 +8,22 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import IO_BACKOFF, IO_RETRIES, categories_of, cli, resolve, retry_transient
+from flows.common import (
+    IO_BACKOFF,
+    IO_RETRIES,
+    categories_of,
+    cli,
+    resolve,
+    restore_malloc_defaults,
+    retry_transient,
+)
 
 
 @task(retries=IO_RETRIES, retry_delay_seconds=IO_BACKOFF, retry_condition_fn=retry_transient)
 def register_task(params_file: str, overrides: list[str], category: str) -> dict[str, Any]:
     from bridgenet.register import run_register
 
+    restore_malloc_defaults()  # when in a Dask worker
     result = run_register(resolve(params_file, overrides, category), [category])[category]
     get_run_logger().info("%s: registered %s version %s", category, result["model_name"], result["version"])
     return result

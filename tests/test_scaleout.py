@@ -76,3 +76,14 @@ def test_a_corrupt_file_fails_its_category_only(tiny_root, tmp_path, prefect_api
     assert "category cookie failed" in message and str(broken) in message
     assert "bagel" not in message
     assert set(_champion_runs(tmp_path / "run")) == {"bagel"}
+
+
+def test_dask_malloc_setting_is_undone_only_where_dask_made_it(monkeypatch):
+    import platform
+
+    from flows.common import restore_malloc_defaults
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert restore_malloc_defaults() is False  # a plain process keeps glibc's own tuning
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # what Dask's nanny exports to workers
+    assert restore_malloc_defaults() is (platform.libc_ver()[0] == "glibc")
