@@ -167,6 +167,39 @@ class BridgeNet(nn.Module):
         for m in self.modalities:
             self.register_buffer(f"{m}_mean", torch.zeros(1, cfg.embed_dim, 1, 1))
             self.register_buffer(f"{m}_std", torch.ones(1, cfg.embed_dim, 1, 1))
+        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def folded_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval only: the projection, the first discriminator Linear and its BatchNorm as one affine map.
+
+        All three are affine at eval time, so their product is exact up to float
+        rounding and costs one (hidden x fused) matrix per patch instead of three
+        matrices (at the reference's widths about 2.3 times fewer FLOPs). Recomputed
+        whenever any of their tensors changed (optimizer step, load, device move).
+        """
+        linear, norm = self.discriminator.body[0], self.discriminator.body[1]
+        tensors = [*self.projection.parameters(), linear.weight, linear.bias,
+                   norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._folded is None or self._folded[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                weight, bias = linear.weight.float(), linear.bias.float()
+                for layer in reversed(self.projection.layers):  # W (P x + b) = (W P) x + W b
+                    bias = bias + weight @ layer.bias.float()
+                    weight = weight @ layer.weight.float()
+                scale = norm.weight.float() / torch.sqrt(norm.running_var.float() + norm.eps)
+                weight = weight * scale[:, None]
+                bias = (bias - norm.running_mean.float()) * scale + norm.bias.float()
+            self._folded = (key, weight, bias)
+        return self._folded[1], self._folded[2]
+
+    def score_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Fused patch rows (N, M * D) -> logits (N,); the folded head in eval mode."""
+        if self.training:
+            return self.discriminator(self.projection(rows))
+        weight, bias = self.folded_head()
+        hidden = F.linear(rows, weight.to(rows.dtype), bias.to(rows.dtype))
+        return self.discriminator.tail(self.discriminator.body[2:](hidden)).squeeze(-1)
 
     @torch.no_grad()
     def fit_standardization(self, embeddings: dict[str, torch.Tensor]) -> None:
@@ -232,9 +265,9 @@ class BridgeNet(nn.Module):
             # Patches off the object score 0, so only the others go through the MLP.
             keep = foreground_patches(depth.float(), (h, w)).flatten() > 0
             logits = torch.full((b * h * w,), -torch.inf, device=rows.device)
-            logits[keep] = self.discriminator(self.projection(rows[keep])).float()
+            logits[keep] = self.score_rows(rows[keep]).float()
         else:
-            logits = self.discriminator(self.projection(rows)).float()
+            logits = self.score_rows(rows).float()
         scores = torch.sigmoid(logits).view(b, h, w)
         size = rgb.shape[-2:] if "rgb" in self.modalities else depth.shape[-2:]
         maps = F.interpolate(scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)

@@ -120,3 +120,27 @@ def test_off_object_patches_score_zero_only_with_foreground_only():
     assert on.anomaly_map[0, 40:, 40:].max() < 1e-6  # only the smoothing tail reaches here
     assert off.anomaly_map[0, 40:, 40:].min() > 0
     assert on.pred_score <= off.pred_score
+
+
+def test_eval_head_is_projection_then_discriminator_folded_into_one_matrix():
+    torch.manual_seed(3)
+    net = BridgeNet(SMALL.model_copy(update={"pre_proj_layers": 2})).eval()
+    norm = net.discriminator.body[1]
+    with torch.no_grad():  # non-trivial batch-norm statistics, as after training
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    rows = torch.randn(50, net.discriminator.body[0].in_features)
+    with torch.inference_mode():
+        folded = net.score_rows(rows)
+    torch.testing.assert_close(folded, net.discriminator(net.projection(rows)), rtol=1e-4, atol=1e-4)
+    # A changed weight (an optimizer step, a loaded state) is picked up, not served stale.
+    with torch.no_grad():
+        net.projection.layers[0].weight.mul_(2.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(net.score_rows(rows), net.discriminator(net.projection(rows)),
+                                   rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(net.score_rows(rows), folded)
+    net.train()  # training mode keeps the separate layers (batch statistics, gradients)
+    assert net.score_rows(rows).requires_grad
