@@ -3,7 +3,7 @@
 Pipeline of :func:`extract_visible_depth` on an organised point map
 ``xyz`` float32 (H, W, 3) in metres, camera frame, ``z == 0`` where no point:
 
-1. fit the support plane with open3d RANSAC on a seeded subsample of the valid
+1. fit the support plane with RANSAC on a seeded subsample of the valid
    points (inlier band ``plane_distance / 2``), refitted on the points behind
    it while a large share lies there (see :func:`fit_background_plane`);
    signed distances of ALL valid points follow in numpy, positive on the
@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import open3d as o3d
 from PIL import Image
 from scipy import ndimage
 
@@ -62,12 +61,33 @@ def valid_points(xyz: np.ndarray) -> np.ndarray:
 def _ransac_plane(
     points: np.ndarray, inlier_distance: float, iterations: int, rng: np.random.Generator
 ) -> np.ndarray:
-    o3d.utility.random.seed(int(rng.integers(0, 2**31 - 1)))
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
-    model, _ = cloud.segment_plane(
-        distance_threshold=float(inlier_distance), ransac_n=3, num_iterations=int(iterations)
-    )
-    plane = np.asarray(model, dtype=np.float64)
+    """Best of ``iterations`` planes through 3 points drawn with ``rng``, refined on its inliers.
+
+    The candidate with the most points within ``inlier_distance`` wins (the first
+    on ties); a least-squares fit to its inliers gives the plane. Vectorised numpy,
+    so one generator state gives one plane: open3d's parallel ``segment_plane``
+    returned different planes for the same seed depending on thread timing.
+    """
+    points = points.astype(np.float64)
+    triples = points[rng.integers(0, len(points), size=(int(iterations), 3))]  # (I, 3, 3)
+    normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])
+    lengths = np.linalg.norm(normals, axis=1)
+    usable = lengths > 1e-12 * max(1.0, float(np.abs(points).max()) ** 2)
+    if not usable.any():
+        raise ValueError(f"plane fit failed (degenerate points: {len(points)} collinear or repeated)")
+    normals = normals[usable] / lengths[usable, None]
+    offsets = -np.einsum("ij,ij->i", normals, triples[usable, 0])
+    counts = np.concatenate([
+        (np.abs(points @ normals[i:i + 64].T + offsets[i:i + 64]) < inlier_distance).sum(axis=0)
+        for i in range(0, len(normals), 64)
+    ])
+    best = int(np.argmax(counts))
+    plane = np.append(normals[best], offsets[best])
+    inliers = points[np.abs(points @ plane[:3] + plane[3]) < inlier_distance]
+    if len(inliers) >= 3:
+        centroid = inliers.mean(axis=0)
+        normal = np.linalg.svd(inliers - centroid, full_matrices=False)[2][-1]
+        plane = np.append(normal, -normal @ centroid)
     norm = np.linalg.norm(plane[:3])
     if not np.isfinite(norm) or norm == 0:
         raise ValueError(f"plane fit failed (degenerate points), got model {plane.tolist()}")
@@ -84,8 +104,8 @@ def fit_background_plane(
 ) -> np.ndarray:
     """RANSAC support plane (a, b, c, d) of ``points`` (N, 3), unit normal towards the camera.
 
-    At most ``sample_points`` points, drawn with ``rng``, enter the fit; open3d's
-    own generator is seeded from ``rng`` too, so equal generators give equal
+    At most ``sample_points`` points, drawn with ``rng``, enter the fit, and the
+    RANSAC candidates are drawn with ``rng`` too, so equal generators give equal
     planes. The camera (origin) is on the plane's positive side.
 
     The support is the dominant plane with nothing substantial behind it: when
