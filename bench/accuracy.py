@@ -214,6 +214,26 @@ def check_targets(table: dict[str, Any]) -> list[str]:
     return lines
 
 
+def readme_block(table: dict[str, Any], categories: list[str], targets: list[str], seeds: list[int]) -> str:
+    return (f"Training seeds done: {seeds} (the data is the fixed default set; each model's test split is "
+            "scored once; epochs and thresholds come from validation data). Columns geometric / appearance / "
+            "both: image AUROC on the defect families that only depth, only RGB, or both can see. "
+            "`rgb+depth` is params.yaml; `rgb` and `depth` use one modality; `+gaussian` adds the Gaussian "
+            "generator to the texture one; `gaussian-only` swaps them.\n\n"
+            + markdown(table, categories) + "\n" + "\n".join(f"- {t}" for t in targets))
+
+
+def update_readme(block: str, path: Path = REPO / "README.md") -> bool:
+    """Replace the text between the README's accuracy markers; False when they are missing."""
+    start, end = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
+    text = path.read_text()
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    path.write_text(head + start + "\n" + block + "\n" + end + rest.split(end, 1)[1])
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -223,6 +243,7 @@ def main() -> None:
                         help="data, models and per-run results (not committed)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--summary-only", action="store_true", help="only rebuild the summary from --work")
+    parser.add_argument("--readme", action="store_true", help="also rewrite the README's accuracy block")
     args = parser.parse_args()
 
     from bridgenet.config import load_params
@@ -262,6 +283,8 @@ def main() -> None:
     plot_families(table, args.out / "accuracy_families.png")
     print(markdown(table, categories))
     print("\n".join(targets))
+    if args.readme and not update_readme(readme_block(table, categories, targets, sorted({r["seed"] for r in results}))):
+        print("README.md has no accuracy markers; left unchanged")
     print(f"wrote {args.out / 'accuracy.json'}, accuracy.md, accuracy_families.png")
 
 
