@@ -248,12 +248,6 @@ class BridgeNet(nn.Module):
         stacked = torch.cat([embeddings[m] for m in self.modalities], dim=1)
         return stacked.permute(0, 2, 3, 1).reshape(-1, stacked.shape[1])
 
-    def patch_logits(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-modality embeddings -> patch logits (B, h, w)."""
-        first = embeddings[self.modalities[0]]
-        b, _, h, w = first.shape
-        return self.discriminator(self.projection(self.fuse(embeddings))).view(b, h, w)
-
     def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> AnomalyResult:
         """rgb (B, 3, S, S) and depth (B, 1, S, S) in [0, 1] -> scores and maps at S x S."""
         inputs = {"rgb": rgb, "depth": depth}
