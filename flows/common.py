@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from prefect.tasks import exponential_backoff
 
 from bridgenet.config import ConfigError, Params, load_params
+
+logger = logging.getLogger(__name__)
 
 # Tasks that touch files or the tracking server retry with exponential backoff,
 # on transient errors only: a bad sample or a wrong parameter fails at once.
@@ -55,6 +58,7 @@ def restore_malloc_defaults() -> bool:
     ``mmap`` paid for in page faults. A training epoch took 10.9 s in a worker against
     4.2 s in a plain process (one thread, 40 samples). Fixed heap thresholds of 32 MiB
     (mmap) and 512 MiB (trim) bring it back to 3.9 s. No-op outside glibc or Dask.
+    Workers run it at start-up through the preload module ``flows.dask_preload``.
     """
     import ctypes
     import os
@@ -82,10 +86,15 @@ def bind_worker_resources(n_workers: int) -> str:
     try:
         from distributed import get_worker
 
-        worker_name = str(get_worker().name)
+        worker = get_worker()
     except (ImportError, ValueError):  # not inside a Dask worker
         return "in-process"
-    restore_malloc_defaults()
+    worker_name = str(worker.name)
+    if not any(preload.name == "flows.dask_preload" for preload in worker.preloads):
+        # A remote worker started without the preload: fix it now, and say how to start it.
+        restore_malloc_defaults()
+        logger.warning("Dask worker %s was started without '--preload flows.dask_preload'; its malloc "
+                       "setting was undone only now, after the tasks it ran before", worker_name)
     if torch.cuda.is_available():
         index = (int(worker_name) if worker_name.isdigit() else abs(hash(worker_name))) % torch.cuda.device_count()
         torch.cuda.set_device(index)

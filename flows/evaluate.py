@@ -12,7 +12,6 @@ from flows.common import (
     categories_of,
     cli,
     resolve,
-    restore_malloc_defaults,
     retry_transient,
 )
 
@@ -21,7 +20,6 @@ from flows.common import (
 def evaluate_task(params_file: str, overrides: list[str], category: str) -> dict[str, Any]:
     from bridgenet.evaluate import evaluate_to_folder
 
-    restore_malloc_defaults()  # when in a Dask worker
     doc = evaluate_to_folder(resolve(params_file, overrides), category)
     get_run_logger().info("%s: %s", category, doc["categories"][category])
     return doc["categories"][category]

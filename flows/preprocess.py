@@ -12,7 +12,6 @@ from flows.common import (
     cli,
     only_category,
     resolve,
-    restore_malloc_defaults,
     retry_transient,
 )
 
@@ -22,7 +21,6 @@ def preprocess_task(params_file: str, overrides: list[str], category: str | None
     """Preprocess every category of data.categories, or only ``category``."""
     from bridgenet.preprocess import run_preprocess
 
-    restore_malloc_defaults()  # when in a Dask worker
     params = resolve(params_file, overrides)
     summary = run_preprocess(only_category(params, category) if category else params)
     get_run_logger().info("preprocess: %s", {k: summary[k] for k in ("written", "reused", "failed", "removed")})

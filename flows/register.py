@@ -14,7 +14,6 @@ from flows.common import (
     categories_of,
     cli,
     resolve,
-    restore_malloc_defaults,
     retry_transient,
 )
 
@@ -23,7 +22,6 @@ from flows.common import (
 def register_task(params_file: str, overrides: list[str], category: str) -> dict[str, Any]:
     from bridgenet.register import run_register
 
-    restore_malloc_defaults()  # when in a Dask worker
     result = run_register(resolve(params_file, overrides, category), [category])[category]
     get_run_logger().info("%s: registered %s version %s", category, result["model_name"], result["version"])
     return result

@@ -35,9 +35,11 @@ def task_runner_for(n_workers: int, address: str | None) -> Any:
 
     if address:
         return DaskTaskRunner(address=address)
-    # One single-threaded process per worker: torch threads are set per task.
+    # One single-threaded process per worker: torch threads are set per task; the preload
+    # undoes the nanny's malloc setting as each worker starts.
     return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None})
+                                          "processes": True, "dashboard_address": None,
+                                          "preload": ["flows.dask_preload"]})
 
 
 def _outcome(chain: list[PrefectFuture]) -> tuple[bool, Any]:

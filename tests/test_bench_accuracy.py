@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from bench.accuracy import check_targets, markdown, summarize
+from bench.accuracy import check_targets, markdown, published_runs, seed_work_results, summarize
 
 
 def _run(config: str, seed: int, category: str, image: float, geometric: float, appearance: float) -> dict:
@@ -47,3 +49,20 @@ def test_targets_compare_fusion_with_the_modality_blind_to_each_family():
     worse = [_run("rgb+depth", 0, "a", 0.96, 0.5, 0.97), *runs[1:]]
     lines = check_targets(summarize(worse, ["rgb+depth", "rgb", "depth"], ["a"]))
     assert lines[0].startswith("FAIL") and lines[1].startswith("FAIL") and lines[2].startswith("PASS")
+
+
+def test_published_runs_fill_only_what_the_work_folder_lacks_and_only_under_the_same_params(tmp_path):
+    out, work = tmp_path / "results", tmp_path / "work"
+    out.mkdir()
+    work.mkdir()
+    same = {**_run("rgb", 0, "a", 0.9, 0.6, 0.99), "params_digest": "abc"}
+    other = {**_run("rgb", 1, "a", 0.5, 0.5, 0.5), "params_digest": "old"}
+    kept = {**_run("depth", 0, "a", 0.7, 0.99, 0.6), "params_digest": "abc"}
+    (out / "accuracy.json").write_text(json.dumps({"runs": [same, other, kept]}))
+    (work / "depth-seed0-a.json").write_text(json.dumps({**kept, "metrics": {"image_auroc": 0.1}}))
+
+    assert seed_work_results(work, published_runs(out, "abc")) == 1
+    assert json.loads((work / "rgb-seed0-a.json").read_text()) == same
+    assert not (work / "rgb-seed1-a.json").exists()  # another params.yaml
+    assert json.loads((work / "depth-seed0-a.json").read_text())["metrics"] == {"image_auroc": 0.1}
+    assert published_runs(tmp_path / "nowhere", "abc") == []

@@ -44,7 +44,7 @@ def _champion_runs(root: Path) -> dict[str, str]:
     for category in CATEGORIES:
         try:
             version = client.get_model_version_by_alias(f"bridgenet-{category}", "champion")
-        except Exception:  # noqa: BLE001 - no such model or alias
+        except Exception:  # noqa: BLE001, S112 - no such model or alias
             continue
         runs[category] = client.get_run(version.run_id).info.run_id
     return runs
@@ -66,7 +66,7 @@ def test_two_workers_give_the_sequential_results(tiny_root, tmp_path, prefect_ap
 def test_a_corrupt_file_fails_its_category_only(tiny_root, tmp_path, prefect_api_url):
     data_root = tmp_path / "data"
     shutil.copytree(tiny_root / "synth", data_root)
-    broken = sorted((data_root / "cookie" / "train" / "good" / "rgb").glob("*.png"))[0]
+    broken = min((data_root / "cookie" / "train" / "good" / "rgb").glob("*.png"))
     broken.write_bytes(broken.read_bytes()[:100])  # truncated PNG
     state = _run(tmp_path / "run", data_root, 2)
     assert state.is_failed()
@@ -87,3 +87,42 @@ def test_dask_malloc_setting_is_undone_only_where_dask_made_it(monkeypatch):
     assert restore_malloc_defaults() is False  # a plain process keeps glibc's own tuning
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # what Dask's nanny exports to workers
     assert restore_malloc_defaults() is (platform.libc_ver()[0] == "glibc")
+
+
+def _large_malloc_is_mmapped() -> bool:
+    """Whether glibc serves a 1 MiB ``malloc`` with a fresh mmap (what the nanny's setting causes)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+            "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(1 << 20)
+    mmapped = libc.mallinfo2().hblks > before
+    libc.free(block)
+    return mmapped
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc malloc only")
+def test_local_cluster_workers_start_with_the_malloc_setting_undone():
+    from distributed import Client, LocalCluster
+
+    from flows.common import bind_worker_resources
+
+    kwargs = dict(task_runner_for(2, None).cluster_kwargs, n_workers=1)
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        assert list(client.run(_large_malloc_is_mmapped).values()) == [False]
+    # The control: a plain Dask worker keeps the nanny's setting, and mmaps the block.
+    kwargs.pop("preload")
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        assert list(client.run(_large_malloc_is_mmapped).values()) == [True]
+        # ... until the training task's own check finds no preload and undoes it there.
+        assert client.submit(bind_worker_resources, 2, pure=False).result().startswith("worker ")
+        assert list(client.run(_large_malloc_is_mmapped).values()) == [False]
