@@ -16,7 +16,11 @@ test split once. Configurations:
 
 Each (configuration, seed, category) result is written as soon as it exists
 (``--work/results``), so an interrupted benchmark resumes where it stopped and
-a later call with more seeds only runs what is missing. The summary
+a later call with more seeds only runs what is missing. Runs already published
+in ``--out/accuracy.json`` under the same params.yaml digest are taken from
+there when ``--work`` lacks them (training is deterministic per seed, so
+rerunning them would give the same numbers; ``--rerun-published`` does it
+anyway). The summary
 (``--out/accuracy.json``, ``accuracy.md`` and ``accuracy_families.png``) holds
 mean and standard deviation over the seeds that are done of image AUROC, pixel
 AUROC, AU-PRO@0.3 and AU-PRO@0.01 per category, and image AUROC per defect
@@ -110,6 +114,29 @@ def run_one(work: Path, config: str, seed: int, category: str) -> dict[str, Any]
 def params_digest() -> str:
     """Results are reused only while params.yaml is unchanged."""
     return hashlib.sha256((REPO / "params.yaml").read_bytes()).hexdigest()[:16]
+
+
+def published_runs(out: Path, digest: str) -> list[dict[str, Any]]:
+    """Per-run results of an earlier summary in ``out`` that were made under the same params digest."""
+    path = out / "accuracy.json"
+    if not path.is_file():
+        return []
+    try:
+        runs = json.loads(path.read_text()).get("runs", [])
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path}: not valid JSON ({err}); move it away or pass --rerun-published") from err
+    return [r for r in runs if r.get("params_digest") == digest]
+
+
+def seed_work_results(results_dir: Path, runs: list[dict[str, Any]]) -> int:
+    """Write each run that ``results_dir`` lacks; returns how many were written."""
+    written = 0
+    for run in runs:
+        path = results_dir / f"{run['config']}-seed{run['seed']}-{run['category']}.json"
+        if not path.is_file():
+            path.write_text(json.dumps(run, indent=2) + "\n")
+            written += 1
+    return written
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -244,6 +271,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--summary-only", action="store_true", help="only rebuild the summary from --work")
     parser.add_argument("--readme", action="store_true", help="also rewrite the README's accuracy block")
+    parser.add_argument("--rerun-published", action="store_true",
+                        help="train again the runs that --out/accuracy.json already holds")
     args = parser.parse_args()
 
     from bridgenet.config import load_params
@@ -253,6 +282,10 @@ def main() -> None:
     results_dir = work / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     digest = params_digest()
+    if not args.rerun_published:
+        reused = seed_work_results(results_dir, published_runs(args.out, digest))
+        if reused:
+            print(f"{reused} runs taken from {args.out / 'accuracy.json'} (same params digest {digest})")
     if not args.summary_only:
         prepare_data(work)
         jobs = [(c, s, k) for s in args.seeds for c in args.configs for k in categories]
