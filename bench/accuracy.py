@@ -241,8 +241,21 @@ def check_targets(table: dict[str, Any]) -> list[str]:
     return lines
 
 
-def readme_block(table: dict[str, Any], categories: list[str], targets: list[str], seeds: list[int]) -> str:
-    return (f"Training seeds done: {seeds} (the data is the fixed default set; each model's test split is "
+def reproduce_command(seeds: list[int], configs: list[str], categories: list[str] | None) -> str:
+    """The command that trains and scores the runs of this summary (not the flags that only re-summarise)."""
+    words = ["python bench/accuracy.py", "--seeds", *map(str, seeds)]
+    if configs != list(CONFIGS):
+        words += ["--configs", *configs]
+    if categories:
+        words += ["--categories", *categories]
+    return " ".join(words)
+
+
+def readme_block(table: dict[str, Any], categories: list[str], targets: list[str], seeds: list[int],
+                 machine: dict[str, Any]) -> str:
+    return (f"`{machine['command']}` on {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+            f"{machine['date']}.\n\n"
+            f"Training seeds done: {seeds} (the data is the fixed default set; each model's test split is "
             "scored once; epochs and thresholds come from validation data). Columns geometric / appearance / "
             "both: image AUROC on the defect families that only depth, only RGB, or both can see. "
             "`rgb+depth` is params.yaml; `rgb` and `depth` use one modality; `+gaussian` adds the Gaussian "
@@ -305,8 +318,11 @@ def main() -> None:
     results = [r for r in results if r.get("params_digest") == digest and r["config"] in args.configs
                and r["seed"] in args.seeds and r["category"] in categories]
     table = summarize(results, args.configs, categories)
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "date": date.today().isoformat(),
-               "command": "python bench/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    import torch
+
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+               "date": date.today().isoformat(),
+               "command": reproduce_command(args.seeds, args.configs, args.categories)}
     targets = check_targets(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "accuracy.json").write_text(json.dumps(
@@ -316,7 +332,8 @@ def main() -> None:
     plot_families(table, args.out / "accuracy_families.png")
     print(markdown(table, categories))
     print("\n".join(targets))
-    if args.readme and not update_readme(readme_block(table, categories, targets, sorted({r["seed"] for r in results}))):
+    block = readme_block(table, categories, targets, sorted({r["seed"] for r in results}), machine)
+    if args.readme and not update_readme(block):
         print("README.md has no accuracy markers; left unchanged")
     print(f"wrote {args.out / 'accuracy.json'}, accuracy.md, accuracy_families.png")
 

@@ -6,7 +6,17 @@ import json
 
 import pytest
 
-from bench.accuracy import check_targets, markdown, published_runs, seed_work_results, summarize
+from bench.accuracy import (
+    CONFIGS,
+    check_targets,
+    markdown,
+    published_runs,
+    readme_block,
+    reproduce_command,
+    seed_work_results,
+    summarize,
+    update_readme,
+)
 
 
 def _run(config: str, seed: int, category: str, image: float, geometric: float, appearance: float) -> dict:
@@ -66,3 +76,21 @@ def test_published_runs_fill_only_what_the_work_folder_lacks_and_only_under_the_
     assert not (work / "rgb-seed1-a.json").exists()  # another params.yaml
     assert json.loads((work / "depth-seed0-a.json").read_text())["metrics"] == {"image_auroc": 0.1}
     assert published_runs(tmp_path / "nowhere", "abc") == []
+
+
+def test_the_readme_block_names_the_command_machine_and_date_and_replaces_only_its_markers(tmp_path):
+    command = reproduce_command([0, 1, 2], list(CONFIGS), None)
+    assert command == "python bench/accuracy.py --seeds 0 1 2"
+    assert reproduce_command([0], ["rgb"], ["a"]) == "python bench/accuracy.py --seeds 0 --configs rgb --categories a"
+    machine = {"command": command, "cpu": "Some CPU", "cores": 2, "torch": "2.14.1", "date": "2026-12-01"}
+    table = summarize([_run("rgb+depth", 0, "a", 0.98, 0.99, 0.97)], ["rgb+depth"], ["a"])
+    block = readme_block(table, ["a"], check_targets(table), [0], machine)
+    assert block.startswith("`python bench/accuracy.py --seeds 0 1 2` on Some CPU, 2 cores, torch 2.14.1, 2026-12-01.")
+    readme = tmp_path / "README.md"
+    readme.write_text("head\n<!-- accuracy:start -->\nold table\n<!-- accuracy:end -->\ntail\n")
+    assert update_readme(block, readme)
+    text = readme.read_text()
+    assert "old table" not in text and "| rgb+depth | **mean** | 0.980 |" in text
+    assert text.startswith("head\n<!-- accuracy:start -->\n`python") and text.endswith("<!-- accuracy:end -->\ntail\n")
+    readme.write_text("no markers\n")
+    assert not update_readme(block, readme) and readme.read_text() == "no markers\n"
