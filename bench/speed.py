@@ -21,11 +21,14 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import resource
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -154,6 +157,27 @@ def depth_ms(repeats: int = 10) -> float:
     return float(np.median(times) * 1000)
 
 
+def in_child_process(ctx: Any, target: Callable[..., None], *args: Any) -> Any:
+    """``target(*args, queue)`` in a fresh process (its own peak memory); what it puts on the queue.
+
+    A child that dies without answering (out of memory, a crash in a kernel) raises
+    instead of leaving the benchmark waiting for ever.
+    """
+    answers = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, answers))
+    proc.start()
+    try:
+        while True:
+            try:
+                return answers.get(timeout=2)
+            except queue.Empty:
+                if not proc.is_alive():
+                    raise RuntimeError(f"benchmark process {target.__name__}{args} ended with exit code "
+                                       f"{proc.exitcode} before reporting") from None
+    finally:
+        proc.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -166,12 +190,8 @@ def main() -> None:
     results = []
     for device in devices:
         for name in args.configs:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=measure, args=(name, CONFIGS[name], device,
-                                                            args.train_samples or EPOCH_SAMPLES[name], queue))
-            proc.start()
-            result = queue.get()
-            proc.join()
+            result = in_child_process(ctx, measure, name, CONFIGS[name], device,
+                                      args.train_samples or EPOCH_SAMPLES[name])
             print(json.dumps(result, indent=2), flush=True)
             results.append(result)
     depth = depth_ms()
