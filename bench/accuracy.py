@@ -208,7 +208,7 @@ def plot_families(table: dict[str, Any], path: Path) -> None:
     configs = [c for c in table if table[c]["mean"]]
     if not configs:
         return
-    fig = Figure(figsize=(8, 4), dpi=120)
+    fig = Figure(figsize=(9, 4), dpi=120)
     ax = fig.add_subplot()
     width = 0.8 / len(configs)
     for i, config in enumerate(configs):
@@ -219,7 +219,7 @@ def plot_families(table: dict[str, Any], path: Path) -> None:
     ax.set_xticks(np.arange(len(FAMILIES)) + width * (len(configs) - 1) / 2, [f"{f} defects" for f in FAMILIES])
     ax.set_ylabel("image AUROC (mean over categories)")
     ax.set_ylim(0.4, 1.0)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Which modality sees which defect family")
     fig.tight_layout()
     fig.savefig(path)
