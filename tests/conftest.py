@@ -68,8 +68,12 @@ def prefect_api_url():
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
-        yield PREFECT_API_URL.value()
+    # Its SQLite migrations take about 37 s on a quiet 2-core machine with a fresh venv,
+    # beyond the harness's default 30 s; telemetry only adds writes that lock the database.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        with prefect_test_harness(server_startup_timeout=300):
+            yield PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="session")
