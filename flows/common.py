@@ -50,6 +50,10 @@ def only_category(params: Params, category: str) -> Params:
     return params.model_copy(update={"data": params.data.model_copy(update={"categories": (category,)})})
 
 
+# The module every Dask worker should preload (``dask worker ... --preload``).
+WORKER_PRELOAD = "flows.dask_preload"
+
+
 def restore_malloc_defaults() -> bool:
     """Undo, inside a Dask worker, what Dask's ``MALLOC_TRIM_THRESHOLD_`` does to glibc.
 
@@ -90,11 +94,11 @@ def bind_worker_resources(n_workers: int) -> str:
     except (ImportError, ValueError):  # not inside a Dask worker
         return "in-process"
     worker_name = str(worker.name)
-    if not any(preload.name == "flows.dask_preload" for preload in worker.preloads):
-        # A remote worker started without the preload: fix it now, and say how to start it.
-        restore_malloc_defaults()
-        logger.warning("Dask worker %s was started without '--preload flows.dask_preload'; its malloc "
-                       "setting was undone only now, after the tasks it ran before", worker_name)
+    preloaded = any(preload.name == WORKER_PRELOAD for preload in worker.preloads)
+    # A remote worker started without the preload: fix it now, and say how to start it.
+    if not preloaded and restore_malloc_defaults():
+        logger.warning("Dask worker %s was started without '--preload %s'; its malloc setting was "
+                       "undone only now, after the tasks it ran before", worker_name, WORKER_PRELOAD)
     if torch.cuda.is_available():
         index = (int(worker_name) if worker_name.isdigit() else abs(hash(worker_name))) % torch.cuda.device_count()
         torch.cuda.set_device(index)

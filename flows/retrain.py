@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import categories_of, cli, resolve
+from flows.common import WORKER_PRELOAD, categories_of, cli, resolve
 from flows.evaluate import evaluate_task, report_task
 from flows.preprocess import preprocess_task
 from flows.register import promote_task, register_task
@@ -39,7 +39,7 @@ def task_runner_for(n_workers: int, address: str | None) -> Any:
     # undoes the nanny's malloc setting as each worker starts.
     return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": None,
-                                          "preload": ["flows.dask_preload"]})
+                                          "preload": [WORKER_PRELOAD]})
 
 
 def _outcome(chain: list[PrefectFuture]) -> tuple[bool, Any]:
