@@ -59,6 +59,7 @@ class SynthConfig(_Section):
     n_test_per_defect: int = Field(6, ge=1)
     noise_std_m: float = Field(0.0002, ge=0, le=0.01)
     preview: bool = True
+    preset: Literal["default", "hard"] = "default"
 
 
 class ModelConfig(_Section):

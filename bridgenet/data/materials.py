@@ -24,6 +24,18 @@ def base_hue(category: str) -> float:
     return colorsys.rgb_to_hsv(*PALETTES[category][0])[0]
 
 
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def hue_shift_matrix(angle: float, saturation: float) -> np.ndarray:
+    """(3, 3) linear RGB map that turns every colour's hue by ``angle`` radians and scales
+    its saturation by ``saturation``, keeping its luma (a rotation and scaling of the
+    chroma plane of YIQ)."""
+    c, s = saturation * np.cos(angle), saturation * np.sin(angle)
+    chroma = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    return np.linalg.inv(_RGB_TO_YIQ) @ chroma @ _RGB_TO_YIQ
+
+
 class Material:
     """Procedural albedo of one sample: ``material(points, normals)`` -> (N, 3) in [0, 1].
 

@@ -10,6 +10,10 @@ The scanner is a pinhole camera looking down at a slightly tilted support plane
 A defect is a smooth patch on the object: geometric defects displace the mesh
 there, appearance defects change the albedo, "both" do both. Its mask is exactly
 the set of pixels whose ray hits the patch (before or after displacement).
+Besides this round patch (shape "disc") there are two shapes: a "line" (a thin
+groove, evaluated per pixel because it is narrower than the mesh spacing) and a
+"column" (material removed through the whole object height, a bite out of its
+outline: the column sinks below the support plane, so its rays hit the plane).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from bridgenet.data.raycast import (
 )
 
 FAMILIES = ("geometric", "appearance", "both")
+SHAPES = ("disc", "line", "column")
+EXPOSED_DEPTH_M = 2e-4  # a column's surface moved further (the sensor noise) is newly exposed
 DEFECT_EDGE_WEIGHT = 0.15  # profile weight where a colour defect reaches full strength
 GEOMETRY_EDGE_WEIGHT = 0.35  # the same for a displacement
 _FLIP = np.diag([1.0, -1.0, -1.0])  # world (z up) -> camera looking down (y down, z forward)
@@ -96,6 +102,15 @@ class Defect:
     negative = inward), with a steep rim (:func:`plateau`), used by
     "geometric" and "both"; ``colour`` (RGB in [0, 1]) is blended
     into the albedo with peak weight ``strength`` by "appearance" and "both".
+
+    ``shape`` (see the module docstring): a "line" runs ``length`` metres along
+    the unit ``tangent`` (object frame, perpendicular to ``normal``), ``radius``
+    being its half width; a "column" is the vertical cylinder of ``radius``
+    around ``centre``, moved ``depth`` along ``normal`` (0, 0, 1). A non-empty
+    ``recolour`` (a row-major 3 x 3 matrix) replaces the blend towards
+    ``colour``: the albedo moves towards ``recolour @ albedo`` with weight
+    ``strength`` times the smooth patch profile (a soft edge), and the mask is
+    where that profile exceeds ``mask_weight``.
     """
 
     name: str
@@ -107,11 +122,32 @@ class Defect:
     colour: tuple[float, float, float]
     strength: float
     seed: int
+    shape: str = "disc"
+    tangent: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    length: float = 0.0
+    recolour: tuple[float, ...] = ()
+    mask_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(
                 f"defect {self.name!r}: family must be one of {FAMILIES}, got {self.family!r}"
+            )
+        if self.shape not in SHAPES:
+            raise ValueError(
+                f"defect {self.name!r}: shape must be one of {SHAPES}, got {self.shape!r}"
+            )
+        if self.recolour and len(self.recolour) != 9:
+            raise ValueError(
+                f"defect {self.name!r}: recolour must be 9 numbers (3 x 3), got {len(self.recolour)}"
+            )
+        if self.shape == "line" and not 0 < self.length < 0.2:
+            raise ValueError(
+                f"defect {self.name!r}: a line needs a length in (0, 0.2) m, got {self.length}"
+            )
+        if not 0 <= self.mask_weight < 1:
+            raise ValueError(
+                f"defect {self.name!r}: mask_weight must be in [0, 1), got {self.mask_weight}"
             )
         if not 0 < self.radius < 0.1:
             raise ValueError(
@@ -187,6 +223,43 @@ def defect_weights(mesh: Mesh, defect: Defect, flat: bool = False) -> np.ndarray
     return weights
 
 
+def line_weights(points: np.ndarray, normals: np.ndarray, defect: Defect) -> np.ndarray:
+    """(N,) groove profile in [0, 1] of a "line" ``defect`` at object-frame ``points`` (N, 3).
+
+    Across: (1 - s^2) with s the distance from the line (in the tangent plane at
+    the centre) over the half width, exactly 0 beyond it; along: a smoothstep
+    taper over the last 10 % of each end; only upward surface (normal z > 0.45,
+    ``normals`` (N, 3)) within 3 half lengths below the tangent plane is scratched.
+    """
+    offset = points - np.asarray(defect.centre)
+    tangent, normal = np.asarray(defect.tangent), np.asarray(defect.normal)
+    along = offset @ tangent
+    across = np.linalg.norm(
+        offset - along[:, None] * tangent - (offset @ normal)[:, None] * normal, axis=1
+    )
+    half = 0.5 * defect.length
+    s = across / defect.radius
+    end = np.clip((half - np.abs(along)) / (0.1 * half), 0.0, 1.0)
+    near = (offset @ normal > -1.5 * defect.length) & (normals[:, 2] > 0.45)
+    return np.where((s < 1) & near, (1 - s**2) * end * end * (3 - 2 * end), 0.0)
+
+
+def column_weights(mesh: Mesh, defect: Defect) -> np.ndarray:
+    """(V,) weights in [0, 1] of a "column" ``defect``: 1 within ~70 % of its irregular
+    radius from the centre's vertical axis, 0 beyond it, the same at every height (so
+    the moved column never folds over itself)."""
+    flat = mesh.vertices * np.array([1.0, 1.0, 0.0])
+    noise = FourierNoise(
+        np.random.default_rng(defect.seed), 0.5 / defect.radius, 2.0 / defect.radius, waves=8
+    )
+    radius = defect.radius * (1 + 0.2 * np.clip(noise(flat), -1.5, 1.5))
+    s = (
+        np.linalg.norm(flat - np.asarray(defect.centre) * np.array([1.0, 1.0, 0.0]), axis=1)
+        / radius
+    )
+    return plateau(np.where(s < 1, (1 - s**2) ** 2, 0.0), edge=0.25)
+
+
 def plateau(weights: np.ndarray, edge: float = GEOMETRY_EDGE_WEIGHT) -> np.ndarray:
     """Flat-bottomed profile (same shape as ``weights``) in [0, 1]: 1 where ``weights >= edge``.
 
@@ -212,10 +285,22 @@ def scan_geometry(
     """
     mesh = object_mesh(params.category, params.shape_seed, params.image_size)
     tris = mesh.triangles
-    weights = defect_weights(mesh, defect) if defect is not None else np.zeros(len(mesh.vertices))
-    moved = defect is not None and defect.family != "appearance" and defect.depth != 0
+    shape = "disc" if defect is None else defect.shape
+    if shape == "column":
+        weights = column_weights(mesh, defect)
+    elif shape == "disc" and defect is not None:
+        weights = defect_weights(mesh, defect)
+    else:  # no defect, or a line (evaluated per pixel below)
+        weights = np.zeros(len(mesh.vertices))
+    moved = (
+        defect is not None and defect.family != "appearance" and defect.depth != 0
+    ) and shape != "line"
     shown = mesh
-    if moved:
+    amount = np.zeros(len(mesh.vertices))
+    if moved and shape == "column":
+        amount = defect.depth * weights
+        shown = mesh.displaced(amount, direction=np.asarray(defect.normal))
+    elif moved:
         rough = FourierNoise(
             np.random.default_rng(defect.seed + 1), 4.0 / defect.radius, 10.0 / defect.radius
         )
@@ -241,7 +326,17 @@ def scan_geometry(
     valid = (hits["geometry"] >= 0) & (np.abs(facing) >= GRAZING_COS)
 
     mask = np.zeros(len(dirs), dtype=bool)
-    if moved:
+    if moved and shape == "column":
+        # rays that lost their object hit, and those that now see a surface moved noticeably
+        if clean is None:
+            clean = scan_geometry(params, None, nthreads)
+        clean_object = clean["hits"]["geometry"] == OBJECT
+        moved_by = np.abs(
+            interpolate(amount, tris, hits["triangle"][on_object], hits["uv"][on_object])
+        )
+        mask[np.flatnonzero(on_object)[moved_by > EXPOSED_DEPTH_M]] = True
+        mask |= (clean_object & ~on_object) | (clean_object & (valid != clean["valid"]))
+    elif moved:
         # pixels hitting the displaced patch, or that hit the patch before it moved
         patch = weights[tris].max(1) > 0
         mask[on_object] = patch[hits["triangle"][on_object]]
@@ -251,10 +346,20 @@ def scan_geometry(
         clean_object = clean_hits["geometry"] == OBJECT
         mask[clean_object] |= patch[clean_hits["triangle"][clean_object]]
     tri, uv = hits["triangle"][on_object], hits["uv"][on_object]
-    object_weights = interpolate(weights, tris, tri, uv)
-    if defect is not None and defect.family != "geometric":
-        mask[np.flatnonzero(on_object)[object_weights > 0]] = True  # where the albedo changes
+    tex_points = interpolate(mesh.vertices, tris, tri, uv)
     tex_normals = interpolate(mesh.normals, tris, tri, uv)
+    tex_normals /= np.linalg.norm(tex_normals, axis=1, keepdims=True)
+    if shape == "line":
+        object_weights = line_weights(tex_points, tex_normals, defect)
+    else:
+        object_weights = interpolate(weights, tris, tri, uv)
+    if (
+        defect is not None
+        and (shape == "line" or defect.family != "geometric")
+        and shape != "column"
+    ):
+        # where the albedo (or a line's depth) changes noticeably
+        mask[np.flatnonzero(on_object)[object_weights > defect.mask_weight]] = True
     return {
         "mesh": mesh,
         "shown": shown,
@@ -267,8 +372,8 @@ def scan_geometry(
         "on_object": on_object,
         "mask": mask,
         "object_weights": object_weights,
-        "tex_points": interpolate(mesh.vertices, tris, tri, uv),
-        "tex_normals": tex_normals / np.linalg.norm(tex_normals, axis=1, keepdims=True),
+        "tex_points": tex_points,
+        "tex_normals": tex_normals,
     }
 
 
@@ -290,14 +395,27 @@ def render_sample(
     hit = on_object | on_plane
     r_oc, t_oc = params.object_to_camera()
     r_wc, t_wc = params.world_to_camera()
-    points = g["dirs"] * np.where(hit, hits["t"], 0.0)[:, None]
+    t = hits["t"]
+    if defect is not None and defect.shape == "line" and defect.depth != 0:
+        # the groove moves each hit along its ray: by depth / cos(ray, normal) in path length
+        t = t.copy()
+        unit = g["unit"][on_object]
+        towards = np.minimum(np.einsum("ij,ij->i", g["tex_normals"] @ r_oc.T, unit), -0.3)
+        t[on_object] += defect.depth * g["object_weights"] / towards * unit[:, 2]
+    points = g["dirs"] * np.where(hit, t, 0.0)[:, None]
+    surface = points if t is hits["t"] else g["dirs"] * np.where(hit, hits["t"], 0.0)[:, None]
 
     tex_rng = np.random.default_rng(params.texture_seed)
     material = Material(params.category, tex_rng, top=float(g["mesh"].vertices[:, 2].max()))
     plane_material = PlaneMaterial(tex_rng, r_wc.T, -r_wc.T @ t_wc)
     albedo = plane_material(points)  # every pixel sees the plane or the object
     albedo[on_object] = material(g["tex_points"], g["tex_normals"])
-    if defect is not None and defect.family != "geometric":
+    if defect is not None and defect.recolour:
+        own = albedo[on_object]
+        target = own @ np.asarray(defect.recolour, dtype=np.float32).reshape(3, 3).T
+        weight = (defect.strength * g["object_weights"]).astype(np.float32)[:, None]
+        albedo[on_object] = np.clip(own + weight * (target - own), 0.0, 1.0)
+    elif defect is not None and defect.family != "geometric" and defect.shape == "disc":
         mottle = FourierNoise(
             np.random.default_rng(defect.seed + 2), 1.0 / defect.radius, 6.0 / defect.radius
         )
@@ -316,7 +434,8 @@ def render_sample(
     normals[on_object] = smooth @ r_oc.T / np.linalg.norm(smooth, axis=1, keepdims=True)
     light = params.light().astype(np.float32)
     lit = hit.astype(np.float32)
-    origins = points - (np.float32(2e-4) * np.sign(g["facing"]))[:, None] * hits["face_normal"]
+    # shadow rays leave from the mesh surface: a groove below it must not shadow itself
+    origins = surface - (np.float32(2e-4) * np.sign(g["facing"]))[:, None] * hits["face_normal"]
     # only the object casts shadows: test just the rays that pass its bounding sphere
     vertices = shown.vertices @ r_oc.T + t_oc
     centre = 0.5 * (vertices.min(0) + vertices.max(0))
@@ -356,7 +475,7 @@ def render_sample(
         params.noise_std_m
     )
     colour += noise_rng.standard_normal(colour.shape, dtype=np.float32) * np.float32(1.2 / 255)
-    scale = np.where(valid, 1 + z_noise / np.where(valid, hits["t"], 1.0), 0.0).astype(np.float32)
+    scale = np.where(valid, 1 + z_noise / np.where(valid, t, 1.0), 0.0).astype(np.float32)
     size = params.image_size
     return RenderedSample(
         xyz=(points * scale[:, None]).reshape(size, size, 3),

@@ -11,16 +11,26 @@ import open3d as o3d
 import pytest
 import tifffile
 from PIL import Image
+from scipy.ndimage import binary_erosion, distance_transform_edt
 
 from bridgenet.config import SynthConfig
 from bridgenet.data.meshes import BUILDERS, build_object
-from bridgenet.data.render import render_sample
+from bridgenet.data.raycast import focal_length
+from bridgenet.data.render import render_sample, scan_geometry
 from bridgenet.data.synthetic import (
+    DEFAULT_DEFECTS,
     DEFECT_FAMILIES,
+    HARD_DEFECTS,
+    HARD_OBJECT_FRACTION,
     MAX_DEFECT_FRACTION,
     MIN_DEFECT_FRACTION,
     MIN_DEFECT_HEIGHT_M,
+    PRESETS,
     make_sample,
+    plan_jobs,
+    sample_hard_defect,
+    sample_params,
+    sample_seed,
     synthesize,
 )
 
@@ -52,8 +62,10 @@ def dataset(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_defect_families_cover_all_three():
-    assert set(DEFECT_FAMILIES.values()) == {"geometric", "appearance", "both"}
-    assert len(DEFECT_FAMILIES) >= 4
+    for defects in PRESETS.values():
+        assert set(defects.values()) == {"geometric", "appearance", "both"}
+        assert len(defects) >= 4
+    assert DEFECT_FAMILIES == {**DEFAULT_DEFECTS, **HARD_DEFECTS}
 
 
 def test_layout_and_file_formats(dataset):
@@ -64,7 +76,7 @@ def test_layout_and_file_formats(dataset):
             ("train", "good", 2),
             ("validation", "good", 1),
             ("test", "good", 1),
-        ] + [("test", d, 1) for d in DEFECT_FAMILIES]:
+        ] + [("test", d, 1) for d in DEFAULT_DEFECTS]:
             subs = {"rgb": "png", "xyz": "tiff"} | ({"gt": "png"} if split == "test" else {})
             expected |= {
                 f"{cat}/{split}/{kind}/{sub}/{i:03d}.{ext}"
@@ -72,8 +84,9 @@ def test_layout_and_file_formats(dataset):
                 for i in range(n)
             }
     assert set(_files(root)) == expected
-    assert summary["n_samples"] == len(CATEGORIES) * (2 + 1 + 1 + len(DEFECT_FAMILIES))
-    assert summary["counts"]["cookie"]["test"] == {"good": 1, **{d: 1 for d in DEFECT_FAMILIES}}
+    assert summary["n_samples"] == len(CATEGORIES) * (2 + 1 + 1 + len(DEFAULT_DEFECTS))
+    assert summary["counts"]["cookie"]["test"] == {"good": 1, **{d: 1 for d in DEFAULT_DEFECTS}}
+    assert summary["preset"] == "default" and summary["defect_families"] == DEFAULT_DEFECTS
     assert (root.parent / "sheet.png").stat().st_size > 0
     assert not (root / "preview.png").exists()  # cfg.preview is off
 
@@ -117,7 +130,7 @@ def test_different_seed_gives_different_files(dataset, tmp_path):
 def test_written_masks_lie_on_the_object(dataset):
     root, _ = dataset
     for cat in CATEGORIES:
-        for defect in DEFECT_FAMILIES:
+        for defect in DEFAULT_DEFECTS:
             _, _, sample = make_sample(TINY.seed, cat, "test", defect, 0, SIZE, TINY.noise_std_m)
             gt = np.asarray(Image.open(root / cat / "test" / defect / "gt" / "000.png")) > 0
             np.testing.assert_array_equal(gt, sample.mask)
@@ -132,7 +145,7 @@ def test_written_masks_lie_on_the_object(dataset):
 
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_defects_change_only_their_modality_inside_the_mask(category):
-    for name, family in DEFECT_FAMILIES.items():
+    for name, family in DEFAULT_DEFECTS.items():
         params, defect, sample = make_sample(3, category, "test", name, 1, SIZE, 2e-4)
         clean = render_sample(params)  # the same scan without the defect
         inside, outside = sample.mask, ~sample.mask
@@ -218,3 +231,125 @@ def test_geometric_defects_have_a_flat_floor_and_a_steep_rim():
     dz = np.abs(sample.xyz[..., 2] - clean.xyz[..., 2])[sample.mask]
     # A smooth (1 - s^2)^2 bowl is within 20 % of its depth on ~11 % of its area.
     assert (dz > 0.8 * dz.max()).mean() > 0.25
+
+
+# --- the "hard" preset -------------------------------------------------------------------
+
+
+def test_hard_preset_families_and_lookup():
+    assert HARD_DEFECTS == {
+        "faint_stain": "appearance",
+        "discoloration": "appearance",
+        "micro_bump": "geometric",
+        "micro_dent": "geometric",
+        "scratch": "both",
+        "rim_chip": "both",
+    }
+    assert not set(HARD_DEFECTS) & set(DEFAULT_DEFECTS)
+    from bridgenet.evaluate import defect_families
+
+    assert defect_families(["good", "scratch", "rim_chip", "dent", "other"]) == {
+        "scratch": "both",
+        "rim_chip": "both",
+        "dent": "geometric",
+        "other": "other",
+    }
+    hard = TINY.model_copy(update={"preset": "hard"})
+    kinds = {kind for _, split, kind, _ in plan_jobs(hard) if split == "test"}
+    assert kinds == {"good", *HARD_DEFECTS}
+
+
+def test_preset_is_validated():
+    from pydantic import ValidationError
+
+    assert SynthConfig().preset == "default"
+    with pytest.raises(ValidationError, match="preset"):
+        SynthConfig(preset="harder")
+
+
+@pytest.fixture(scope="module")
+def hard_dataset(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("synth_hard") / "data"
+    hard = TINY.model_copy(update={"preset": "hard"})
+    summary = synthesize(hard, root, preview_path=root.parent / "sheet.png", workers=1)
+    return root, summary
+
+
+def test_hard_preset_shares_the_goods_and_writes_its_defects(dataset, hard_dataset):
+    (root, _), (hard_root, summary) = dataset, hard_dataset
+    default, hard = _files(root), _files(hard_root)
+    goods = {name for name in default if "/good/" in name}
+    assert goods == {name for name in hard if "/good/" in name}
+    assert all(default[name] == hard[name] for name in goods)  # byte-identical
+    for cat in CATEGORIES:
+        for kind in HARD_DEFECTS:
+            for sub, ext in (("rgb", "png"), ("xyz", "tiff"), ("gt", "png")):
+                assert f"{cat}/test/{kind}/{sub}/000.{ext}" in hard
+            gt = np.asarray(Image.open(hard_root / cat / "test" / kind / "gt" / "000.png"))
+            assert set(np.unique(gt).tolist()) == {0, 255}, (cat, kind)
+    assert not any(name.split("/")[2] in DEFAULT_DEFECTS for name in hard)
+    assert summary["preset"] == "hard" and summary["defect_families"] == HARD_DEFECTS
+    assert (hard_root.parent / "sheet.png").stat().st_size > 0
+
+
+def _outline(object_mask: np.ndarray) -> np.ndarray:
+    return object_mask & ~binary_erosion(object_mask)
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_hard_defects_change_little_and_only_what_they_should(category):
+    for name, family in HARD_DEFECTS.items():
+        params, defect, sample = make_sample(5, category, "test", name, 0, SIZE, 2e-4)
+        clean = render_sample(params)
+        inside = sample.mask
+        both = (sample.xyz[..., 2] > 0) & (clean.xyz[..., 2] > 0)
+        dz = np.abs(sample.xyz[..., 2] - clean.xyz[..., 2])
+        drgb = np.abs(sample.rgb.astype(int) - clean.rgb.astype(int))
+        n_object = clean.object_mask.sum()
+        assert defect is not None and defect.family == family and inside.any(), name
+        if family == "appearance":
+            np.testing.assert_array_equal(sample.xyz, clean.xyz)
+            lo, hi = HARD_OBJECT_FRACTION[name]
+            assert lo <= inside.sum() / n_object <= hi, name
+            # faint: a few grey levels on average (the default stain: > 15 on its largest channel)
+            assert 0.5 < drgb[inside].mean() < 12, (name, drgb[inside].mean())
+        if name.startswith("micro_"):
+            assert defect.strength == 0 and not defect.recolour  # no albedo change
+            assert inside.sum() <= 0.02 * n_object, name
+            assert dz[both].max() < 1e-3 and dz[~inside].max() == 0, name
+            assert dz[inside].max() > 2e-4, name  # at least the sensor noise somewhere
+        if name == "scratch":
+            assert dz[~inside].max() == 0 and drgb[~inside].max() == 0
+            assert 1e-4 < dz[inside].max() < 1e-3 and drgb[inside].mean() > 2
+        if name == "rim_chip":
+            lost = clean.object_mask & ~sample.object_mask
+            assert lost.any() and not (lost & ~inside).any()
+            assert (inside & _outline(clean.object_mask)).any()
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_hard_defects_place_at_full_size(category):
+    """Placement never fails at 400 pixels; scratches stay thin, chips bite into the outline."""
+    size = 400
+    for seed in (0, 1):
+        for name in HARD_DEFECTS:
+            scene_seq, defect_seq = sample_seed(seed, category, "test", name, 0).spawn(2)
+            params = sample_params(category, size, 2e-4, np.random.default_rng(scene_seq))
+            defect, scan = sample_hard_defect(params, name, np.random.default_rng(defect_seq))
+            mask = scan["mask"].reshape(size, size)
+            if name in HARD_OBJECT_FRACTION:
+                lo, hi = HARD_OBJECT_FRACTION[name]
+                clean_object = scan_geometry(params)["on_object"].reshape(size, size)
+                assert lo <= mask.sum() / clean_object.sum() <= hi, (seed, name)
+            if name == "scratch":
+                rows, cols = np.nonzero(mask)
+                span = np.hypot(np.ptp(rows), np.ptp(cols))
+                assert distance_transform_edt(mask).max() <= 2.0, seed  # at most ~3 px wide
+                assert 1 <= mask.sum() / span < 3.5, seed  # mean width in pixels
+                length_px = defect.length * focal_length(size) / params.camera_height
+                assert span > 0.7 * length_px, seed  # one piece of (about) its full length
+            if name == "rim_chip":
+                lost = clean_object & ~scan["on_object"].reshape(size, size)
+                assert lost.sum() > 0.3 * mask.sum(), seed  # the rest: exposed walls
+                assert not (lost & ~mask).any(), seed
+                assert (mask & _outline(clean_object)).any(), seed
