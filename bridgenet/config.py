@@ -62,6 +62,14 @@ class SynthConfig(_Section):
     preset: Literal["default", "hard"] = "default"
 
 
+class MemoryConfig(_Section):
+    """Memory-bank head: greedy k-centre coreset of the clean training patches, per modality."""
+
+    coreset_ratio: float = Field(0.1, gt=0, le=1)
+    max_bank: int = Field(16_384, ge=1, le=10_000_000)
+    projection_dim: int = Field(128, ge=0, le=4096)  # random projection for the selection; 0 = none
+
+
 class ModelConfig(_Section):
     backbone: str = "tf_efficientnet_lite0"
     weights: str = "package"
@@ -75,6 +83,9 @@ class ModelConfig(_Section):
     map_smoothing_sigma: float = Field(4.0, ge=0, le=32)
     foreground_only: bool = True
     backbone_cpu_batch: int = Field(2, ge=0, le=1024)
+    scorer: Literal["discriminator", "memory", "fused"] = "discriminator"
+    fusion_weight: float = Field(0.5, ge=0, le=1)  # weight of the discriminator in the fused score
+    memory: MemoryConfig = MemoryConfig()
 
     @field_validator("weights")
     @classmethod

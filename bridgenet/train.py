@@ -63,6 +63,9 @@ class Batch:
     def inputs(self) -> dict[str, torch.Tensor]:
         return {"rgb": self.rgb, "depth": self.depth}
 
+    def select(self, index: torch.Tensor | np.ndarray | slice) -> Batch:
+        return Batch(self.rgb[index], self.depth[index], self.foreground[index])
+
     def __len__(self) -> int:
         return self.rgb.shape[0]
 
@@ -100,17 +103,36 @@ def build_validation_set(split: CachedSplit, params: Params, modalities: tuple[s
 
 @torch.inference_mode()
 def predict_batches(
-    network: BridgeNet, batch: Batch, device: torch.device, batch_size: int
+    network: BridgeNet, batch: Batch, device: torch.device, batch_size: int, scorer: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores (N,) and anomaly maps (N, S, S) for every sample of ``batch``."""
+    """Image scores (N,) and anomaly maps (N, S, S) for every sample of ``batch`` (``scorer``: the model's)."""
     network.eval()
     scores, maps = [], []
     for start in range(0, len(batch), batch_size):
         part = slice(start, start + batch_size)
-        result = network(batch.rgb[part].to(device), batch.depth[part].to(device))
+        result = network(batch.rgb[part].to(device), batch.depth[part].to(device), scorer)
         scores.append(result.pred_score.float().cpu())
         maps.append(result.anomaly_map.float().cpu())
     return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+
+@torch.inference_mode()
+def calibrate_scores(network: BridgeNet, goods: Batch, device: torch.device, batch_size: int) -> dict[str, float]:
+    """Put every score component on the scale of its values on the scored patches of ``goods``.
+
+    ``goods`` are clean samples the model was not fitted on (the validation goods);
+    the discriminator must hold its final weights. Returns each component's (loc, scale).
+    """
+    network.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(goods), batch_size):
+        batch = goods.select(slice(start, start + batch_size)).to(device)
+        embeddings = network.embed_inputs(batch.inputs())
+        grid = embeddings[network.modalities[0]].shape[-2:]
+        keep = network.kept_patches(batch.depth, grid)
+        for name, values in network.patch_components(embeddings, keep, "fused").items():
+            parts.setdefault(name, []).append(values)
+    return network.calibrate({name: torch.cat(values) for name, values in parts.items()})
 
 
 def validation_metrics(scores: np.ndarray, maps: np.ndarray, val: ValidationSet) -> dict[str, float]:
@@ -159,7 +181,12 @@ class Trainer:
         if self.gaussian is None and self.texture is None:
             raise ValueError("anomalies: both generators are disabled; nothing to train on")
         self.data = Batch.from_split(train_split).to(device)
+        empty = int((~self.data.foreground.flatten(1).any(1)).sum())
+        if empty:
+            LOGGER.warning("%d of %d training samples have no foreground: anomalies are placed and "
+                           "patches scored on their whole image", empty, len(self.data))
         self.clean = self._embed_all(self.data)
+        self.memory_info = self._fit_memory()
         self.use_amp = params.train.amp and device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -175,6 +202,19 @@ class Trainer:
         }
         self.network.fit_standardization(raw)
         return {m: self.network.standardize(m, raw[m]) for m in self.modalities}
+
+    def _fit_memory(self) -> dict[str, float]:
+        """The memory bank from the clean embeddings of the scored patches (its own seeded generator,
+        so that building it leaves the training's random stream as it was)."""
+        grid = self.clean[self.modalities[0]].shape[-2:]
+        keep = self.network.kept_patches(self.data.depth, grid).view(len(self.data), *grid)
+        tick = time.perf_counter()
+        info = self.network.memory.fit(self.clean, keep, self.params.model.memory,
+                                       torch.Generator().manual_seed(self.params.train.seed))
+        info["memory_seconds"] = time.perf_counter() - tick
+        info["memory_mb"] = self.network.memory.nbytes() / 2**20
+        LOGGER.info("memory bank: %s", ", ".join(f"{k} {v:.4g}" for k, v in info.items()))
+        return info
 
     def _replace_embeddings(
         self, clean: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], touched: dict[str, torch.Tensor]
@@ -338,7 +378,9 @@ def _train_category(
         tick = time.perf_counter()
         losses = trainer.epoch()
         train_seconds = time.perf_counter() - tick
-        scores, maps = predict_batches(trainer.network, validation.batch, device, params.eval.batch_size)
+        # Epochs are chosen on the discriminator alone: the memory bank does not change with them.
+        scores, maps = predict_batches(trainer.network, validation.batch, device, params.eval.batch_size,
+                                       "discriminator")
         record = {"epoch": epoch, **losses, **validation_metrics(scores, maps, validation),
                   "epoch_seconds": train_seconds}
         history.append(record)
@@ -354,6 +396,8 @@ def _train_category(
 
     if best["state"] is not None:
         trainer.network.load_state_dict(best["state"], strict=False)
+    goods = validation.batch.select(torch.from_numpy(validation.labels == 0))
+    calibration = calibrate_scores(trainer.network, goods, device, params.eval.batch_size)
     scores, maps = predict_batches(trainer.network, validation.batch, device, params.eval.batch_size)
     final_metrics = validation_metrics(scores, maps, validation)
     threshold = choose_threshold(scores[validation.labels == 0], tcfg.threshold_quantile)
@@ -372,6 +416,9 @@ def _train_category(
         "seconds_per_epoch": float(np.mean(epoch_times)) if epoch_times else 0.0,
         "train_samples": len(train_split),
         "device": str(device),
+        "scorer": trainer.network.scorer,
+        "memory": trainer.memory_info,
+        "calibration": calibration,
     }
     LOGGER.info("trained %s: best epoch %s, validation %s, threshold %.4f",
                 category, best["epoch"], final_metrics, threshold)

@@ -76,8 +76,14 @@ class TextureAnomalyGenerator:
         self.textures = torch.cat([_dihedral(textures), flat]).to(device)  # (8K + n_flat, 3, S, S)
 
     def regions(self, foreground: torch.Tensor, generator: torch.Generator, tries: int = 8) -> torch.Tensor:
-        """(B, S, S) bool Perlin regions inside ``foreground``; the first non-empty of ``tries`` draws."""
+        """(B, S, S) bool Perlin regions inside ``foreground``; the first non-empty of ``tries`` draws.
+
+        A sample without any foreground (a flat part, a scan that carries nothing) takes
+        the whole image as its foreground, as the network then scores the whole image.
+        """
         b = foreground.shape[0]
+        whole = ~foreground.flatten(1).any(1)
+        foreground = foreground | whole.view(b, 1, 1)
         picks = torch.randint(len(self.masks), (b, tries), generator=generator).to(self.masks.device)
         candidates = self.masks[picks] & foreground.unsqueeze(1)  # (B, tries, S, S)
         non_empty = candidates.flatten(2).any(-1)  # (B, tries)

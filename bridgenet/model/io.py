@@ -74,9 +74,17 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def load_model(path: Path, device: torch.device | str = "cpu") -> TrainedModel:
     """Rebuild the network from its stored params and weights (backbone included)."""
     payload = read_checkpoint(path)
-    params = params_from_dict(payload["params"], source=f"{path} (stored params)")
+    stored = payload["params"]
+    if "scorer" not in stored.get("model", {}):
+        # Written before the memory-bank head existed: the discriminator was its only scorer.
+        stored = {**stored, "model": {**stored.get("model", {}), "scorer": "discriminator"}}
+    params = params_from_dict(stored, source=f"{path} (stored params)")
     network = BridgeNet(params.model, weights="none", announce_random=False)
-    network.load_state_dict(payload["state_dict"])
+    missing, unexpected = network.load_state_dict(payload["state_dict"], strict=False)
+    added = {k for k in missing if k.startswith("memory.") or k in ("score_loc", "score_scale")}
+    if unexpected or set(missing) - added or (added and params.model.scorer != "discriminator"):
+        raise ValueError(f"{path}: weights do not fit the stored model params "
+                         f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
     network.to(device).eval()
     return TrainedModel(
         network=network,

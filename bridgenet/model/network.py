@@ -7,8 +7,19 @@ Data flow for a batch of B images of side S (stride-8 grid of side s = S / 8):
     -> concatenate modalities per patch              (B * s * s, M * D)
     -> projection (trainable linear)                 (B * s * s, M * D)
     -> discriminator MLP -> logit per patch          (B * s * s,)
-    -> patches off the (dilated) foreground, depth == 0, scored 0 (``foreground_only``)
+    -> patches off the (dilated) foreground, depth == 0, scored lowest (``foreground_only``)
     -> image score = max patch score; anomaly map = patch scores upsampled and smoothed
+
+The patch score depends on ``model.scorer``:
+
+    discriminator   sigmoid of the discriminator's logit, in [0, 1] (the paper's head)
+    memory          per modality, the distance to the nearest clean training patch
+                    (:mod:`bridgenet.model.memory`), standardised, averaged over modalities
+    fused           fusion_weight * standardised logit + (1 - fusion_weight) * memory score
+
+"Standardised" means (x - loc) / scale with the mean and standard deviation of that
+component over the foreground patches of the validation goods (:meth:`BridgeNet.calibrate`),
+so memory and fused scores are in units of clean patches' spread, unbounded.
 """
 
 from __future__ import annotations
@@ -21,13 +32,15 @@ from torch import nn
 
 from bridgenet.config import ModelConfig
 from bridgenet.model.backbone import Backbone
+from bridgenet.model.memory import MemoryBank
 
 MODALITIES = ("rgb", "depth")
+SCORERS = ("discriminator", "memory", "fused")
 
 
 @dataclass
 class AnomalyResult:
-    """Eval-mode output: ``pred_score`` (B,) in [0, 1], ``anomaly_map`` (B, H, W) in [0, 1]."""
+    """Eval-mode output: ``pred_score`` (B,) and ``anomaly_map`` (B, H, W); in [0, 1] for the discriminator."""
 
     pred_score: torch.Tensor
     anomaly_map: torch.Tensor
@@ -162,6 +175,13 @@ class BridgeNet(nn.Module):
         self.stride = self.backbone.strides[0]
         self.smoothing_sigma = cfg.map_smoothing_sigma
         self.foreground_only = cfg.foreground_only
+        self.scorer = cfg.scorer
+        self.fusion_weight = cfg.fusion_weight
+        self.memory = MemoryBank(self.modalities, cfg.embed_dim)
+        # Per score component, (loc, scale) of its values on clean validation patches.
+        self.components = ("discriminator", *(f"memory_{m}" for m in self.modalities))
+        self.register_buffer("score_loc", torch.zeros(len(self.components)))
+        self.register_buffer("score_scale", torch.ones(len(self.components)))
         # Per-modality channel statistics of clean training embeddings, so that the
         # Gaussian generator's noise scales are relative to the features' spread.
         for m in self.modalities:
@@ -248,21 +268,87 @@ class BridgeNet(nn.Module):
         stacked = torch.cat([embeddings[m] for m in self.modalities], dim=1)
         return stacked.permute(0, 2, 3, 1).reshape(-1, stacked.shape[1])
 
-    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> AnomalyResult:
-        """rgb (B, 3, S, S) and depth (B, 1, S, S) in [0, 1] -> scores and maps at S x S."""
+    @property
+    def scorer(self) -> str:
+        return self._scorer
+
+    @scorer.setter
+    def scorer(self, name: str) -> None:
+        if name not in SCORERS:
+            raise ValueError(f"model.scorer: unknown {name!r}; allowed {SCORERS}")
+        self._scorer = name
+
+    def patch_components(
+        self, embeddings: dict[str, torch.Tensor], keep: torch.Tensor, scorer: str
+    ) -> dict[str, torch.Tensor]:
+        """Raw patch scores (P,) of the kept patches, per component that ``scorer`` uses.
+
+        ``discriminator``: logits; ``memory_<m>``: nearest-neighbour distances.
+        """
+        out: dict[str, torch.Tensor] = {}
+        if scorer in ("discriminator", "fused"):
+            out["discriminator"] = self.score_rows(self.fuse(embeddings)[keep]).float()
+        if scorer in ("memory", "fused"):
+            if not self.memory.fitted:
+                raise RuntimeError(f"model.scorer={scorer} needs the memory bank, which was never built")
+            for m in self.modalities:
+                emb = embeddings[m]
+                rows = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])[keep]
+                out[f"memory_{m}"] = self.memory.distances(m, rows)
+        return out
+
+    def standardized(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        i = self.components.index(name)
+        return (values - self.score_loc[i]) / self.score_scale[i]
+
+    def combine(self, components: dict[str, torch.Tensor], scorer: str) -> torch.Tensor:
+        """The patch score of ``scorer`` from :meth:`patch_components` output."""
+        if scorer == "discriminator":
+            return torch.sigmoid(components["discriminator"])
+        memory = torch.stack([self.standardized(f"memory_{m}", components[f"memory_{m}"])
+                              for m in self.modalities]).mean(0)
+        if scorer == "memory":
+            return memory
+        w = self.fusion_weight
+        return w * self.standardized("discriminator", components["discriminator"]) + (1 - w) * memory
+
+    def kept_patches(self, depth: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B * h * w,) bool: the patches that are scored (all, unless ``foreground_only``)."""
+        if self.foreground_only:
+            return foreground_patches(depth.float(), grid).flatten() > 0
+        return torch.ones(depth.shape[0] * grid[0] * grid[1], dtype=torch.bool, device=depth.device)
+
+    @torch.no_grad()
+    def calibrate(self, components: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Set each component's (loc, scale) from its raw scores on clean validation patches."""
+        out = {}
+        for name, values in components.items():
+            i = self.components.index(name)
+            values = values.float()
+            self.score_loc[i] = values.mean()
+            self.score_scale[i] = values.std().clamp_min(1e-6) if values.numel() > 1 else 1.0
+            out[f"{name}_loc"], out[f"{name}_scale"] = float(self.score_loc[i]), float(self.score_scale[i])
+        return out
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, scorer: str | None = None) -> AnomalyResult:
+        """rgb (B, 3, S, S) and depth (B, 1, S, S) in [0, 1] -> scores and maps at S x S.
+
+        ``scorer`` overrides ``self.scorer`` for this call.
+        """
+        scorer = scorer or self.scorer
         inputs = {"rgb": rgb, "depth": depth}
         embeddings = self.embed_inputs(inputs)
         first = embeddings[self.modalities[0]]
         b, _, h, w = first.shape
-        rows = self.fuse(embeddings)
-        if self.foreground_only:
-            # Patches off the object score 0, so only the others go through the MLP.
-            keep = foreground_patches(depth.float(), (h, w)).flatten() > 0
-            logits = torch.full((b * h * w,), -torch.inf, device=rows.device)
-            logits[keep] = self.score_rows(rows[keep]).float()
-        else:
-            logits = self.score_rows(rows).float()
-        scores = torch.sigmoid(logits).view(b, h, w)
+        # Only the scored patches go through the heads; the others get the sample's lowest score.
+        keep = self.kept_patches(depth, (h, w))
+        patch = self.combine(self.patch_components(embeddings, keep, scorer), scorer)
+        scores = torch.full((b * h * w,), torch.inf, device=patch.device)
+        scores[keep] = patch
+        scores = scores.view(b, h, w)
+        lowest = scores.flatten(1).amin(1).view(b, 1, 1)
+        fill = torch.zeros_like(lowest) if scorer == "discriminator" else lowest  # sigmoid(-inf) = 0
+        scores = torch.where(torch.isinf(scores), fill, scores)
         size = rgb.shape[-2:] if "rgb" in self.modalities else depth.shape[-2:]
         maps = F.interpolate(scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
         maps = gaussian_blur(maps.squeeze(1), self.smoothing_sigma)

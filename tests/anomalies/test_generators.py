@@ -70,10 +70,17 @@ def test_same_seed_same_anomalies(texture_gen):
     torch.testing.assert_close(a[2], b[2])
 
 
-def test_no_foreground_gives_no_region(texture_gen):
-    rgb, depth, fg = _batch(2)
-    _, _, region, _ = texture_gen(rgb, depth, torch.zeros_like(fg), torch.Generator().manual_seed(0))
-    assert region.sum() == 0
+def test_a_sample_without_foreground_gets_its_anomaly_anywhere_on_the_image(texture_gen):
+    rgb, depth, fg = _batch(4)
+    fg[2:] = False  # samples 2 and 3: a flat part, plane removal left nothing
+    out_rgb, out_depth, region, _ = texture_gen(rgb, depth, fg, torch.Generator().manual_seed(0))
+    assert region.flatten(1).any(1).all()
+    assert (region[:2].bool() & ~fg[:2]).sum() == 0  # the others stay on their foreground
+    outside = torch.ones(S, S, dtype=torch.bool)
+    outside[16:48, 16:48] = False
+    assert (region[2:].bool() & outside).any()  # not confined to where an object would be
+    changed = (out_rgb != rgb).any(1) | (out_depth != depth).any(1)
+    assert changed[2:].flatten(1).any(1).all()
 
 
 def test_modality_choice_frequencies():

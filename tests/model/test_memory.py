@@ -1,0 +1,91 @@
+"""Memory-bank head: coreset selection, nearest-neighbour distances, saving the bank."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bridgenet.config import MemoryConfig, ModelConfig
+from bridgenet.model.memory import MemoryBank, greedy_coreset, nearest_distance, random_projection
+
+
+def clustered_rows(seed: int = 0, n: int = 600, dim: int = 32) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(12, dim, generator=gen) * 4
+    return centres[torch.randint(12, (n,), generator=gen)] + torch.randn(n, dim, generator=gen) * 0.3
+
+
+def test_coreset_is_deterministic_for_a_seed():
+    rows = clustered_rows()
+    first = greedy_coreset(rows, 50, 8, torch.Generator().manual_seed(3))
+    again = greedy_coreset(rows, 50, 8, torch.Generator().manual_seed(3))
+    other = greedy_coreset(rows, 50, 8, torch.Generator().manual_seed(4))
+    assert torch.equal(first.indices, again.indices) and first.radius == again.radius
+    assert not torch.equal(first.indices, other.indices)
+    assert len(set(first.indices.tolist())) == 50
+
+
+@pytest.mark.parametrize("projection_dim", [0, 8])
+def test_every_dropped_row_lies_within_the_radius_of_a_kept_one(projection_dim):
+    rows = clustered_rows()
+    coreset = greedy_coreset(rows, 40, projection_dim, torch.Generator().manual_seed(0))
+    space = rows
+    if projection_dim:  # the selection's own space: the same seeded projection
+        space = rows @ random_projection(rows.shape[1], projection_dim, torch.Generator().manual_seed(0))
+    dropped = torch.ones(len(rows), dtype=torch.bool)
+    dropped[coreset.indices] = False
+    nearest = torch.cdist(space[dropped], space[coreset.indices]).amin(1)
+    assert float(nearest.max()) <= coreset.radius * (1 + 1e-4)  # cdist vs vector_norm rounding
+    # The radius is tight (it is the farthest dropped row's distance) and far below
+    # the data's spread: every one of the 12 clusters has a kept row.
+    assert float(nearest.max()) == pytest.approx(coreset.radius, rel=1e-4)
+    assert coreset.radius < float(torch.cdist(space, space).max()) / 4
+
+
+def test_coreset_keeps_everything_when_asked_for_more_rows_than_there_are():
+    rows = clustered_rows(n=10)
+    coreset = greedy_coreset(rows, 20, 0, torch.Generator().manual_seed(0))
+    assert sorted(coreset.indices.tolist()) == list(range(10)) and coreset.radius == 0.0
+
+
+def test_nearest_distance_matches_cdist_across_chunks():
+    gen = torch.Generator().manual_seed(1)
+    queries, bank = torch.randn(300, 16, generator=gen), torch.randn(70, 16, generator=gen)
+    expected = torch.cdist(queries, bank).amin(1)
+    assert torch.allclose(nearest_distance(queries, bank, chunk=64), expected, atol=1e-4)
+    assert torch.allclose(nearest_distance(bank[:5], bank), torch.zeros(5), atol=1e-3)
+
+
+def test_bank_fits_on_kept_patches_only_and_survives_a_state_dict_round_trip():
+    gen = torch.Generator().manual_seed(0)
+    embeddings = {m: torch.randn(3, 8, 4, 4, generator=gen) for m in ("rgb", "depth")}
+    keep = torch.zeros(3, 4, 4, dtype=torch.bool)
+    keep[:, 1:3, 1:3] = True  # 12 candidate patches
+    bank = MemoryBank(("rgb", "depth"), 8)
+    assert not bank.fitted
+    info = bank.fit(embeddings, keep, MemoryConfig(coreset_ratio=0.5), torch.Generator().manual_seed(0))
+    assert info["rgb_candidates"] == 12 and info["rgb_bank"] == 6
+    candidates = embeddings["rgb"].permute(0, 2, 3, 1)[keep]
+    assert all(any(torch.equal(row, c) for c in candidates) for row in bank.bank("rgb"))
+    restored = MemoryBank(("rgb", "depth"), 8)
+    restored.load_state_dict(bank.state_dict())
+    assert restored.fitted and torch.equal(restored.bank("depth"), bank.bank("depth"))
+    assert bank.nbytes() == 2 * 6 * 8 * 4
+
+
+def test_max_bank_caps_the_bank():
+    gen = torch.Generator().manual_seed(0)
+    bank = MemoryBank(("rgb",), 4)
+    bank.fit({"rgb": torch.randn(2, 4, 8, 8, generator=gen)}, torch.ones(2, 8, 8, dtype=torch.bool),
+             MemoryConfig(coreset_ratio=1.0, max_bank=10), torch.Generator().manual_seed(0))
+    assert bank.bank("rgb").shape == (10, 4)
+
+
+def test_memory_scorer_without_a_bank_is_refused():
+    from bridgenet.model.network import BridgeNet
+
+    net = BridgeNet(ModelConfig(scorer="memory", weights="none", embed_dim=16), announce_random=False).eval()
+    with pytest.raises(RuntimeError, match="memory bank"):
+        net(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="model.scorer"):
+        net.scorer = "nearest"
