@@ -1,12 +1,15 @@
-"""Accuracy benchmark on the default synthetic data: modalities and generators, over seeds.
+"""Accuracy benchmark: scorers, modalities and generators, on two data sets, over seeds, beside a peer.
 
     python bench/accuracy.py [--seeds 0 1 2] [--configs ...] [--work bench/work] [--out bench/results]
 
-Renders and preprocesses the embedded default data set once (``synth`` and
-``data`` sections of params.yaml, under ``--work``), then for every
-configuration, training seed and category trains one model with
-``train_category`` (model selection on validation data only) and scores the
-test split once. Configurations:
+Renders and preprocesses two synthetic data sets under ``--work``: the embedded
+default set (``synth`` and ``data`` sections of params.yaml) and its ``hard``
+preset, whose goods are the same samples but whose test defects look like nothing
+the training-time generators draw (faint stains, discolourations, sub-millimetre
+bumps and dents, thin scratches, chipped rims). For every configuration, training
+seed and category it trains one model on the goods with ``train_category`` (model
+selection and thresholds on validation data only) and scores both test splits
+once with each scorer (``discriminator``, ``memory``, ``fused``). Configurations:
 
     rgb+depth       params.yaml as it is (texture generator on, Gaussian generator off)
     rgb             RGB only
@@ -14,17 +17,21 @@ test split once. Configurations:
     +gaussian       RGB + depth with both generators
     gaussian-only   RGB + depth with the Gaussian generator instead of the texture one
 
+The peer, anomalib's PatchCore with the same ImageNet weights on RGB and on the
+visible depth, fused late (``bench/peers.py``), is fitted on the same goods and
+scored on the same test splits with the same metrics, once per data set and
+category (``--no-peer`` skips it; it needs the ``bench`` extra).
+
 Each (configuration, seed, category) result is written as soon as it exists
 (``--work/results``), so an interrupted benchmark resumes where it stopped and
 a later call with more seeds only runs what is missing. Runs already published
-in ``--out/accuracy.json`` under the same params.yaml digest are taken from
-there when ``--work`` lacks them (training is deterministic per seed, so
-rerunning them would give the same numbers; ``--rerun-published`` does it
-anyway). The summary
-(``--out/accuracy.json``, ``accuracy.md`` and ``accuracy_families.png``) holds
-mean and standard deviation over the seeds that are done of image AUROC, pixel
-AUROC, AU-PRO@0.3 and AU-PRO@0.01 per category, and image AUROC per defect
-family (geometric only, appearance only, both).
+in ``--out/accuracy.json`` under the same params digest are taken from there
+when ``--work`` lacks them (training is deterministic per seed; ``--rerun-published``
+trains them anyway). The summary (``--out/accuracy.json``, ``accuracy.md`` and
+``accuracy_families.png``) holds mean and standard deviation over the seeds that
+are done of image AUROC, pixel AUROC, AU-PRO@0.3 and AU-PRO@0.01 per data set,
+configuration, scorer and category, and image AUROC per defect family
+(geometric only, appearance only, both).
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ CONFIGS: dict[str, list[str]] = {
     "+gaussian": ["anomalies.gaussian.enabled=true"],
     "gaussian-only": ["anomalies.gaussian.enabled=true", "anomalies.texture.enabled=false"],
 }
+PRESETS = ("default", "hard")
+SCORERS = ("discriminator", "memory", "fused")
+PEER = "PatchCore"
+PEER_MODALITIES = {"rgb": "rgb", "depth": "depth", "fused": "rgb+depth"}
 METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "aupro_1")
 FAMILIES = ("geometric", "appearance", "both")
 
@@ -63,57 +74,144 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def data_overrides(work: Path, preset: str) -> list[str]:
+    """Where ``preset``'s rendered data and preprocessing cache live under ``work``."""
+    root = work / "data" / ("mvtec3d_synth" if preset == "default" else f"{preset}_synth")
+    cache = work / "data" / ("cache" if preset == "default" else f"cache_{preset}")
+    return [f"synth.preset={preset}", f"synth.out={root}", f"data.root={root}", f"data.cache_dir={cache}",
+            "train.device=cpu"]
+
+
 def base_overrides(work: Path) -> list[str]:
-    data = work / "data"
-    return [f"synth.out={data / 'mvtec3d_synth'}", f"data.root={data / 'mvtec3d_synth'}",
-            f"data.cache_dir={data / 'cache'}", "train.device=cpu"]
+    """Training reads the default set (the hard preset's goods are the same samples)."""
+    return data_overrides(work, "default")
 
 
-def prepare_data(work: Path) -> None:
-    """Render and preprocess the default data set under ``work`` (both steps skip unchanged work)."""
+def prepare_data(work: Path, presets: tuple[str, ...] = PRESETS) -> None:
+    """Render and preprocess each preset under ``work`` (both steps skip unchanged work)."""
     from bridgenet.config import load_params
     from bridgenet.data.synthetic import synthesize
     from bridgenet.preprocess import run_preprocess
 
-    params = load_params(REPO / "params.yaml", base_overrides(work))
-    root = Path(params.synth.out)
-    if not (root / ".bench-complete").is_file():
-        synthesize(params.synth, root)
-        (root / ".bench-complete").write_text("done\n")
-    run_preprocess(params)
+    for preset in presets:
+        params = load_params(REPO / "params.yaml", data_overrides(work, preset))
+        root = Path(params.synth.out)
+        if not (root / ".bench-complete").is_file():
+            synthesize(params.synth, root)
+            (root / ".bench-complete").write_text("done\n")
+        run_preprocess(params)
 
 
-def run_one(work: Path, config: str, seed: int, category: str) -> dict[str, Any]:
-    """Train and test one model; returns metrics, per-family image AUROC and timings."""
+def model_dir(work: Path, config: str, seed: int, category: str) -> Path:
+    return work / "models" / config / f"seed{seed}" / category
+
+
+def run_one(work: Path, config: str, seed: int, category: str,
+            presets: tuple[str, ...] = PRESETS) -> dict[str, Any]:
+    """Train one model, score each preset's test split with each scorer; metrics and timings."""
+    from bridgenet.config import load_params
+    from bridgenet.train import train_category
+
+    params = load_params(REPO / "params.yaml", [*base_overrides(work), *CONFIGS[config], f"train.seed={seed}"])
+    start = time.perf_counter()
+    summary = train_category(params, category, out_dir=model_dir(work, config, seed, category))
+    train_s = time.perf_counter() - start
+    return {
+        "config": config, "seed": seed, "category": category,
+        "scores": score_model(work, config, seed, category, presets),
+        "best_epoch": summary["best_epoch"], "train_seconds": train_s,
+        "seconds_per_epoch": summary["seconds_per_epoch"], "memory": summary["memory"],
+    }
+
+
+def score_model(work: Path, config: str, seed: int, category: str,
+                presets: tuple[str, ...] = PRESETS) -> dict[str, dict[str, Any]]:
+    """Score the saved model of a run on each preset's test split with each scorer.
+
+    The scoring keys of params.yaml (``model.fusion_weight``) apply, so a change to them
+    re-scores saved models without training them again.
+    """
     import torch
 
     from bridgenet.config import load_params
     from bridgenet.evaluate import evaluate_category, load_test_split
     from bridgenet.model.io import load_model
-    from bridgenet.train import train_category
 
-    params = load_params(REPO / "params.yaml", [*base_overrides(work), *CONFIGS[config], f"train.seed={seed}"])
-    out_dir = work / "models" / config / f"seed{seed}" / category
-    start = time.perf_counter()
-    summary = train_category(params, category, out_dir=out_dir)
-    train_s = time.perf_counter() - start
-    model = load_model(out_dir / "model.pt")
-    start = time.perf_counter()
-    evaluation, _ = evaluate_category(params, model, load_test_split(params, category), torch.device("cpu"))
-    return {
-        "config": config, "seed": seed, "category": category,
-        "metrics": {k: float(evaluation.metrics[k]) for k in METRICS},
-        "families": {k: float(v) for k, v in evaluation.per_family.items()},
-        "best_epoch": summary["best_epoch"],
-        "train_seconds": train_s,
-        "test_seconds": time.perf_counter() - start,
-        "n_test": len(evaluation.labels),
-    }
+    params = load_params(REPO / "params.yaml", [*base_overrides(work), *CONFIGS[config]])
+    model = load_model(model_dir(work, config, seed, category) / "model.pt")
+    model.network.fusion_weight = params.model.fusion_weight
+    scores: dict[str, dict[str, Any]] = {}
+    for preset in presets:
+        test_params = load_params(REPO / "params.yaml", [*data_overrides(work, preset), *CONFIGS[config]])
+        split = load_test_split(test_params, category)
+        scores[preset] = {}
+        for scorer in SCORERS:
+            model.network.scorer = scorer
+            start = time.perf_counter()
+            evaluation, _ = evaluate_category(params, model, split, torch.device("cpu"))
+            scores[preset][scorer] = {
+                "metrics": {k: float(evaluation.metrics[k]) for k in METRICS},
+                "families": {k: float(v) for k, v in evaluation.per_family.items()},
+                "per_defect": {k: float(v) for k, v in evaluation.per_defect.items()},
+                "test_seconds": time.perf_counter() - start,
+                "n_test": len(evaluation.labels),
+                "threads": torch.get_num_threads(),
+            }
+    return scores
 
 
-def params_digest() -> str:
-    """Results are reused only while params.yaml is unchanged."""
-    return hashlib.sha256((REPO / "params.yaml").read_bytes()).hexdigest()[:16]
+def run_peer(work: Path, preset: str, category: str) -> dict[str, Any]:
+    """The peer on one preset and category: per modality and fused, our metrics, fit/inference times."""
+    from bench.peers import run_peer as fit_and_score
+    from bridgenet.config import load_params
+
+    params = load_params(REPO / "params.yaml", data_overrides(work, preset))
+    return {"preset": preset, "category": category,
+            **fit_and_score(Path(params.data.root), Path(params.data.cache_dir), category, params)}
+
+
+def entries(runs: list[dict[str, Any]], peers: list[dict[str, Any]], preset: str) -> list[dict[str, Any]]:
+    """Flat rows (variant, seed, category, metrics, families) of one preset, ours and the peer's."""
+    rows = []
+    for run in runs:
+        for scorer, cell in run["scores"].get(preset, {}).items():
+            rows.append({"variant": f"{run['config']} / {scorer}", "seed": run["seed"],
+                         "category": run["category"], "metrics": cell["metrics"], "families": cell["families"],
+                         "train_seconds": run["train_seconds"]})
+    for peer in peers:
+        if peer["preset"] != preset:
+            continue
+        for key, modality in PEER_MODALITIES.items():
+            cell = peer["modalities"][key]
+            rows.append({"variant": f"{PEER} {modality}", "seed": 0, "category": peer["category"],
+                         "metrics": cell["metrics"], "families": cell["families"],
+                         "train_seconds": peer["fit_seconds"][key]})
+    return rows
+
+
+def variants(configs: list[str], with_peer: bool) -> list[str]:
+    ours = [f"{c} / {s}" for c in configs for s in SCORERS]
+    return ours + ([f"{PEER} {m}" for m in PEER_MODALITIES.values()] if with_peer else [])
+
+
+SCORING_KEYS = ("scorer", "fusion_weight")  # model keys that change scores, not training
+
+
+def params_digest(part: str = "all") -> str:
+    """Results are reused only while the params that shape them are unchanged.
+
+    ``train``: every section a run reads except the scoring keys of ``model`` (each run
+    is scored with every scorer) and the per-category overrides, which the benchmark
+    does not apply. ``score``: the scoring keys except ``scorer``. ``all``: both.
+    """
+    from bridgenet.config import load_params
+
+    params = load_params(REPO / "params.yaml").to_dict()
+    scoring = {k: params["model"].pop(k) for k in SCORING_KEYS}
+    scoring.pop("scorer")
+    shaping = {k: params[k] for k in ("data", "synth", "model", "anomalies", "train", "eval")}
+    chosen = {"train": shaping, "score": scoring, "all": [shaping, scoring]}[part]
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def published_runs(out: Path, digest: str) -> list[dict[str, Any]]:
@@ -128,11 +226,17 @@ def published_runs(out: Path, digest: str) -> list[dict[str, Any]]:
     return [r for r in runs if r.get("params_digest") == digest]
 
 
+def run_name(run: dict[str, Any]) -> str:
+    if "config" in run:
+        return f"{run['config']}-seed{run['seed']}-{run['category']}.json"
+    return f"peer-{run['preset']}-{run['category']}.json"
+
+
 def seed_work_results(results_dir: Path, runs: list[dict[str, Any]]) -> int:
     """Write each run that ``results_dir`` lacks; returns how many were written."""
     written = 0
     for run in runs:
-        path = results_dir / f"{run['config']}-seed{run['seed']}-{run['category']}.json"
+        path = results_dir / run_name(run)
         if not path.is_file():
             path.write_text(json.dumps(run, indent=2) + "\n")
             written += 1
@@ -143,16 +247,16 @@ def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
 
 
-def summarize(results: list[dict[str, Any]], configs: list[str], categories: list[str]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds, per configuration and category, plus the mean category."""
+def summarize(rows: list[dict[str, Any]], names: list[str], categories: list[str]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds, per variant and category, plus the mean category."""
     table: dict[str, Any] = {}
-    for config in configs:
-        rows = [r for r in results if r["config"] == config]
-        if not rows:
+    for name in names:
+        mine_all = [r for r in rows if r["variant"] == name]
+        if not mine_all:
             continue
         per_category = {}
         for category in categories:
-            mine = [r for r in rows if r["category"] == category]
+            mine = [r for r in mine_all if r["category"] == category]
             if not mine:
                 continue
             per_category[category] = {
@@ -161,21 +265,21 @@ def summarize(results: list[dict[str, Any]], configs: list[str], categories: lis
                    for f in FAMILIES if any(f in r["families"] for r in mine)},
                 "seconds_per_run": float(np.mean([r["train_seconds"] for r in mine])),
             }
-        seeds = sorted({r["seed"] for r in rows})
+        seeds = sorted({r["seed"] for r in mine_all})
         # Mean over categories per seed, then mean/std of that over seeds.
-        complete = [s for s in seeds if {r["category"] for r in rows if r["seed"] == s} >= set(categories)]
+        complete = [s for s in seeds if {r["category"] for r in mine_all if r["seed"] == s} >= set(categories)]
         overall = {}
         for key in [*METRICS, *(f"image_auroc_{f}" for f in FAMILIES)]:
             per_seed = []
             for s in complete:
                 vals = [r["metrics"][key] if key in r["metrics"] else r["families"].get(key.removeprefix("image_auroc_"))
-                        for r in rows if r["seed"] == s]
+                        for r in mine_all if r["seed"] == s and r["category"] in categories]
                 vals = [v for v in vals if v is not None]
                 if vals:
                     per_seed.append(float(np.mean(vals)))
             if per_seed:
                 overall[key] = mean_std(per_seed)
-        table[config] = {"seeds": seeds, "seeds_complete": complete, "categories": per_category, "mean": overall}
+        table[name] = {"seeds": seeds, "seeds_complete": complete, "categories": per_category, "mean": overall}
     return table
 
 
@@ -185,59 +289,93 @@ def fmt(cell: dict[str, float] | None) -> str:
     return f"{cell['mean']:.3f} ± {cell['std']:.3f}" if cell["n"] > 1 else f"{cell['mean']:.3f}"
 
 
-def markdown(table: dict[str, Any], categories: list[str]) -> str:
-    header = ("| config | category | image AUROC | pixel AUROC | AU-PRO@0.3 | AU-PRO@0.01 "
+COLUMNS = (*METRICS, *(f"image_auroc_{f}" for f in FAMILIES))
+
+
+def markdown(table: dict[str, Any], categories: list[str], mean_only: bool = False) -> str:
+    """One row per variant and category (or only the mean category)."""
+    header = ("| variant | category | image AUROC | pixel AUROC | AU-PRO@0.3 | AU-PRO@0.01 "
               "| geometric | appearance | both | seeds |")
     lines = [header, "|" + "---|" * 10]
-    for config, entry in table.items():
-        for category in [*categories, "mean"]:
+    for name, entry in table.items():
+        for category in (["mean"] if mean_only else [*categories, "mean"]):
             cell = entry["mean"] if category == "mean" else entry["categories"].get(category)
             if not cell:
                 continue
             seeds = len(entry["seeds_complete"]) if category == "mean" else cell["image_auroc"]["n"]
-            name = f"**{category}**" if category == "mean" else category
-            lines.append(f"| {config} | {name} | " + " | ".join(fmt(cell.get(k)) for k in (
-                *METRICS, *(f"image_auroc_{f}" for f in FAMILIES))) + f" | {seeds} |")
+            label = f"**{category}**" if category == "mean" else category
+            lines.append(f"| {name} | {label} | " + " | ".join(fmt(cell.get(k)) for k in COLUMNS)
+                         + f" | {seeds} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_families(table: dict[str, Any], path: Path) -> None:
-    """Grouped bars: mean image AUROC per defect family for each configuration."""
+def plot_families(tables: dict[str, dict[str, Any]], names: list[str], path: Path) -> None:
+    """Grouped bars per data set: mean image AUROC per defect family for each variant in ``names``."""
     from matplotlib.figure import Figure
 
-    configs = [c for c in table if table[c]["mean"]]
-    if not configs:
+    presets = [p for p in tables if any(tables[p].get(n, {}).get("mean") for n in names)]
+    if not presets:
         return
-    fig = Figure(figsize=(9, 4), dpi=120)
-    ax = fig.add_subplot()
-    width = 0.8 / len(configs)
-    for i, config in enumerate(configs):
-        cells = [table[config]["mean"].get(f"image_auroc_{f}") for f in FAMILIES]
-        means = [c["mean"] if c else np.nan for c in cells]
-        stds = [c["std"] if c else 0.0 for c in cells]
-        ax.bar(np.arange(len(FAMILIES)) + i * width, means, width, yerr=stds, label=config, capsize=2)
-    ax.set_xticks(np.arange(len(FAMILIES)) + width * (len(configs) - 1) / 2, [f"{f} defects" for f in FAMILIES])
-    ax.set_ylabel("image AUROC (mean over categories)")
-    ax.set_ylim(0.4, 1.0)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title("Which modality sees which defect family")
+    fig = Figure(figsize=(11, 3.6 * len(presets)), dpi=110)
+    for row, preset in enumerate(presets, 1):
+        ax = fig.add_subplot(len(presets), 1, row)
+        shown = [n for n in names if tables[preset].get(n, {}).get("mean")]
+        width = 0.8 / len(shown)
+        for i, name in enumerate(shown):
+            cells = [tables[preset][name]["mean"].get(f"image_auroc_{f}") for f in FAMILIES]
+            means = [c["mean"] if c else np.nan for c in cells]
+            stds = [c["std"] if c else 0.0 for c in cells]
+            ax.bar(np.arange(len(FAMILIES)) + i * width, means, width, yerr=stds, label=name, capsize=2)
+        ax.set_xticks(np.arange(len(FAMILIES)) + width * (len(shown) - 1) / 2,
+                      [f"{f} defects" for f in FAMILIES])
+        ax.set_ylabel("image AUROC")
+        ax.set_ylim(0.4, 1.0)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.set_title(f"{preset} data: image AUROC per defect family (mean over categories)")
     fig.tight_layout()
     fig.savefig(path)
 
 
-def check_targets(table: dict[str, Any]) -> list[str]:
-    """The targets of the accuracy benchmark, as lines of text (PASS / FAIL / n/a)."""
+def _mean(table: dict[str, Any], name: str, key: str) -> dict[str, float] | None:
+    return table.get(name, {}).get("mean", {}).get(key)
+
+
+def check_targets(tables: dict[str, dict[str, Any]], scorer: str) -> list[str]:
+    """The benchmark's targets for the default ``scorer``, as lines of text (PASS / FAIL)."""
     lines = []
-    full = table.get("rgb+depth", {}).get("mean", {})
-    if "image_auroc" in full:
-        value = full["image_auroc"]["mean"]
-        lines.append(f"{'PASS' if value >= 0.97 else 'FAIL'}: rgb+depth mean image AUROC {value:.3f} (target >= 0.97)")
-    for single, family in (("rgb", "image_auroc_geometric"), ("depth", "image_auroc_appearance")):
-        mine, theirs = full.get(family), table.get(single, {}).get("mean", {}).get(family)
-        if mine and theirs:
-            ok = mine["mean"] > theirs["mean"]
-            lines.append(f"{'PASS' if ok else 'FAIL'}: {family.removeprefix('image_auroc_')} defects "
-                         f"(unseen by {single}): rgb+depth {mine['mean']:.3f} vs {single} {theirs['mean']:.3f}")
+
+    def verdict(ok: bool, text: str) -> None:
+        lines.append(f"{'PASS' if ok else 'FAIL'}: {text}")
+
+    full = f"rgb+depth / {scorer}"
+    default = tables.get("default", {})
+    for key, target in (("image_auroc", 0.99), ("aupro_30", 0.97)):
+        cell = _mean(default, full, key)
+        if cell:
+            verdict(cell["mean"] >= target and cell["std"] <= 0.01,
+                    f"default data, {full}: mean {key} {fmt(cell)} (target >= {target}, std <= 0.01)")
+    for family in FAMILIES:
+        cell = _mean(default, full, f"image_auroc_{family}")
+        if cell:
+            verdict(cell["mean"] >= 0.98, f"default data, {full}: {family} defects {fmt(cell)} (target >= 0.98)")
+    for preset, table in tables.items():
+        for family in FAMILIES:
+            mine = _mean(table, full, f"image_auroc_{family}")
+            singles = {m: _mean(table, f"{m} / {scorer}", f"image_auroc_{family}") for m in ("rgb", "depth")}
+            singles = {m: c for m, c in singles.items() if c}
+            if mine and singles:
+                best = max(singles, key=lambda m: singles[m]["mean"])
+                verdict(mine["mean"] >= singles[best]["mean"] - 1e-9,
+                        f"{preset} data, {family} defects: rgb+depth {mine['mean']:.3f} >= better single "
+                        f"modality ({best} {singles[best]['mean']:.3f})")
+    hard = tables.get("hard", {})
+    fused = _mean(hard, "rgb+depth / fused", "image_auroc")
+    if fused:
+        for other in ("rgb+depth / discriminator", "rgb+depth / memory", f"{PEER} rgb+depth"):
+            cell = _mean(hard, other, "image_auroc")
+            if cell:
+                verdict(fused["mean"] >= cell["mean"],
+                        f"hard data: fused image AUROC {fmt(fused)} >= {other} {fmt(cell)}")
     return lines
 
 
@@ -251,16 +389,19 @@ def reproduce_command(seeds: list[int], configs: list[str], categories: list[str
     return " ".join(words)
 
 
-def readme_block(table: dict[str, Any], categories: list[str], targets: list[str], seeds: list[int],
-                 machine: dict[str, Any]) -> str:
-    return (f"`{machine['command']}` on {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-            f"{machine['date']}.\n\n"
-            f"Training seeds done: {seeds} (the data is the fixed default set; each model's test split is "
-            "scored once; epochs and thresholds come from validation data). Columns geometric / appearance / "
-            "both: image AUROC on the defect families that only depth, only RGB, or both can see. "
-            "`rgb+depth` is params.yaml; `rgb` and `depth` use one modality; `+gaussian` adds the Gaussian "
-            "generator to the texture one; `gaussian-only` swaps them.\n\n"
-            + markdown(table, categories) + "\n" + "\n".join(f"- {t}" for t in targets))
+def readme_block(tables: dict[str, dict[str, Any]], categories: list[str], targets: list[str],
+                 seeds: list[int], machine: dict[str, Any]) -> str:
+    parts = [(f"`{machine['command']}` on {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+              f"{machine['date']}.\n\n"
+              f"Training seeds done: {seeds}. Each model is trained once on the goods and scored once per data "
+              "set and scorer; epochs and thresholds come from validation data. Cells: mean ± std over seeds of "
+              "the mean over categories. Columns geometric / appearance / both: image AUROC on the defect "
+              f"families that only depth, only RGB, or both can see. `{PEER}` is anomalib's, with the same "
+              "ImageNet weights, on RGB and on the visible depth, fused late (one fit; no seeds).")]
+    for preset, table in tables.items():
+        parts.append(f"\n**{preset} data**\n\n" + markdown(table, categories, mean_only=True))
+    parts.append("\n" + "\n".join(f"- {t}" for t in targets))
+    return "".join(parts)
 
 
 def update_readme(block: str, path: Path = REPO / "README.md") -> bool:
@@ -274,27 +415,40 @@ def update_readme(block: str, path: Path = REPO / "README.md") -> bool:
     return True
 
 
+def write_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["rgb+depth", "rgb", "depth"], choices=list(CONFIGS))
     parser.add_argument("--categories", nargs="+", default=None, help="default: data.categories")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work",
                         help="data, models and per-run results (not committed)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--no-peer", action="store_true", help="do not fit and score the peer")
     parser.add_argument("--summary-only", action="store_true", help="only rebuild the summary from --work")
     parser.add_argument("--readme", action="store_true", help="also rewrite the README's accuracy block")
     parser.add_argument("--rerun-published", action="store_true",
                         help="train again the runs that --out/accuracy.json already holds")
     args = parser.parse_args()
 
+    import torch
+
     from bridgenet.config import load_params
 
-    categories = args.categories or list(load_params(REPO / "params.yaml").data.categories)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    defaults = load_params(REPO / "params.yaml")
+    categories = args.categories or list(defaults.data.categories)
     work = args.work.resolve()
     results_dir = work / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    digest = params_digest()
+    digest, train_digest = params_digest(), params_digest("train")
     if not args.rerun_published:
         reused = seed_work_results(results_dir, published_runs(args.out, digest))
         if reused:
@@ -302,37 +456,58 @@ def main() -> None:
     if not args.summary_only:
         prepare_data(work)
         jobs = [(c, s, k) for s in args.seeds for c in args.configs for k in categories]
+        peer_jobs = [] if args.no_peer else [(p, k) for p in PRESETS for k in categories]
+        for i, (preset, category) in enumerate(peer_jobs, 1):
+            path = results_dir / f"peer-{preset}-{category}.json"
+            if path.is_file() and json.loads(path.read_text()).get("train_digest") == train_digest:
+                continue
+            print(f"[peer {i}/{len(peer_jobs)}] {PEER} {preset} {category}", flush=True)
+            write_atomic(path, {**run_peer(work, preset, category), "train_digest": train_digest})
         for i, (config, seed, category) in enumerate(jobs, 1):
             path = results_dir / f"{config}-seed{seed}-{category}.json"
-            if path.is_file() and json.loads(path.read_text()).get("params_digest") == digest:
+            done = json.loads(path.read_text()) if path.is_file() else {}
+            if done.get("params_digest") == digest:
                 continue
-            print(f"[{i}/{len(jobs)}] {config} seed {seed} {category}", flush=True)
-            result = run_one(work, config, seed, category)
-            result["params_digest"] = digest
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-            os.replace(tmp, path)
-            print("   ", json.dumps(result["metrics"]), json.dumps(result["families"]),
-                  f"{result['train_seconds']:.0f} s", flush=True)
-    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
-    results = [r for r in results if r.get("params_digest") == digest and r["config"] in args.configs
-               and r["seed"] in args.seeds and r["category"] in categories]
-    table = summarize(results, args.configs, categories)
-    import torch
-
+            saved = model_dir(work, config, seed, category) / "model.pt"
+            if done.get("train_digest") == train_digest and saved.is_file():
+                print(f"[{i}/{len(jobs)}] {config} seed {seed} {category}: scoring the saved model again",
+                      flush=True)
+                result = {**done, "scores": score_model(work, config, seed, category)}
+            else:
+                print(f"[{i}/{len(jobs)}] {config} seed {seed} {category}", flush=True)
+                result = run_one(work, config, seed, category)
+            result.update(params_digest=digest, train_digest=train_digest)
+            write_atomic(path, result)
+            for preset, cells in result["scores"].items():
+                for scorer, cell in cells.items():
+                    print(f"    {preset:8s} {scorer:13s} {json.dumps(cell['metrics'])} "
+                          f"{json.dumps(cell['families'])}", flush=True)
+            print(f"    trained in {result['train_seconds']:.0f} s", flush=True)
+    loaded = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    loaded = [r for r in loaded if r["category"] in categories and (
+        r.get("params_digest") == digest if "config" in r else r.get("train_digest") == train_digest)]
+    runs = [r for r in loaded if "config" in r and r["config"] in args.configs and r["seed"] in args.seeds]
+    peers = [] if args.no_peer else [r for r in loaded if "preset" in r and "config" not in r]
+    names = variants(args.configs, bool(peers))
+    tables = {p: summarize(entries(runs, peers, p), names, categories) for p in PRESETS}
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                "date": date.today().isoformat(),
                "command": reproduce_command(args.seeds, args.configs, args.categories)}
-    targets = check_targets(table)
+    targets = check_targets(tables, defaults.model.scorer)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "accuracy.json").write_text(json.dumps(
-        {"machine": machine, "params_digest": digest, "configs": {c: CONFIGS[c] for c in args.configs},
-         "categories": categories, "results": table, "targets": targets, "runs": results}, indent=2) + "\n")
-    (args.out / "accuracy.md").write_text(markdown(table, categories))
-    plot_families(table, args.out / "accuracy_families.png")
-    print(markdown(table, categories))
+    write_atomic(args.out / "accuracy.json", {
+        "machine": machine, "params_digest": digest, "default_scorer": defaults.model.scorer,
+        "configs": {c: CONFIGS[c] for c in args.configs}, "categories": categories,
+        "results": tables, "targets": targets, "runs": [*runs, *peers]})
+    text = "".join(f"## {p} data\n\n" + markdown(t, categories) + "\n" for p, t in tables.items())
+    (args.out / "accuracy.md").write_text(text)
+    shown = [f"{c} / {defaults.model.scorer}" for c in args.configs[:3]] + [
+        n for n in names if n.startswith("rgb+depth /") and not n.endswith(defaults.model.scorer)]
+    plot_families(tables, [*shown, *(n for n in names if n == f"{PEER} rgb+depth")],
+                  args.out / "accuracy_families.png")
+    print(text)
     print("\n".join(targets))
-    block = readme_block(table, categories, targets, sorted({r["seed"] for r in results}), machine)
+    block = readme_block(tables, categories, targets, sorted({r["seed"] for r in runs}), machine)
     if args.readme and not update_readme(block):
         print("README.md has no accuracy markers; left unchanged")
     print(f"wrote {args.out / 'accuracy.json'}, accuracy.md, accuracy_families.png")

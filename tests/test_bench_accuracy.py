@@ -8,7 +8,9 @@ import pytest
 
 from bench.accuracy import (
     CONFIGS,
+    PEER,
     check_targets,
+    entries,
     markdown,
     published_runs,
     readme_block,
@@ -16,65 +18,100 @@ from bench.accuracy import (
     seed_work_results,
     summarize,
     update_readme,
+    variants,
 )
 
 
-def _run(config: str, seed: int, category: str, image: float, geometric: float, appearance: float) -> dict:
-    return {"config": config, "seed": seed, "category": category, "train_seconds": 10.0,
-            "metrics": {"image_auroc": image, "pixel_auroc": 0.9, "aupro_30": 0.8, "aupro_1": 0.5},
+def _cell(image: float, geometric: float, appearance: float) -> dict:
+    return {"metrics": {"image_auroc": image, "pixel_auroc": 0.9, "aupro_30": 0.975, "aupro_1": 0.5},
             "families": {"geometric": geometric, "appearance": appearance, "both": 1.0}}
 
 
+def _row(variant: str, seed: int, category: str, image: float, geometric: float, appearance: float) -> dict:
+    return {"variant": variant, "seed": seed, "category": category, "train_seconds": 10.0,
+            **_cell(image, geometric, appearance)}
+
+
+def _run(config: str, seed: int, category: str, cells: dict[str, dict[str, tuple]]) -> dict:
+    """A benchmark run: ``cells[preset][scorer] = (image, geometric, appearance)``."""
+    return {"config": config, "seed": seed, "category": category, "train_seconds": 10.0,
+            "scores": {p: {s: _cell(*v) for s, v in by.items()} for p, by in cells.items()}}
+
+
 def test_mean_and_std_over_seeds_per_category_and_over_categories():
-    runs = [_run("rgb+depth", 0, "a", 0.90, 1.0, 0.8), _run("rgb+depth", 1, "a", 1.00, 1.0, 0.9),
-            _run("rgb+depth", 0, "b", 0.80, 0.9, 0.9), _run("rgb+depth", 1, "b", 0.80, 0.9, 0.9)]
-    table = summarize(runs, ["rgb+depth", "rgb"], ["a", "b"])
-    assert "rgb" not in table  # nothing ran
-    cell = table["rgb+depth"]["categories"]["a"]["image_auroc"]
+    rows = [_row("rgb+depth / fused", 0, "a", 0.90, 1.0, 0.8), _row("rgb+depth / fused", 1, "a", 1.00, 1.0, 0.9),
+            _row("rgb+depth / fused", 0, "b", 0.80, 0.9, 0.9), _row("rgb+depth / fused", 1, "b", 0.80, 0.9, 0.9)]
+    table = summarize(rows, ["rgb+depth / fused", "rgb / fused"], ["a", "b"])
+    assert "rgb / fused" not in table  # nothing ran
+    cell = table["rgb+depth / fused"]["categories"]["a"]["image_auroc"]
     assert cell["mean"] == pytest.approx(0.95) and cell["std"] == pytest.approx(0.05) and cell["n"] == 2
-    overall = table["rgb+depth"]["mean"]
+    overall = table["rgb+depth / fused"]["mean"]
     # per seed: (0.9 + 0.8) / 2 = 0.85 and (1.0 + 0.8) / 2 = 0.9
     assert overall["image_auroc"]["mean"] == pytest.approx(0.875)
     assert overall["image_auroc"]["std"] == pytest.approx(0.025)
     assert overall["image_auroc_appearance"]["mean"] == pytest.approx((0.85 + 0.9) / 2)
-    assert "| rgb+depth | **mean** | 0.875 ± 0.025 |" in markdown(table, ["a", "b"])
+    assert "| rgb+depth / fused | **mean** | 0.875 ± 0.025 |" in markdown(table, ["a", "b"])
+    assert "| rgb+depth / fused | a |" not in markdown(table, ["a", "b"], mean_only=True)
 
 
 def test_a_seed_missing_a_category_stays_out_of_the_mean_category():
-    runs = [_run("rgb+depth", 0, "a", 0.9, 1, 1), _run("rgb+depth", 0, "b", 0.7, 1, 1),
-            _run("rgb+depth", 1, "a", 0.1, 1, 1)]
-    table = summarize(runs, ["rgb+depth"], ["a", "b"])
-    assert table["rgb+depth"]["seeds_complete"] == [0]
-    assert table["rgb+depth"]["mean"]["image_auroc"]["mean"] == pytest.approx(0.8)
-    assert table["rgb+depth"]["categories"]["a"]["image_auroc"]["n"] == 2
+    rows = [_row("v", 0, "a", 0.9, 1, 1), _row("v", 0, "b", 0.7, 1, 1), _row("v", 1, "a", 0.1, 1, 1)]
+    table = summarize(rows, ["v"], ["a", "b"])
+    assert table["v"]["seeds_complete"] == [0]
+    assert table["v"]["mean"]["image_auroc"]["mean"] == pytest.approx(0.8)
+    assert table["v"]["categories"]["a"]["image_auroc"]["n"] == 2
 
 
-def test_targets_compare_fusion_with_the_modality_blind_to_each_family():
-    runs = [_run("rgb+depth", 0, "a", 0.98, 0.99, 0.97), _run("rgb", 0, "a", 0.9, 0.6, 0.99),
-            _run("depth", 0, "a", 0.9, 0.99, 0.6)]
-    lines = check_targets(summarize(runs, ["rgb+depth", "rgb", "depth"], ["a"]))
-    assert lines[0].startswith("PASS: rgb+depth mean image AUROC 0.980")
-    assert lines[1].startswith("PASS: geometric defects (unseen by rgb)")
-    assert lines[2].startswith("PASS: appearance defects (unseen by depth)")
-    worse = [_run("rgb+depth", 0, "a", 0.96, 0.5, 0.97), *runs[1:]]
-    lines = check_targets(summarize(worse, ["rgb+depth", "rgb", "depth"], ["a"]))
-    assert lines[0].startswith("FAIL") and lines[1].startswith("FAIL") and lines[2].startswith("PASS")
+def test_runs_and_the_peer_flatten_into_one_row_per_preset_variant_seed_and_category():
+    run = _run("rgb", 1, "a", {"default": {"memory": (0.9, 0.5, 0.99)}, "hard": {"memory": (0.7, 0.5, 0.8)}})
+    peer = {"preset": "hard", "category": "a", "fit_seconds": {"rgb": 1.0, "depth": 2.0, "fused": 3.0},
+            "modalities": {m: _cell(0.6, 0.6, 0.6) for m in ("rgb", "depth", "fused")}}
+    hard = entries([run], [peer], "hard")
+    assert [r["variant"] for r in hard] == ["rgb / memory", f"{PEER} rgb", f"{PEER} depth", f"{PEER} rgb+depth"]
+    assert hard[0]["metrics"]["image_auroc"] == 0.7 and hard[0]["seed"] == 1
+    assert [r["variant"] for r in entries([run], [peer], "default")] == ["rgb / memory"]
+    assert variants(["rgb"], True)[-1] == f"{PEER} rgb+depth" and len(variants(["rgb"], False)) == 3
+
+
+def _tables(full: tuple, rgb: tuple, depth: tuple, hard_fused: float, hard_disc: float, peer: float) -> dict:
+    rows = {"default": [_row("rgb+depth / fused", 0, "a", *full), _row("rgb / fused", 0, "a", *rgb),
+                        _row("depth / fused", 0, "a", *depth)],
+            "hard": [_row("rgb+depth / fused", 0, "a", hard_fused, 0.9, 0.9),
+                     _row("rgb+depth / discriminator", 0, "a", hard_disc, 0.9, 0.9),
+                     _row(f"{PEER} rgb+depth", 0, "a", peer, 0.9, 0.9)]}
+    names = [*variants(["rgb+depth", "rgb", "depth"], True)]
+    return {p: summarize(r, names, ["a"]) for p, r in rows.items()}
+
+
+def test_targets_for_the_default_scorer_against_single_modalities_heads_and_the_peer():
+    lines = check_targets(_tables((0.995, 0.99, 0.985), (0.9, 0.6, 0.98), (0.9, 0.99, 0.6), 0.9, 0.8, 0.85),
+                          "fused")
+    assert lines[0].startswith("PASS: default data, rgb+depth / fused: mean image_auroc 0.995")
+    assert all(line.startswith("PASS") for line in lines), lines
+    assert any("hard data: fused image AUROC 0.900 >= PatchCore rgb+depth 0.850" in line for line in lines)
+    # appearance below the RGB-only model, and the peer beats fused on the hard set
+    lines = check_targets(_tables((0.995, 0.99, 0.985), (0.9, 0.6, 0.995), (0.9, 0.99, 0.6), 0.9, 0.8, 0.95),
+                          "fused")
+    failed = [line for line in lines if line.startswith("FAIL")]
+    assert len(failed) == 2
+    assert "default data, appearance defects" in failed[0] and "PatchCore" in failed[1]
 
 
 def test_published_runs_fill_only_what_the_work_folder_lacks_and_only_under_the_same_params(tmp_path):
     out, work = tmp_path / "results", tmp_path / "work"
     out.mkdir()
     work.mkdir()
-    same = {**_run("rgb", 0, "a", 0.9, 0.6, 0.99), "params_digest": "abc"}
-    other = {**_run("rgb", 1, "a", 0.5, 0.5, 0.5), "params_digest": "old"}
-    kept = {**_run("depth", 0, "a", 0.7, 0.99, 0.6), "params_digest": "abc"}
+    cells = {"default": {"fused": (0.9, 0.6, 0.99)}}
+    same = {**_run("rgb", 0, "a", cells), "params_digest": "abc"}
+    other = {**_run("rgb", 1, "a", cells), "params_digest": "old"}
+    kept = {**_run("depth", 0, "a", cells), "params_digest": "abc"}
     (out / "accuracy.json").write_text(json.dumps({"runs": [same, other, kept]}))
-    (work / "depth-seed0-a.json").write_text(json.dumps({**kept, "metrics": {"image_auroc": 0.1}}))
+    (work / "depth-seed0-a.json").write_text(json.dumps({**kept, "scores": {}}))
 
     assert seed_work_results(work, published_runs(out, "abc")) == 1
     assert json.loads((work / "rgb-seed0-a.json").read_text()) == same
     assert not (work / "rgb-seed1-a.json").exists()  # another params.yaml
-    assert json.loads((work / "depth-seed0-a.json").read_text())["metrics"] == {"image_auroc": 0.1}
+    assert json.loads((work / "depth-seed0-a.json").read_text())["scores"] == {}
     assert published_runs(tmp_path / "nowhere", "abc") == []
 
 
@@ -83,14 +120,15 @@ def test_the_readme_block_names_the_command_machine_and_date_and_replaces_only_i
     assert command == "python bench/accuracy.py --seeds 0 1 2"
     assert reproduce_command([0], ["rgb"], ["a"]) == "python bench/accuracy.py --seeds 0 --configs rgb --categories a"
     machine = {"command": command, "cpu": "Some CPU", "cores": 2, "torch": "2.14.1", "date": "2026-12-01"}
-    table = summarize([_run("rgb+depth", 0, "a", 0.98, 0.99, 0.97)], ["rgb+depth"], ["a"])
-    block = readme_block(table, ["a"], check_targets(table), [0], machine)
+    tables = {"default": summarize([_row("rgb+depth / fused", 0, "a", 0.98, 0.99, 0.97)], ["rgb+depth / fused"],
+                                   ["a"])}
+    block = readme_block(tables, ["a"], check_targets(tables, "fused"), [0], machine)
     assert block.startswith("`python bench/accuracy.py --seeds 0 1 2` on Some CPU, 2 cores, torch 2.14.1, 2026-12-01.")
     readme = tmp_path / "README.md"
     readme.write_text("head\n<!-- accuracy:start -->\nold table\n<!-- accuracy:end -->\ntail\n")
     assert update_readme(block, readme)
     text = readme.read_text()
-    assert "old table" not in text and "| rgb+depth | **mean** | 0.980 |" in text
+    assert "old table" not in text and "| rgb+depth / fused | **mean** | 0.980 |" in text and "**default data**" in text
     assert text.startswith("head\n<!-- accuracy:start -->\n`python") and text.endswith("<!-- accuracy:end -->\ntail\n")
     readme.write_text("no markers\n")
     assert not update_readme(block, readme) and readme.read_text() == "no markers\n"
