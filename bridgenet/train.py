@@ -383,6 +383,11 @@ def _train_category(
         scores, maps = predict_batches(trainer.network, validation.batch, device, params.eval.batch_size)
         record = {"epoch": epoch, **losses, **validation_metrics(scores, maps, validation),
                   "epoch_seconds": train_seconds}
+        if not math.isfinite(record["val_score"]):
+            raise TrainingError(
+                f"{category}: epoch {epoch} validation score is {record['val_score']} (the network "
+                f"scores are not finite); {model_path} and {checkpoint_path} are left as they were"
+            )
         history.append(record)
         if record["val_score"] > best["val_score"]:
             best = {"epoch": epoch, "val_score": record["val_score"], "state": trainer.state()["network"]}
