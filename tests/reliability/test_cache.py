@@ -25,9 +25,6 @@ from tests.reliability.conftest import (
     write_params_file,
 )
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:.*stored as RGB with contiguous samples:DeprecationWarning"
-)
 N_ENTRIES = 18  # 9 per category
 
 # A preprocess that dies by SIGKILL right after its N-th entry is in place (between entries).

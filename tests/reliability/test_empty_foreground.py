@@ -25,10 +25,6 @@ from bridgenet.model.io import load_model, read_checkpoint
 from bridgenet.predict import NoObjectError, predict_arrays
 from tests.reliability.conftest import rgb_image, scene, write_params_file
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:.*stored as RGB with contiguous samples:DeprecationWarning"
-)
-
 
 @pytest.fixture(scope="module")
 def model(small):

@@ -27,10 +27,6 @@ from tests.reliability.conftest import (
     write_params_file,
 )
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:.*stored as RGB with contiguous samples:DeprecationWarning"
-)
-
 
 @pytest.fixture()
 def trained_dir(small, tmp_path) -> Path:
