@@ -158,10 +158,15 @@ def evaluate(params: Params, category: tuple[str, ...]) -> None:
 @with_params
 @fail_cleanly
 def predict(params: Params, model_ref: str, rgb_path: Path, xyz_path: Path, heatmap_path: Path | None) -> None:
-    """Score one RGB + point cloud sample; prints JSON."""
+    """Score one RGB + point cloud sample; prints JSON.
+
+    "status" is "ok", or "no_object" for an input without an object, which
+    predict.on_empty_foreground flags as anomalous (default) or refuses (exit 1).
+    """
     from bridgenet.predict import predict_files
 
-    result = predict_files(model_ref, rgb_path, xyz_path, heatmap_path, params.tracking.uri)
+    result = predict_files(model_ref, rgb_path, xyz_path, heatmap_path, params.tracking.uri,
+                           params.predict.on_empty_foreground)
     click.echo(json.dumps(result))
 
 

@@ -8,6 +8,7 @@ values with a message naming the dotted key, the value found and what is allowed
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
+LOGGER = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -144,9 +146,9 @@ class AnomaliesConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(20, ge=0, le=10_000)
-    batch_size: int = Field(8, ge=1, le=512)
-    max_samples_per_epoch: int = Field(392, ge=1)
+    epochs: int = Field(20, le=10_000)
+    batch_size: int = Field(8, le=512)
+    max_samples_per_epoch: int = Field(392)
     seed: int = Field(42, ge=0)
     lr_discriminator: float = Field(5e-4, gt=0, le=1)
     lr_projection: float = Field(2e-4, gt=0, le=1)
@@ -158,6 +160,33 @@ class TrainConfig(_Section):
     validation_seed: int = Field(1234, ge=0)
     threshold_quantile: float = Field(0.99, gt=0, le=1)
     models_dir: str = "models"
+
+    # Each of these at its minimum still gives an optimisation step; below it, none.
+    @field_validator("epochs")
+    @classmethod
+    def _some_epoch(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}: with no epoch nothing is trained")
+        return value
+
+    @field_validator("batch_size", "max_samples_per_epoch")
+    @classmethod
+    def _two_per_step(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(
+                f"must be >= 2, got {value}: the discriminator's BatchNorm needs two samples "
+                "per step, so batches of one are skipped and no step is taken"
+            )
+        return value
+
+
+class PredictConfig(_Section):
+    """Inference policies (``bridgenet predict``, the pyfunc model and its REST server)."""
+
+    # A model trained on samples with an object meeting an input without one (part
+    # missing, sensor failure): "anomalous" flags it (score 1, status "no_object"),
+    # "error" refuses it (non-zero exit, HTTP 400). Never scored as good.
+    on_empty_foreground: Literal["error", "anomalous"] = "anomalous"
 
 
 class EvalConfig(_Section):
@@ -175,6 +204,7 @@ class TrackingConfig(_Section):
     serve_port: int = Field(5001, ge=1, le=65535)
     retries: int = Field(3, ge=0, le=20)
     retry_delay_s: float = Field(2.0, ge=0, le=600)
+    create: bool = False
 
 
 class RegistryConfig(_Section):
@@ -219,6 +249,7 @@ class Params(_Section):
     anomalies: AnomaliesConfig = AnomaliesConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    predict: PredictConfig = PredictConfig()
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
     promotion: PromotionConfig = PromotionConfig()
@@ -346,16 +377,53 @@ def params_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
         raise ConfigError(_format_errors(err, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a mapping holding the same key twice (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key {key!r} (line {line}; first on line {seen[key]}): "
+                    "only one value may be given",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file safely; a duplicate key is an error naming it."""
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Load ``params.yaml`` (missing file = embedded defaults) and apply overrides."""
+    """Load ``params.yaml`` and apply overrides.
+
+    A missing ``params.yaml`` in the working directory (the default path) means
+    the embedded defaults, announced with a warning that names the paths they
+    use; any other missing file is an error.
+    """
     path = Path(path)
     if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raw = read_yaml(path) or {}
     elif path == DEFAULT_PARAMS:
         raw = {}
     else:
         raise ConfigError(f"parameter file {path} does not exist")
-    return params_from_dict(apply_overrides(raw, overrides), source=str(path))
+    params = params_from_dict(apply_overrides(raw, overrides), source=str(path))
+    if not path.exists():
+        LOGGER.warning(
+            "no %s in %s: running on the built-in defaults (data.root=%s, data.cache_dir=%s, "
+            "train.models_dir=%s, tracking.uri=%s; `bridgenet params` prints them all)",
+            path, Path.cwd(), params.data.root, params.data.cache_dir,
+            params.train.models_dir, params.tracking.uri,
+        )
+    return params

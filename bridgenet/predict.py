@@ -1,4 +1,12 @@
-"""Inference on one RGB image + organised point cloud, from a model file or an MLflow model URI."""
+"""Inference on one RGB image + organised point cloud, from a model file or an MLflow model URI.
+
+An input without an object (no foreground above the support plane: part missing,
+sensor failure) is never scored as good by a model trained on samples with
+one: ``predict.on_empty_foreground`` either flags it (``anomalous``: score 1,
+``anomalous`` true, ``status`` ``"no_object"``) or refuses it (``error``:
+:class:`NoObjectError`). An input smaller than the backbone's coarsest stride
+holds no patch of its own and is refused.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +23,26 @@ from bridgenet.model.io import TrainedModel, load_model
 
 LOGGER = logging.getLogger(__name__)
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+EMPTY_FOREGROUND_POLICIES = ("error", "anomalous")
+
+
+class NoObjectError(ValueError):
+    """The input holds no object while the model was trained on samples with one."""
 
 
 @dataclass
 class Prediction:
-    """Image score, decision and anomaly map (H, W) at the input's original resolution."""
+    """Image score, decision and anomaly map (H, W) at the input's original resolution.
+
+    ``status`` is ``"ok"``, or ``"no_object"`` for an input without a foreground
+    flagged by the ``anomalous`` policy (score 1 and a map of ones: nothing was scored).
+    """
 
     score: float
     anomalous: bool
     threshold: float
     anomaly_map: np.ndarray
+    status: str = "ok"
 
 
 def resolve_model(ref: str | Path, tracking_uri: str | None = None) -> TrainedModel:
@@ -52,13 +70,40 @@ def check_pair(rgb: np.ndarray, xyz: np.ndarray, rgb_name: str = "rgb", xyz_name
         raise ValueError(f"{xyz_name}: empty point cloud (no valid point)")
 
 
+def minimum_side(model: TrainedModel) -> int:
+    """Smallest input side the model scores: its backbone's coarsest stride (one patch)."""
+    return max(model.network.backbone.strides)
+
+
 @torch.inference_mode()
-def predict_arrays(model: TrainedModel, rgb: np.ndarray, xyz: np.ndarray) -> Prediction:
-    """Score one sample: rgb uint8 (H, W, 3), xyz float32 (H, W, 3) in metres."""
+def predict_arrays(
+    model: TrainedModel, rgb: np.ndarray, xyz: np.ndarray, on_empty_foreground: str | None = None
+) -> Prediction:
+    """Score one sample: rgb uint8 (H, W, 3), xyz float32 (H, W, 3) in metres.
+
+    ``on_empty_foreground`` (default: the model's ``predict.on_empty_foreground``)
+    decides for an input without an object (module docstring).
+    """
     from bridgenet.preprocess import network_inputs
 
+    policy = on_empty_foreground or model.params.predict.on_empty_foreground
+    if policy not in EMPTY_FOREGROUND_POLICIES:
+        raise ValueError(f"predict.on_empty_foreground must be one of {EMPTY_FOREGROUND_POLICIES}, "
+                         f"got {policy!r}")
     check_pair(rgb, xyz)
-    rgb_small, depth, _ = network_inputs(rgb, xyz, model.params.data, np.random.default_rng(0))
+    side = minimum_side(model)
+    if min(rgb.shape[:2]) < side:
+        raise ValueError(f"input is {rgb.shape[1]}x{rgb.shape[0]} pixels; the model needs at least "
+                         f"{side}x{side} (its backbone's coarsest stride)")
+    rgb_small, depth, foreground = network_inputs(rgb, xyz, model.params.data,
+                                                  np.random.default_rng(0))
+    if not foreground.any() and model.foreground_fraction > 0:
+        message = ("no object found above the support plane (part missing or sensor failure?), "
+                   f"but {model.category} was trained on samples with one")
+        if policy == "error":
+            raise NoObjectError(f"{message} (predict.on_empty_foreground=error)")
+        LOGGER.warning("%s: flagged as anomalous (predict.on_empty_foreground=anomalous)", message)
+        return Prediction(1.0, True, model.threshold, np.ones(rgb.shape[:2], np.float32), "no_object")
     network = model.network.eval()
     device = next(network.parameters()).device
     rgb_t = torch.from_numpy(rgb_small).permute(2, 0, 1).float().div(255.0).unsqueeze(0).to(device)
@@ -67,7 +112,7 @@ def predict_arrays(model: TrainedModel, rgb: np.ndarray, xyz: np.ndarray) -> Pre
     full = F.interpolate(result.anomaly_map.unsqueeze(1), size=rgb.shape[:2], mode="bilinear",
                          align_corners=False)
     score = float(result.pred_score[0])
-    return Prediction(score, score > model.threshold, model.threshold, full[0, 0].cpu().numpy())
+    return Prediction(score, score > model.threshold, model.threshold, full[0, 0].cpu().numpy(), "ok")
 
 
 def write_heatmap(rgb: np.ndarray, anomaly_map: np.ndarray, path: Path, alpha: float = 0.5) -> Path:
@@ -91,8 +136,9 @@ def predict_files(
     xyz_path: Path,
     heatmap_path: Path | None = None,
     tracking_uri: str | None = None,
+    on_empty_foreground: str | None = None,
 ) -> dict[str, Any]:
-    """The ``bridgenet predict`` result as a JSON-able dict."""
+    """The ``bridgenet predict`` result as a JSON-able dict (``status``: ``ok`` or ``no_object``)."""
     from bridgenet.data.readers import read_rgb, read_xyz
 
     for path in (rgb_path, xyz_path):
@@ -101,9 +147,10 @@ def predict_files(
     rgb, xyz = read_rgb(Path(rgb_path)), read_xyz(Path(xyz_path))
     check_pair(rgb, xyz, str(rgb_path), str(xyz_path))
     model = resolve_model(model_ref, tracking_uri)
-    prediction = predict_arrays(model, rgb, xyz)
+    prediction = predict_arrays(model, rgb, xyz, on_empty_foreground)
     heatmap = str(write_heatmap(rgb, prediction.anomaly_map, Path(heatmap_path))) if heatmap_path else None
     return {
+        "status": prediction.status,
         "score": prediction.score,
         "anomalous": bool(prediction.anomalous),
         "threshold": prediction.threshold,

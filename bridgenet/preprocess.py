@@ -7,14 +7,28 @@ One compressed ``.npz`` per sample at ``{cache_dir}/{category}/{split}/{defect}/
   depth (:mod:`bridgenet.data.depth`), RANSAC seeded from the sample's
   ``category/split/defect/stem`` so the cache is deterministic;
 - ``gt`` bool (H0, W0) at the original resolution (all False for good samples);
-- ``original_size`` int64 (2,): (H0, W0).
+- ``original_size`` int64 (2,): (H0, W0);
+- ``fingerprint`` str: hash of the source files (size, mtime_ns) and of the
+  settings the entry was built with (:func:`fingerprint`).
 
 Per category, ``index.csv`` lists the cached samples and ``manifest.json`` holds
-a fingerprint per entry (size and mtime_ns of every source file plus the
-settings that change the output). A re-run reuses entries whose fingerprint is
-unchanged, recomputes the others, and deletes entries whose sample is gone or
-now bad. Every file is written to a temporary file in its folder and moved in
-place with ``os.replace``, so no half-written entry is ever visible.
+each entry's fingerprint and foreground size. The fingerprint inside the entry
+is the proof of what made it: a re-run reuses an entry only when the one it
+holds equals the current one (whatever the manifest says, so a run killed
+after writing entries with other settings cannot leave a lying cache), and
+the loader refuses, naming them, entries whose fingerprint differs from the
+manifest's. Entries whose sample is gone or now bad are deleted, except that a
+category folder with no sample at all (empty or unmounted) keeps its cache and
+is reported. Every file is written to a temporary file in its folder and moved
+in place with ``os.replace``, so no half-written entry is ever visible.
+
+Samples without a foreground (no object above the support plane): in the
+training data (train and validation splits) of a category whose other
+training samples have one, they are refused like bad samples, because a
+training sample without the part teaches the model that an empty scene is
+normal; when none of the category's training samples has a foreground the
+category is scored on whole images and preprocessing only warns with the count.
+Test samples without a foreground are kept and counted in a warning.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +56,7 @@ from bridgenet.data.readers import SPLITS, DataError, Sample, load_sample, scan_
 
 LOGGER = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries hold their fingerprint
 SETTING_KEYS = (
     "format",
     "eyecandies_rgb",
@@ -141,6 +156,18 @@ def preprocess_sample(sample: Sample, data_cfg: DataConfig) -> dict[str, np.ndar
     }
 
 
+def entry_fingerprint(path: Path) -> str | None:
+    """The fingerprint a cache entry holds; None when the file is absent, unreadable or has none.
+
+    Reads only the small ``fingerprint`` member of the ``.npz``, not the arrays.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return str(data["fingerprint"]) if "fingerprint" in data.files else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(
@@ -170,16 +197,24 @@ def _write_if_changed(path: Path, text: str) -> None:
     _write_atomic(path, text.encode("utf-8"))
 
 
-def _read_manifest(path: Path) -> dict[str, str]:
+def _read_manifest(path: Path) -> dict[str, dict[str, object]]:
+    """Entries of a manifest of this cache version (rel -> {fingerprint, foreground_pixels})."""
     if not path.exists():
         return {}
     try:
         manifest = json.loads(path.read_text())
         entries = manifest["entries"] if manifest.get("version") == CACHE_VERSION else {}
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        LOGGER.warning("%s: unreadable manifest (%s); every entry will be recomputed", path, exc)
+        LOGGER.warning("%s: unreadable manifest (%s); every entry will be checked", path, exc)
         return {}
-    return entries if isinstance(entries, dict) else {}
+    if not isinstance(entries, dict):
+        return {}
+    return {rel: entry for rel, entry in entries.items() if isinstance(entry, dict)}
+
+
+def _foreground_pixels(path: Path) -> int:
+    with np.load(path, allow_pickle=False) as data:
+        return int(np.count_nonzero(data["foreground"]))
 
 
 def _index_csv(rows: list[dict[str, object]]) -> str:
@@ -230,8 +265,19 @@ def _preprocess_category(
     settings = cache_settings(data_cfg)
     old = _read_manifest(folder / MANIFEST)
     counts = {"written": 0, "reused": 0, "failed": 0, "removed": 0}
-    entries: dict[str, str] = {}
-    rows = []
+    if not samples:
+        kept = sum(1 for _ in folder.rglob("*.npz")) if folder.is_dir() else 0
+        if kept:
+            failures.append(DataError(
+                Path(data_cfg.root) / category,
+                f"no sample found (empty or unmounted folder?); its {kept} cached entries in "
+                f"{folder} are kept: delete that folder to drop them",
+            ))
+            counts["failed"] += 1
+            return counts
+    entries: dict[str, dict[str, object]] = {}
+    rows: dict[str, dict[str, object]] = {}
+    by_rel: dict[str, Sample] = {}
     progress.set_postfix_str(category)
     for sample in samples:
         rel = cache_path(sample)
@@ -239,11 +285,10 @@ def _preprocess_category(
         progress.update(1)
         try:
             stamp = fingerprint(sample, settings)
-            arrays = (
-                None
-                if old.get(rel) == stamp and target.is_file()
-                else preprocess_sample(sample, data_cfg)
-            )
+            # The entry's own fingerprint decides, not the manifest: a killed run may have
+            # rewritten entries with other settings after the manifest was last written.
+            reuse = entry_fingerprint(target) == stamp
+            arrays = None if reuse else preprocess_sample(sample, data_cfg)
         except DataError as error:
             LOGGER.error("bad sample %s", error)
             failures.append(error)
@@ -254,17 +299,57 @@ def _preprocess_category(
             continue
         if arrays is None:
             counts["reused"] += 1
+            known = old.get(rel, {})
+            pixels = (known["foreground_pixels"] if known.get("fingerprint") == stamp
+                      and isinstance(known.get("foreground_pixels"), int) else _foreground_pixels(target))
         else:
-            write_entry(target, arrays)  # an OSError here is the disk's, not the sample's
+            write_entry(target, {**arrays, "fingerprint": np.array(stamp)})  # OSError: the disk's
             counts["written"] += 1
-        entries[rel] = stamp
-        rows.append(_row(sample, rel))
+            pixels = int(np.count_nonzero(arrays["foreground"]))
+        entries[rel] = {"fingerprint": stamp, "foreground_pixels": pixels}
+        rows[rel] = _row(sample, rel)
+        by_rel[rel] = sample
+    for rel in _refuse_empty_training_samples(category, entries, by_rel, failures):
+        del entries[rel], rows[rel]  # _remove_stale deletes the file
+        counts["failed"] += 1
     if folder.is_dir():
         counts["removed"] += _remove_stale(folder, set(entries))
     manifest = {"version": CACHE_VERSION, "settings": settings, "entries": entries}
     _write_if_changed(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    _write_if_changed(folder / INDEX, _index_csv(rows))
+    _write_if_changed(folder / INDEX, _index_csv(list(rows.values())))
     return counts
+
+
+def _refuse_empty_training_samples(
+    category: str,
+    entries: dict[str, dict[str, object]],
+    samples: dict[str, Sample],
+    failures: list[DataError],
+) -> list[str]:
+    """Apply the empty-foreground rule (module docstring); return the entries to drop."""
+    empty = {rel for rel, entry in entries.items() if entry["foreground_pixels"] == 0}
+    training = {rel for rel in entries if samples[rel].split in ("train", "validation")}
+    empty_test = len(empty - training)
+    if empty_test:
+        LOGGER.warning("%s: %d test sample(s) without a foreground (no object found above the "
+                       "support plane)", category, empty_test)
+    empty_training = sorted(empty & training)
+    if not empty_training:
+        return []
+    if len(empty_training) == len(training):
+        LOGGER.warning("%s: none of its %d training samples has a foreground: the category is "
+                       "scored on whole images", category, len(training))
+        return []
+    for rel in empty_training:
+        error = DataError(
+            samples[rel].xyz_path,
+            f"no object found above the support plane, while {len(training) - len(empty_training)} "
+            f"other training samples of {category} have one; a training sample without the part "
+            "would teach the model that an empty scene is normal",
+        )
+        LOGGER.error("bad sample %s", error)
+        failures.append(error)
+    return empty_training
 
 
 def run_preprocess(params: Params) -> dict[str, object]:
@@ -375,16 +460,32 @@ def load_cached_split(
     arrays: dict[str, list[np.ndarray]] = {
         k: [] for k in ("rgb", "depth", "foreground", "gt", "original_size")
     }
+    listed = manifest.get("entries", {})
+    mismatched = []
     for row in rows:
         entry = Path(cache_dir) / row["cache_path"]
-        if row["cache_path"] not in manifest.get("entries", {}) or not entry.is_file():
+        expected = listed.get(row["cache_path"])
+        if not isinstance(expected, dict) or not entry.is_file():
             raise _stale(folder, f"entry {entry} listed in {INDEX} is missing")
         try:
-            with np.load(entry) as data:
+            with np.load(entry, allow_pickle=False) as data:
+                if "fingerprint" not in data.files or str(data["fingerprint"]) != expected.get(
+                    "fingerprint"
+                ):
+                    mismatched.append(row["cache_path"])
+                    continue
                 for key, values in arrays.items():
                     values.append(data[key])
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise _stale(folder, f"unreadable entry {entry}: {exc}") from None
+    if mismatched:
+        more = len(mismatched) - 10
+        shown = ", ".join(mismatched[:10]) + (f" and {more} more" if more > 0 else "")
+        raise _stale(
+            folder,
+            f"{len(mismatched)} entries were not made with the settings and inputs of {MANIFEST} "
+            f"(an interrupted run?): {shown}",
+        )
     shapes = {a.shape for a in arrays["depth"]}
     if len(shapes) != 1:
         raise _stale(folder, f"entries of different sizes {sorted(shapes)}")

@@ -5,6 +5,9 @@ MLflow run (params, per-epoch curves from ``train_summary.json``, test
 metrics, figures, the pyfunc model), register it as a new version of
 ``<registry.prefix>-<cat>`` with the challenger alias and lineage tags, and
 log a model card comparing it with the current champion on the same data.
+When a step after the run fails (registration, alias, card), the run is
+marked FAILED with the reason, so a finished run always means a registered
+version; a version already created is kept.
 """
 
 from __future__ import annotations
@@ -30,14 +33,7 @@ def register_category(
     from bridgenet.model.io import load_model
     from bridgenet.tracking.figures import anomaly_preview_png, training_curves_png
     from bridgenet.tracking.lineage import lineage_tags
-    from bridgenet.tracking.model_card import log_model_card, model_card_markdown
     from bridgenet.tracking.pyfunc import example_from_data
-    from bridgenet.tracking.registry import (
-        alias_version,
-        compare_metrics,
-        evaluate_version,
-        register_challenger,
-    )
     from bridgenet.tracking.runs import log_training_run
     from bridgenet.tracking.summary import load_train_summary
 
@@ -89,6 +85,38 @@ def register_category(
             trained_params=model.params,
             lineage=lineage,
         )
+    try:
+        return _register_logged(params, category, model, summary, evaluation, figures, preview,
+                                split, lineage, logged)
+    except BaseException as exc:
+        from bridgenet.tracking.runs import end_run_as
+
+        end_run_as(params, logged.run_id, "FAILED",
+                   f"registration failed after the run was logged: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _register_logged(
+    params: Params,
+    category: str,
+    model: Any,
+    summary: dict[str, Any],
+    evaluation: Any,
+    figures: dict[str, Path],
+    preview: Path | None,
+    split: Any,
+    lineage: dict[str, str],
+    logged: Any,
+) -> dict[str, Any]:
+    """Register the logged run's model as challenger and log its model card."""
+    from bridgenet.tracking.model_card import log_model_card, model_card_markdown
+    from bridgenet.tracking.registry import (
+        alias_version,
+        compare_metrics,
+        evaluate_version,
+        register_challenger,
+    )
+
     version = register_challenger(
         params,
         category,

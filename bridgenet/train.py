@@ -9,6 +9,7 @@ only perturbed inputs go through the backbone again.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +24,45 @@ from tqdm.auto import tqdm
 from bridgenet.anomalies.gaussian import GaussianAnomalyGenerator
 from bridgenet.anomalies.texture import TextureAnomalyGenerator, mask_to_grid
 from bridgenet.config import Params
-from bridgenet.model.io import TrainedModel, atomic_save, read_checkpoint, save_model
+from bridgenet.model.io import (
+    TrainedModel,
+    atomic_save,
+    read_checkpoint,
+    remove_interrupted_writes,
+    save_model,
+)
 from bridgenet.model.losses import bce, focal_loss
 from bridgenet.model.network import BridgeNet, foreground_patches
 from bridgenet.preprocess import CachedSplit, load_cached_split
 
 LOGGER = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, Any]], None]
+
+
+class TrainingError(RuntimeError):
+    """A run that did not learn (no step, a loss that is not finite); ``model.pt`` is left as it was."""
+
+
+def steps_per_epoch(n_samples: int, batch_size: int, max_samples_per_epoch: int) -> int:
+    """Optimisation steps of one epoch: batches of at least two samples (BatchNorm needs two)."""
+    used = min(n_samples, max_samples_per_epoch)
+    return used // batch_size + (1 if used % batch_size >= 2 else 0)
+
+
+def check_steps(params: Params, category: str, n_samples: int) -> None:
+    """Refuse a run that would take no optimisation step, naming the key to change."""
+    tcfg = params.train
+    if steps_per_epoch(n_samples, tcfg.batch_size, tcfg.max_samples_per_epoch) > 0:
+        return
+    if n_samples < 2:
+        raise TrainingError(
+            f"{category}: {n_samples} training sample(s) in {params.data.cache_dir}; a step needs "
+            "at least 2 (BatchNorm), so nothing would be trained: add training samples"
+        )
+    raise TrainingError(  # unreachable while train.* validation holds; kept as the last word
+        f"{category}: train.batch_size={tcfg.batch_size} and train.max_samples_per_epoch="
+        f"{tcfg.max_samples_per_epoch} give no step of two or more samples"
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -351,8 +384,12 @@ def _train_category(
     tcfg = params.train
     out_dir = Path(out_dir) if out_dir is not None else Path(tcfg.models_dir) / category
     checkpoint_path, model_path = out_dir / "checkpoint.pt", out_dir / "model.pt"
+    for stale in remove_interrupted_writes(out_dir):
+        LOGGER.warning("removed %s, left by an interrupted write", stale)
     device = resolve_device(tcfg.device)
     train_split = load_cached_split(params.data.cache_dir, category, "train", params.data)
+    check_steps(params, category, len(train_split))
+    foreground_fraction = float(train_split.foreground.reshape(len(train_split), -1).any(1).mean())
     val_split = load_cached_split(params.data.cache_dir, category, "validation", params.data)
     started = time.perf_counter()
     trainer = Trainer(params, train_split, device)
@@ -378,11 +415,21 @@ def _train_category(
         tick = time.perf_counter()
         losses = trainer.epoch()
         train_seconds = time.perf_counter() - tick
+        if not math.isfinite(losses.get("loss", math.nan)):
+            raise TrainingError(
+                f"{category}: epoch {epoch} loss is {losses.get('loss', 'missing (no step)')} "
+                f"({losses}); {model_path} and {checkpoint_path} are left as they were"
+            )
         # Epochs are chosen on the discriminator alone: the memory bank does not change with them.
         scores, maps = predict_batches(trainer.network, validation.batch, device, params.eval.batch_size,
                                        "discriminator")
         record = {"epoch": epoch, **losses, **validation_metrics(scores, maps, validation),
                   "epoch_seconds": train_seconds}
+        if not math.isfinite(record["val_score"]):
+            raise TrainingError(
+                f"{category}: epoch {epoch} validation score is {record['val_score']} (the network "
+                f"scores are not finite); {model_path} and {checkpoint_path} are left as they were"
+            )
         history.append(record)
         if record["val_score"] > best["val_score"]:
             best = {"epoch": epoch, "val_score": record["val_score"], "state": trainer.state()["network"]}
@@ -394,14 +441,19 @@ def _train_category(
         if on_epoch is not None:
             on_epoch(record)
 
-    if best["state"] is not None:
-        trainer.network.load_state_dict(best["state"], strict=False)
+    if best["state"] is None:
+        raise TrainingError(
+            f"{category}: no epoch was trained to a finite validation score "
+            f"(history {[h.get('val_score') for h in history]}); {model_path} is left as it was"
+        )
+    trainer.network.load_state_dict(best["state"], strict=False)
     goods = validation.batch.select(torch.from_numpy(validation.labels == 0))
     calibration = calibrate_scores(trainer.network, goods, device, params.eval.batch_size)
     scores, maps = predict_batches(trainer.network, validation.batch, device, params.eval.batch_size)
     final_metrics = validation_metrics(scores, maps, validation)
     threshold = choose_threshold(scores[validation.labels == 0], tcfg.threshold_quantile)
-    model = TrainedModel(trainer.network.cpu(), params, category, threshold, final_metrics, best["epoch"])
+    model = TrainedModel(trainer.network.cpu(), params, category, threshold, final_metrics, best["epoch"],
+                         foreground_fraction=foreground_fraction)
     save_model(model, model_path, history)
     epoch_times = [h["epoch_seconds"] for h in history]
     summary = {

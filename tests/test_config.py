@@ -69,8 +69,8 @@ def test_bool_is_not_an_int():
 
 
 def test_out_of_range_names_key_value_and_bound():
-    with pytest.raises(ConfigError, match=r"train\.epochs: got -1; .*greater than or equal to 0"):
-        params_from_dict({"train": {"epochs": -1}})
+    with pytest.raises(ConfigError, match=r"train\.threads: got -1; .*greater than or equal to 0"):
+        params_from_dict({"train": {"threads": -1}})
 
 
 def test_cross_field_rules():

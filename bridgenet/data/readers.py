@@ -112,11 +112,19 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """8-bit colour image as uint8 (H, W, 3); grey and palette images are expanded."""
+    """8-bit colour image as uint8 (H, W, 3); grey and palette images are expanded.
+
+    An alpha channel (or palette transparency) is dropped, with a warning that
+    counts the pixels that were not opaque: their colour is used as it is.
+    """
     path = Path(path)
     with open_image(path) as image:
         if image.mode not in _RGB_MODES:
             raise DataError(path, f"expected an 8-bit RGB image, found PIL mode {image.mode!r}")
+        if image.mode in ("RGBA", "LA") or "transparency" in image.info:
+            alpha = _decode(path, image, "RGBA")[..., 3]
+            LOGGER.warning("%s: alpha channel dropped (%d of %d pixels not opaque); the network "
+                           "reads RGB only", path, int((alpha < 255).sum()), alpha.size)
         return _decode(path, image, "RGB")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +15,16 @@ from bridgenet.config import Params, params_from_dict
 from bridgenet.model.network import BridgeNet
 
 MODEL_FORMAT = "bridgenet-model/1"
+_TMP_SUFFIX = ".tmp"
+# what torch.load raises on corrupt, truncated or foreign files
+_LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError,
+                KeyError, IndexError, AttributeError, ImportError)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         torch.save(obj, tmp)
@@ -29,9 +34,29 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def remove_interrupted_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_save` left in ``folder`` when killed; return them.
+
+    Only its own ``.<name>.pt.<random>.tmp`` files are touched.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted(p for p in folder.glob(f".*.pt.*{_TMP_SUFFIX}") if p.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 @dataclass
 class TrainedModel:
-    """A trained network with what it needs at inference time."""
+    """A trained network with what it needs at inference time.
+
+    ``foreground_fraction`` is the share of training samples with a foreground
+    (an object above the support plane): above 0, an input without one is
+    outside what the model knows (``predict.on_empty_foreground``); 0 means the
+    category is scored on whole images. Models saved before it was stored load as 1.
+    """
 
     network: BridgeNet
     params: Params
@@ -39,6 +64,7 @@ class TrainedModel:
     threshold: float
     metrics: dict[str, Any] = field(default_factory=dict)
     epoch: int = -1
+    foreground_fraction: float = 1.0
 
 
 def save_model(model: TrainedModel, path: Path, history: list[dict[str, Any]] | None = None) -> None:
@@ -52,6 +78,7 @@ def save_model(model: TrainedModel, path: Path, history: list[dict[str, Any]] | 
             "epoch": int(model.epoch),
             "metrics": model.metrics,
             "history": history or [],
+            "foreground_fraction": float(model.foreground_fraction),
         },
         path,
     )
@@ -64,11 +91,30 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"model file {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign files raise many types
-        raise ValueError(f"{path}: not a BridgeNet model file ({type(exc).__name__}: {exc})") from exc
+    except _LOAD_ERRORS as exc:
+        # torch's message may advise weights_only=False, which would run the file's code
+        raise ValueError(
+            f"{path}: not a BridgeNet model file, or a damaged one ({type(exc).__name__}: "
+            f"{_first_line(exc)}); rebuild it with `bridgenet train` or fetch it again"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not a BridgeNet model file (format {MODEL_FORMAT!r} expected)")
     return payload
+
+
+def _first_line(exc: BaseException) -> str:
+    """The cause in torch's message, without its advice to load with ``weights_only=False``."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not any("weights_only" in line for line in lines):
+        return lines[0] if lines else "no message"
+    marker = "WeightsUnpickler error:"
+    at = next((i for i, line in enumerate(lines) if marker in line), None)
+    cause = "" if at is None else lines[at].split(marker, 1)[1].strip()
+    if at is not None and not cause and at + 1 < len(lines):
+        cause = lines[at + 1]
+    if "weights_only" in cause or "http" in cause:
+        cause = ""
+    return "content that is not plain tensors and numbers" + (f": {cause}" if cause else "")
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> TrainedModel:
@@ -93,4 +139,5 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> TrainedModel:
         threshold=float(payload["threshold"]),
         metrics=payload.get("metrics", {}),
         epoch=int(payload.get("epoch", -1)),
+        foreground_fraction=float(payload.get("foreground_fraction", 1.0)),
     )

@@ -61,6 +61,7 @@ def model_signature() -> ModelSignature:
             TensorSpec(np.dtype(np.float32), (-1,), "score"),
             TensorSpec(np.dtype(np.float32), (-1, -1, -1), "anomaly_map"),
             TensorSpec(np.dtype(bool), (-1,), "anomalous"),
+            TensorSpec(np.dtype(str), (-1,), "status"),
         ]
     )
     return ModelSignature(inputs=inputs, outputs=outputs)

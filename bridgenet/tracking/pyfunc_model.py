@@ -8,9 +8,11 @@ object it serves.
 Input (named tensors): ``rgb`` uint8 (B, H, W, 3) and ``xyz`` float32
 (B, H, W, 3) in metres, 0 where no point; called directly, one unbatched
 sample (H, W, 3) is accepted as B = 1. Output: ``score`` float32 (B,),
-``anomaly_map`` float32 (B, H, W) and ``anomalous`` bool (B,). Malformed input
-raises ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (HTTP 400 from the
-scoring server).
+``anomaly_map`` float32 (B, H, W), ``anomalous`` bool (B,) and ``status`` str
+(B,): ``ok``, or ``no_object`` for a sample without an object that the model's
+``predict.on_empty_foreground=anomalous`` flags (with ``error`` such a sample
+is refused). Malformed or refused input raises ``MlflowException`` with
+``INVALID_PARAMETER_VALUE`` (HTTP 400 from the scoring server).
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class BridgeNetPyfunc(PythonModel):
             "score": np.array([p.score for p in predictions], dtype=np.float32),
             "anomaly_map": np.stack([p.anomaly_map for p in predictions]).astype(np.float32),
             "anomalous": np.array([p.anomalous for p in predictions], dtype=bool),
+            "status": np.array([p.status for p in predictions], dtype=str),
         }
 
 

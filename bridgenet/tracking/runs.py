@@ -7,6 +7,14 @@ directory), or an ``http://`` server that manages its own artifacts. Every
 call to the store goes through :func:`call_tracking`, which retries transient
 failures ``tracking.retries`` times with exponential backoff and then raises
 :class:`TrackingUnavailableError` naming the URI.
+
+A SQLite store is only created when ``tracking.create`` is true (a mistyped
+path is refused rather than silently starting an empty store), and is
+initialised under a file lock beside the database, so that two processes
+starting on a new store do not both run MLflow's schema set-up. A run that
+could not be marked as ended (the server went away) is written to a journal,
+``<eval.reports_dir>/registry/unfinished_runs.json``, and marked FAILED by the
+next :func:`configure_tracking` that reaches the same store.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any, TypeVar
 
 import mlflow
 import yaml
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -49,6 +58,10 @@ _TRANSIENT_CODES = {
 
 class TrackingUnavailableError(RuntimeError):
     """The tracking store did not answer after every configured try."""
+
+
+_LOCK_TIMEOUT_S = 600  # MLflow's schema set-up on a fresh SQLite file takes seconds, not minutes
+JOURNAL = "unfinished_runs.json"
 
 
 # ----------------------------------------------------------------- retries
@@ -129,6 +142,26 @@ def sqlite_artifact_location(uri: str) -> str | None:
     return (db.expanduser().resolve().parent / "mlartifacts").as_uri()
 
 
+def sqlite_database(uri: str) -> Path | None:
+    """Absolute path of a ``sqlite:///`` URI's database file; None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    sqlite_artifact_location(uri)  # refuses :memory: and an empty path
+    return Path(uri[len("sqlite:///") :]).expanduser().resolve()
+
+
+def check_sqlite_store(cfg: TrackingConfig) -> Path | None:
+    """The database of a SQLite ``tracking.uri``, refused when missing unless ``tracking.create``."""
+    db = sqlite_database(cfg.uri)
+    if db is None or db.is_file() or cfg.create:
+        return db
+    where = "its folder" if db.parent.is_dir() else f"its folder {db.parent} does not exist and"
+    raise ValueError(
+        f"tracking.uri {cfg.uri!r}: no tracking store at {db} ({where} a new, empty store would be "
+        "created: a mistyped path?); to start a new store set tracking.create=true"
+    )
+
+
 def tracking_client(params: Params) -> MlflowClient:
     """A client on ``tracking.uri`` for both tracking and the model registry."""
     uri = params.tracking.uri
@@ -147,10 +180,25 @@ def configure_tracking(params: Params) -> str:
     cfg = params.tracking
     if cfg.uri.startswith(("http://", "https://")):
         os.environ.setdefault(_HTTP_RETRY_ENV, "0")
-    elif cfg.uri.startswith("sqlite:///"):
-        Path(cfg.uri[len("sqlite:///") :]).expanduser().resolve().parent.mkdir(
-            parents=True, exist_ok=True
-        )
+    db = check_sqlite_store(cfg)
+    if db is None:
+        experiment_id = _get_or_create_experiment(params)
+    else:
+        created = not db.is_file()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # MLflow creates its tables when a store object is first made; two processes
+        # doing so on a new file race (OperationalError: table ... already exists).
+        with FileLock(str(db) + ".lock", timeout=_LOCK_TIMEOUT_S):
+            experiment_id = _get_or_create_experiment(params)
+            call_tracking(cfg, tracking_client(params).search_registered_models, max_results=1)
+        if created:
+            LOGGER.warning("created a new, empty tracking store %s (tracking.create=true)", db)
+    finish_unfinished_runs(params)
+    return experiment_id
+
+
+def _get_or_create_experiment(params: Params) -> str:
+    cfg = params.tracking
     mlflow.set_tracking_uri(cfg.uri)
     mlflow.set_registry_uri(cfg.uri)
     client = tracking_client(params)
@@ -181,6 +229,86 @@ def configure_tracking(params: Params) -> str:
         location or "the server's default",
     )
     return experiment_id
+
+
+# ------------------------------------------------------- unfinished runs
+def journal_path(params: Params) -> Path:
+    """Where runs that could not be marked as ended are noted (see the module docstring)."""
+    return Path(params.eval.reports_dir) / "registry" / JOURNAL
+
+
+def _update_journal(params: Params, change: Callable[[list[dict[str, str]]], list[dict[str, str]]]) -> None:
+    path = journal_path(params)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=_LOCK_TIMEOUT_S):
+        try:
+            entries = json.loads(path.read_text()) if path.is_file() else []
+        except json.JSONDecodeError as exc:
+            LOGGER.warning("%s: unreadable (%s); starting it afresh", path, exc)
+            entries = []
+        entries = change(entries if isinstance(entries, list) else [])
+        if entries:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(entries, indent=1) + "\n")
+            os.replace(tmp, path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def note_unfinished_run(params: Params, run_id: str, status: str, reason: str) -> None:
+    """Journal ``run_id`` of ``tracking.uri`` to be marked ``status`` by the next set-up."""
+    entry = {"uri": params.tracking.uri, "run_id": run_id, "status": status, "reason": reason[:1000]}
+    _update_journal(params, lambda entries: [e for e in entries if e.get("run_id") != run_id] + [entry])
+    LOGGER.error("run %s could not be marked %s (%s); noted in %s for the next run",
+                 run_id, status, reason, journal_path(params))
+
+
+def end_run_as(params: Params, run_id: str, status: str, reason: str) -> bool:
+    """Mark ``run_id`` ended with ``status`` (tag ``bridgenet.end_reason``); journal it if unreachable."""
+    cfg, client = params.tracking, tracking_client(params)
+    try:
+        if reason:
+            call_tracking(cfg, client.set_tag, run_id, "bridgenet.end_reason", reason[:5000])
+        call_tracking(cfg, _finish_run, client, run_id, status)
+    except (TrackingUnavailableError, MlflowException) as exc:
+        note_unfinished_run(params, run_id, status, f"{reason} (then: {_short(exc)})" if reason else _short(exc))
+        return False
+    return True
+
+
+def finish_unfinished_runs(params: Params) -> list[str]:
+    """Mark the journal's runs of ``tracking.uri`` as they should have ended; return their ids."""
+    path = journal_path(params)
+    if not path.is_file():
+        return []
+    done: list[str] = []
+
+    def settle(entries: list[dict[str, str]]) -> list[dict[str, str]]:
+        left = []
+        client = tracking_client(params)
+        for entry in entries:
+            if entry.get("uri") != params.tracking.uri:
+                left.append(entry)
+                continue
+            try:
+                run = call_tracking(params.tracking, client.get_run, entry["run_id"])
+                if run.info.status == "RUNNING":
+                    call_tracking(params.tracking, client.set_tag, entry["run_id"],
+                                  "bridgenet.end_reason", entry.get("reason", "")[:5000])
+                    call_tracking(params.tracking, client.set_terminated, entry["run_id"],
+                                  entry.get("status", "FAILED"))
+                done.append(entry["run_id"])
+            except TrackingUnavailableError:
+                left.append(entry)
+            except MlflowException as exc:
+                LOGGER.warning("journalled run %s: %s; dropped from %s", entry["run_id"], exc, path)
+        return left
+
+    _update_journal(params, settle)
+    for run_id in done:
+        LOGGER.warning("marked run %s as it should have ended (noted in %s)", run_id, path)
+    return done
 
 
 # ------------------------------------------------------------ training run
@@ -329,10 +457,7 @@ def log_training_run(
         info = call_tracking(cfg, log_pyfunc_model, model_path, input_example=input_example)
         status = "FINISHED"
     finally:
-        try:
-            call_tracking(cfg, _finish_run, client, run_id, status)
-        except (TrackingUnavailableError, MlflowException) as exc:
-            LOGGER.error("could not mark run %s as %s: %s", run_id, status, exc)
+        end_run_as(params, run_id, status, "" if status == "FINISHED" else "logging the run failed")
     LOGGER.info("logged %s training run %s, model %s", category, run_id, info.model_uri)
     return LoggedTrainingRun(run_id, experiment_id, info.model_uri, info.model_id)
 

@@ -50,6 +50,7 @@ def make_params(root: Path, *overrides: str) -> Params:
         f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
         "tracking.retry_delay_s=0.01",
         "tracking.retries=1",
+        "tracking.create=true",
         *SYNTH,
     ]
     return params_from_dict(apply_overrides({}, [*base, *overrides]), source="tests/tracking")

@@ -75,7 +75,7 @@ def test_signature_and_input_example_describe_named_tensors():
     signature = model_signature()
     assert signature.inputs.input_names() == ["rgb", "xyz"]
     assert [str(t) for t in signature.inputs.numpy_types()] == ["uint8", "float32"]
-    assert signature.outputs.input_names() == ["score", "anomaly_map", "anomalous"]
+    assert signature.outputs.input_names() == ["score", "anomaly_map", "anomalous", "status"]
     data = sample(side=100, batch=None)
     example = example_from_arrays(data["rgb"], data["xyz"], size=64)
     assert example["rgb"].shape == (1, 64, 64, 3) and example["xyz"].dtype == np.float32
@@ -100,7 +100,7 @@ def test_registered_model_scores_real_samples(champion, tiny):
     out = champion.predict(
         {"rgb": np.stack([good_rgb, bad_rgb]), "xyz": np.stack([good_xyz, bad_xyz])}
     )
-    assert set(out) == {"score", "anomaly_map", "anomalous"}
+    assert set(out) == {"score", "anomaly_map", "anomalous", "status"}
     assert out["score"].shape == (2,) and out["score"].dtype == np.float32
     assert (
         out["anomaly_map"].shape == (2, *good_rgb.shape[:2])
