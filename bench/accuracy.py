@@ -16,6 +16,7 @@ once with each scorer (``discriminator``, ``memory``, ``fused``). Configurations
     depth           depth only
     +gaussian       RGB + depth with both generators
     gaussian-only   RGB + depth with the Gaussian generator instead of the texture one
+    +gaussian-s0.3  +gaussian with sigma 0.3 instead of the paper's 0.02
 
 The peer, anomalib's PatchCore with the same ImageNet weights on RGB and on the
 visible depth, fused late (``bench/peers.py``), is fitted on the same goods and
@@ -58,6 +59,9 @@ CONFIGS: dict[str, list[str]] = {
     "depth": ["model.modalities=[depth]"],
     "+gaussian": ["anomalies.gaussian.enabled=true"],
     "gaussian-only": ["anomalies.gaussian.enabled=true", "anomalies.texture.enabled=false"],
+    # sigma 15 x the paper's: feature-level noise then has a norm near the clean patches'
+    # nearest-neighbour spacing in the standardised embedding (see the README)
+    "+gaussian-s0.3": ["anomalies.gaussian.enabled=true", "anomalies.gaussian.sigma=0.3"],
 }
 PRESETS = ("default", "hard")
 SCORERS = ("discriminator", "memory", "fused")
@@ -136,10 +140,16 @@ def score_model(work: Path, config: str, seed: int, category: str,
     from bridgenet.config import load_params
     from bridgenet.evaluate import evaluate_category, load_test_split
     from bridgenet.model.io import load_model
+    from bridgenet.preprocess import load_cached_split
+    from bridgenet.train import Batch, calibrate_scores
 
     params = load_params(REPO / "params.yaml", [*base_overrides(work), *CONFIGS[config]])
     model = load_model(model_dir(work, config, seed, category) / "model.pt")
     model.network.fusion_weight = params.model.fusion_weight
+    # The scale as training sets it today (the validation split holds goods only), so that a
+    # saved model is scored as a freshly trained one would be.
+    goods = Batch.from_split(load_cached_split(params.data.cache_dir, category, "validation", params.data))
+    calibrate_scores(model.network, goods, torch.device("cpu"), params.eval.batch_size)
     scores: dict[str, dict[str, Any]] = {}
     for preset in presets:
         test_params = load_params(REPO / "params.yaml", [*data_overrides(work, preset), *CONFIGS[config]])
@@ -160,14 +170,30 @@ def score_model(work: Path, config: str, seed: int, category: str,
     return scores
 
 
-def run_peer(work: Path, preset: str, category: str) -> dict[str, Any]:
-    """The peer on one preset and category: per modality and fused, our metrics, fit/inference times."""
+def run_peer(work: Path, category: str) -> list[dict[str, Any]]:
+    """The peer fitted once on the goods of ``category`` and scored on every preset's test split.
+
+    One record per preset: per modality and fused, our metrics, fit and inference times.
+    """
     from bench.peers import run_peer as fit_and_score
     from bridgenet.config import load_params
 
-    params = load_params(REPO / "params.yaml", data_overrides(work, preset))
-    return {"preset": preset, "category": category,
-            **fit_and_score(Path(params.data.root), Path(params.data.cache_dir), category, params)}
+    params = load_params(REPO / "params.yaml", data_overrides(work, PRESETS[0]))
+    others = {p: Path(load_params(REPO / "params.yaml", data_overrides(work, p)).data.cache_dir)
+              for p in PRESETS[1:]}
+    result = fit_and_score(Path(params.data.root), Path(params.data.cache_dir), category, params,
+                           other_tests=others)
+    fit_seconds = {m: result[m]["fit_seconds"] for m in ("rgb", "depth")}
+    fit_seconds["fused"] = fit_seconds["rgb"] + fit_seconds["depth"]
+    timings = {"fit_seconds": fit_seconds,
+               "infer_seconds_per_sample": {m: result[m]["infer_seconds_per_sample"] for m in ("rgb", "depth")},
+               "memory_bank": {m: result[m]["memory_bank"] for m in ("rgb", "depth")}}
+    records = [{"preset": PRESETS[0], "category": category, **timings,
+                "modalities": {m: {k: result[m][k] for k in ("metrics", "families")}
+                               for m in PEER_MODALITIES}}]
+    for preset, cells in result["other_tests"].items():
+        records.append({"preset": preset, "category": category, **timings, "modalities": cells})
+    return records
 
 
 def entries(runs: list[dict[str, Any]], peers: list[dict[str, Any]], preset: str) -> list[dict[str, Any]]:
@@ -432,6 +458,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-peer", action="store_true", help="do not fit and score the peer")
     parser.add_argument("--summary-only", action="store_true", help="only rebuild the summary from --work")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score every saved model again (after a change to how models score), no training")
     parser.add_argument("--readme", action="store_true", help="also rewrite the README's accuracy block")
     parser.add_argument("--rerun-published", action="store_true",
                         help="train again the runs that --out/accuracy.json already holds")
@@ -456,20 +484,21 @@ def main() -> None:
     if not args.summary_only:
         prepare_data(work)
         jobs = [(c, s, k) for s in args.seeds for c in args.configs for k in categories]
-        peer_jobs = [] if args.no_peer else [(p, k) for p in PRESETS for k in categories]
-        for i, (preset, category) in enumerate(peer_jobs, 1):
-            path = results_dir / f"peer-{preset}-{category}.json"
-            if path.is_file() and json.loads(path.read_text()).get("train_digest") == train_digest:
+        for i, category in enumerate([] if args.no_peer else categories, 1):
+            paths = [results_dir / run_name({"preset": p, "category": category}) for p in PRESETS]
+            if all(p.is_file() and json.loads(p.read_text()).get("train_digest") == train_digest for p in paths):
                 continue
-            print(f"[peer {i}/{len(peer_jobs)}] {PEER} {preset} {category}", flush=True)
-            write_atomic(path, {**run_peer(work, preset, category), "train_digest": train_digest})
+            print(f"[peer {i}/{len(categories)}] {PEER} {category}", flush=True)
+            for path, record in zip(paths, run_peer(work, category)):
+                write_atomic(path, {**record, "train_digest": train_digest})
         for i, (config, seed, category) in enumerate(jobs, 1):
             path = results_dir / f"{config}-seed{seed}-{category}.json"
             done = json.loads(path.read_text()) if path.is_file() else {}
-            if done.get("params_digest") == digest:
+            if done.get("params_digest") == digest and not args.rescore:
                 continue
             saved = model_dir(work, config, seed, category) / "model.pt"
-            if done.get("train_digest") == train_digest and saved.is_file():
+            if done.get("train_digest") == train_digest and saved.is_file() and (
+                    args.rescore or done.get("params_digest") != digest):
                 print(f"[{i}/{len(jobs)}] {config} seed {seed} {category}: scoring the saved model again",
                       flush=True)
                 result = {**done, "scores": score_model(work, config, seed, category)}

@@ -6,12 +6,15 @@ For each configuration (``default``: params.yaml, timed on a 392-sample epoch;
 ``reference``: the reference code's widths, embedding and discriminator 1536, timed
 on a 40-sample epoch as the reference was) on the CPU, and on CUDA where present:
 training samples per second and seconds per epoch, inference samples per second at
-batch 1 and 8, model FLOPs per sample (torch.utils.flop_counter) and the achieved
+batch 1 and 8 (and at batch 8 with each scorer), the memory bank's size and build time,
+model FLOPs per sample (torch.utils.flop_counter) and the achieved
 fraction of this machine's measured fp32 matrix-multiply throughput, and peak resident
 memory (each configuration runs in its own process so peaks do not mix). Inputs are
 random arrays of the configured size whose object (depth > 0) covers the central
 quarter of the image, about what the default data's objects cover: speed depends on
-that area (patches off the object are not scored), not on the content.
+that area (patches off the object are not scored), not on the content. Beside them,
+anomalib's PatchCore (``--no-peer`` skips it) and our memory bank fitted on the same
+40 fake goods: fit seconds, bank size and inference samples per second at batch 8.
 """
 
 from __future__ import annotations
@@ -89,10 +92,32 @@ def fake_split(n: int, size: int):
     )
 
 
+def fake_inputs(batch: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    rgb = torch.rand(batch, 3, size, size, device=device)
+    depth = torch.rand(batch, 1, size, size, device=device)
+    return rgb, depth * torch.from_numpy(object_mask(batch, size)).unsqueeze(1).to(device)
+
+
+@torch.inference_mode()
+def inference_rate(network: torch.nn.Module, rgb: torch.Tensor, depth: torch.Tensor, device: torch.device,
+                   scorer: str | None = None) -> float:
+    """Samples per second of the eval forward on one batch (3 warm-up calls, then >= 48 samples)."""
+    for _ in range(3):
+        network(rgb, depth, scorer)
+    sync(device)
+    repeats = max(3, 48 // len(rgb))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        network(rgb, depth, scorer)
+    sync(device)
+    return len(rgb) * repeats / (time.perf_counter() - start)
+
+
 def measure(name: str, overrides: list[str], device_name: str, train_samples: int, queue: mp.Queue) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from bridgenet.config import load_params
+    from bridgenet.model.network import SCORERS
     from bridgenet.train import Trainer
 
     params = load_params(REPO / "params.yaml", [*overrides, f"train.device={device_name}",
@@ -114,20 +139,16 @@ def measure(name: str, overrides: list[str], device_name: str, train_samples: in
               "embed_dim": params.model.embed_dim, "dsc_hidden": params.model.dsc_hidden,
               "train_samples": train_samples, "setup_seconds": setup_s, "seconds_per_epoch": epoch_s,
               "train_samples_per_s": train_samples / epoch_s}
+    result.update(scorer=network.scorer, memory=trainer.memory_info,
+                  epochs=params.train.epochs,
+                  # the bank is built once per run: its share of each of train.epochs epochs
+                  seconds_per_epoch_with_bank=epoch_s + trainer.memory_info["memory_seconds"]
+                  / max(params.train.epochs, 1))
     for batch in (1, 8):
-        rgb = torch.rand(batch, 3, size, size, device=device)
-        depth = torch.rand(batch, 1, size, size, device=device)
-        depth = depth * torch.from_numpy(object_mask(batch, size)).unsqueeze(1).to(device)
-        with torch.inference_mode():
-            for _ in range(3):
-                network(rgb, depth)
-            sync(device)
-            repeats = max(3, 48 // batch)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                network(rgb, depth)
-            sync(device)
-        result[f"infer_samples_per_s_b{batch}"] = batch * repeats / (time.perf_counter() - start)
+        rgb, depth = fake_inputs(batch, size, device)
+        result[f"infer_samples_per_s_b{batch}"] = inference_rate(network, rgb, depth, device)
+    for scorer in SCORERS:  # every scorer at batch 8, the default one included
+        result[f"infer_samples_per_s_b8_{scorer}"] = inference_rate(network, rgb, depth, device, scorer)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         network(rgb[:1], depth[:1])
     result["gflops_per_sample"] = counter.get_total_flops() / 1e9
@@ -137,6 +158,45 @@ def measure(name: str, overrides: list[str], device_name: str, train_samples: in
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     if device.type == "cuda":
         result["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1024**3
+    queue.put(result)
+
+
+def measure_peer(train_samples: int, queue: mp.Queue) -> None:
+    """Our memory bank against anomalib's PatchCore (the ``bench`` extra) on the same fake goods.
+
+    Both fit on ``train_samples`` samples of params.yaml's size; inference is timed at
+    batch 8 on both modalities (the peer runs one model per modality, fused late).
+    """
+    from bench.peers import PeerSettings, build_patchcore, fit, modality_images, score
+    from bridgenet.config import load_params
+    from bridgenet.train import Trainer
+
+    params = load_params(REPO / "params.yaml", ["train.device=cpu"])
+    size = params.data.image_size
+    split = fake_split(train_samples, size)
+    trainer = Trainer(params, split, torch.device("cpu"))
+    settings = PeerSettings(coreset_ratio=params.model.memory.coreset_ratio)
+    result = {"train_samples": train_samples, "ours_memory_seconds": trainer.memory_info["memory_seconds"],
+              "ours_memory_mb": trainer.memory_info["memory_mb"], "peer_fit_seconds": 0.0, "peer_bank_mb": 0.0}
+    batch_images = {}
+    peers = {}
+    for modality in ("rgb", "depth"):
+        peers[modality] = build_patchcore(params.model, settings)
+        images = modality_images(split, modality)
+        result["peer_fit_seconds"] += fit(peers[modality], images, settings)
+        bank = peers[modality].memory_bank
+        result["peer_bank_mb"] += bank.numel() * bank.element_size() / 2**20
+        batch_images[modality] = images[:8]
+    start = time.perf_counter()
+    repeats = 6
+    for _ in range(repeats):
+        for modality in ("rgb", "depth"):
+            score(peers[modality], batch_images[modality], 8)
+    result["peer_infer_samples_per_s_b8"] = 8 * repeats / (time.perf_counter() - start)
+    network = trainer.network.eval()
+    rgb, depth = fake_inputs(8, size, torch.device("cpu"))
+    result["ours_infer_samples_per_s_b8"] = inference_rate(network, rgb, depth, torch.device("cpu"))
+    result["ours_scorer"] = network.scorer
     queue.put(result)
 
 
@@ -184,6 +244,8 @@ def main() -> None:
     parser.add_argument("--train-samples", type=int, default=None,
                         help="samples per timed epoch (default: 392 for default, 40 for reference)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip anomalib's PatchCore (needs the bench extra) beside our memory bank")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     ctx = mp.get_context("spawn")
@@ -194,13 +256,18 @@ def main() -> None:
                                       args.train_samples or EPOCH_SAMPLES[name])
             print(json.dumps(result, indent=2), flush=True)
             results.append(result)
+    peer = None
+    if not args.no_peer:
+        peer = in_child_process(ctx, measure_peer, EPOCH_SAMPLES["reference"])
+        print(json.dumps(peer, indent=2), flush=True)
     depth = depth_ms()
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                "date": date.today().isoformat(), "command": "python " + " ".join(sys.argv)}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"speed-{'cuda' if 'cuda' in devices else 'cpu'}.json"
-    path.write_text(json.dumps({"machine": machine, "depth_ms_800": depth, "runs": results}, indent=2) + "\n")
+    path.write_text(json.dumps({"machine": machine, "depth_ms_800": depth, "runs": results, "peer": peer},
+                               indent=2) + "\n")
     print(f"depth extraction: {depth:.1f} ms per 800 x 800 sample")
     print(f"wrote {path}")
 

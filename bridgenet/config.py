@@ -85,7 +85,7 @@ class ModelConfig(_Section):
     map_smoothing_sigma: float = Field(4.0, ge=0, le=32)
     foreground_only: bool = True
     backbone_cpu_batch: int = Field(2, ge=0, le=1024)
-    scorer: Literal["discriminator", "memory", "fused"] = "discriminator"
+    scorer: Literal["discriminator", "memory", "fused"] = "fused"
     fusion_weight: float = Field(0.5, ge=0, le=1)  # weight of the discriminator in the fused score
     memory: MemoryConfig = MemoryConfig()
 

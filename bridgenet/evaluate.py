@@ -1,8 +1,9 @@
 """Evaluation stage: score each category's test split with its model and write the reports.
 
 Maps are compared with the ground truth at the ground truth's own resolution.
-Nothing is fitted on the test split: the scores are the network's sigmoid
-outputs as they are, and the decision threshold comes from validation.
+Nothing is fitted on the test split: the scores are the network's outputs as
+they are (the scorer's scale was set on validation goods at training time), and
+the decision threshold comes from validation.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class CategoryEvaluation:
     roc: tuple[np.ndarray, np.ndarray]
     pro: tuple[np.ndarray, np.ndarray]
     threshold: float
+    display_range: tuple[float, float] = (0.0, 1.0)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,12 +103,14 @@ def evaluate_category(
         roc=metrics.roc_curve_points(scores, split.labels),
         pro=metrics.pro_curve_points(maps, masks, params.eval.aupro_thresholds),
         threshold=model.threshold,
+        display_range=model.display_range(),
     )
     decisions = scores > model.threshold
     evaluation.extras = {
         "per_defect_image_auroc": evaluation.per_defect,
         "per_family_image_auroc": evaluation.per_family,
         "threshold": model.threshold,
+        "scorer": model.network.scorer,
         "test_accuracy_at_threshold": float(np.mean(decisions == split.labels.astype(bool))),
         "families": families,
     }
@@ -129,6 +133,7 @@ def write_category_figures(
         sheet, split.rgb[index], split.depth[index], masks, small_maps[index],
         [f"{title}: {split.defects[i]}/{split.stems[i]} score {evaluation.scores[i]:.3f}"
          for i, title in picks],
+        vmin=evaluation.display_range[0], vmax=evaluation.display_range[1],
     )
     bar = out_dir / f"defect_auroc_{evaluation.category}.png"
     reports.write_defect_auroc_bar(bar, evaluation.per_defect,

@@ -115,15 +115,17 @@ def predict_arrays(
     return Prediction(score, score > model.threshold, model.threshold, full[0, 0].cpu().numpy(), "ok")
 
 
-def write_heatmap(rgb: np.ndarray, anomaly_map: np.ndarray, path: Path, alpha: float = 0.5) -> Path:
-    """Overlay the anomaly map (0..1, jet) on the RGB image and save a PNG."""
+def write_heatmap(rgb: np.ndarray, anomaly_map: np.ndarray, path: Path, alpha: float = 0.5,
+                  value_range: tuple[float, float] = (0.0, 1.0)) -> Path:
+    """Overlay the anomaly map (jet over ``value_range``) on the RGB image and save a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import colormaps
     from PIL import Image
 
-    colored = colormaps["jet"](np.clip(anomaly_map, 0.0, 1.0))[..., :3]
+    low, high = value_range
+    colored = colormaps["jet"](np.clip((anomaly_map - low) / (high - low), 0.0, 1.0))[..., :3]
     blended = (1 - alpha) * rgb.astype(np.float32) / 255.0 + alpha * colored
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((blended * 255).round().astype(np.uint8)).save(path)
@@ -148,7 +150,8 @@ def predict_files(
     check_pair(rgb, xyz, str(rgb_path), str(xyz_path))
     model = resolve_model(model_ref, tracking_uri)
     prediction = predict_arrays(model, rgb, xyz, on_empty_foreground)
-    heatmap = str(write_heatmap(rgb, prediction.anomaly_map, Path(heatmap_path))) if heatmap_path else None
+    heatmap = (str(write_heatmap(rgb, prediction.anomaly_map, Path(heatmap_path),
+                                 value_range=model.display_range())) if heatmap_path else None)
     return {
         "status": prediction.status,
         "score": prediction.score,
@@ -156,4 +159,5 @@ def predict_files(
         "threshold": prediction.threshold,
         "heatmap": heatmap,
         "category": model.category,
+        "scorer": model.network.scorer,
     }

@@ -158,14 +158,17 @@ def calibrate_scores(network: BridgeNet, goods: Batch, device: torch.device, bat
     """
     network.eval()
     parts: dict[str, list[torch.Tensor]] = {}
+    samples = []
     for start in range(0, len(goods), batch_size):
         batch = goods.select(slice(start, start + batch_size)).to(device)
         embeddings = network.embed_inputs(batch.inputs())
         grid = embeddings[network.modalities[0]].shape[-2:]
         keep = network.kept_patches(batch.depth, grid)
+        index = torch.arange(start, start + len(batch), device=keep.device).repeat_interleave(grid[0] * grid[1])
+        samples.append(index[keep])
         for name, values in network.patch_components(embeddings, keep, "fused").items():
             parts.setdefault(name, []).append(values)
-    return network.calibrate({name: torch.cat(values) for name, values in parts.items()})
+    return network.calibrate({name: torch.cat(values) for name, values in parts.items()}, torch.cat(samples))
 
 
 def validation_metrics(scores: np.ndarray, maps: np.ndarray, val: ValidationSet) -> dict[str, float]:

@@ -16,7 +16,8 @@ import torch
 
 from bridgenet.evaluate import evaluate_category, load_test_split, score_split
 from bridgenet.model.io import load_model, read_checkpoint
-from bridgenet.train import train_category
+from bridgenet.preprocess import load_cached_split
+from bridgenet.train import build_validation_set, predict_batches, train_category
 from tests.conftest import tiny_params
 
 
@@ -42,11 +43,16 @@ def test_test_split_scores(trained):
 
 
 def test_selection_and_threshold_come_from_validation(trained):
-    _, summary, model = trained
+    params, summary, model = trained
     assert 0 <= summary["best_epoch"] < 8
     best = summary["history"][summary["best_epoch"]]
     assert best["val_score"] == max(h["val_score"] for h in summary["history"])
-    assert 0 < model.threshold < 1
+    # the threshold is the 0.99 quantile of the validation goods' scores under the model's scorer
+    val = build_validation_set(load_cached_split(params.data.cache_dir, "bagel", "validation", params.data),
+                               params, model.network.modalities)
+    goods = predict_batches(model.network, val.batch.select(torch.from_numpy(val.labels == 0)),
+                            torch.device("cpu"), 4)[0]
+    assert model.threshold == pytest.approx(np.quantile(goods, params.train.threshold_quantile), rel=1e-5)
     assert model.epoch == summary["best_epoch"]
 
 

@@ -66,6 +66,13 @@ class TrainedModel:
     epoch: int = -1
     foreground_fraction: float = 1.0
 
+    def display_range(self) -> tuple[float, float]:
+        """Colour range for this model's anomaly maps: [0, 1] for the discriminator's probabilities;
+        for standardised scores (memory, fused), from the clean patches' mean (0) to twice the threshold."""
+        if self.network.scorer == "discriminator":
+            return 0.0, 1.0
+        return 0.0, max(2.0 * self.threshold, 1.0)
+
 
 def save_model(model: TrainedModel, path: Path, history: list[dict[str, Any]] | None = None) -> None:
     atomic_save(

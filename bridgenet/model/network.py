@@ -14,12 +14,12 @@ The patch score depends on ``model.scorer``:
 
     discriminator   sigmoid of the discriminator's logit, in [0, 1] (the paper's head)
     memory          per modality, the distance to the nearest clean training patch
-                    (:mod:`bridgenet.model.memory`), standardised, averaged over modalities
+                    (:mod:`bridgenet.model.memory`), standardised; the larger of the modalities
     fused           fusion_weight * standardised logit + (1 - fusion_weight) * memory score
 
-"Standardised" means (x - loc) / scale with the mean and standard deviation of that
-component over the foreground patches of the validation goods (:meth:`BridgeNet.calibrate`),
-so memory and fused scores are in units of clean patches' spread, unbounded.
+"Standardised" means (x - loc) / scale with statistics of that component on the scored
+patches of the validation goods (:meth:`BridgeNet.calibrate`): 0 is the mean clean patch,
+1 the highest patch of a typical good sample. Memory and fused scores are unbounded.
 """
 
 from __future__ import annotations
@@ -305,8 +305,9 @@ class BridgeNet(nn.Module):
         """The patch score of ``scorer`` from :meth:`patch_components` output."""
         if scorer == "discriminator":
             return torch.sigmoid(components["discriminator"])
+        # The worse-looking modality speaks: a defect that only one modality sees is not diluted.
         memory = torch.stack([self.standardized(f"memory_{m}", components[f"memory_{m}"])
-                              for m in self.modalities]).mean(0)
+                              for m in self.modalities]).amax(0)
         if scorer == "memory":
             return memory
         w = self.fusion_weight
@@ -319,14 +320,24 @@ class BridgeNet(nn.Module):
         return torch.ones(depth.shape[0] * grid[0] * grid[1], dtype=torch.bool, device=depth.device)
 
     @torch.no_grad()
-    def calibrate(self, components: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Set each component's (loc, scale) from its raw scores on clean validation patches."""
+    def calibrate(self, components: dict[str, torch.Tensor], sample: torch.Tensor) -> dict[str, float]:
+        """Set each component's (loc, scale) from its raw scores on clean validation patches.
+
+        ``components`` as from :meth:`patch_components`, ``sample`` (P,) the index of the
+        image each patch belongs to. loc is the mean clean patch; scale is how far above it
+        a clean image's highest patch lies on average. So 1 means "as high as the worst patch
+        of a typical good part" in every component, whatever the shape of its tail: a
+        modality with many outlying clean patches does not drown the others when fused.
+        """
         out = {}
+        n = int(sample.max()) + 1
         for name, values in components.items():
             i = self.components.index(name)
             values = values.float()
-            self.score_loc[i] = values.mean()
-            self.score_scale[i] = values.std().clamp_min(1e-6) if values.numel() > 1 else 1.0
+            loc = values.mean()
+            peaks = torch.full((n,), -torch.inf, device=values.device).scatter_reduce(0, sample, values, "amax")
+            self.score_loc[i] = loc
+            self.score_scale[i] = (peaks.mean() - loc).clamp_min(1e-6)
             out[f"{name}_loc"], out[f"{name}_scale"] = float(self.score_loc[i]), float(self.score_scale[i])
         return out
 

@@ -67,6 +67,8 @@ def model_card_markdown(
         f"- preprocessed cache (`{params.data.cache_dir}`) md5: `{cache_md5}`",
         f"- backbone `{m.backbone}` (layers {list(m.layers)}), embed {m.embed_dim}, "
         + f"modalities {list(m.modalities)}, input {params.data.image_size} px",
+        f"- scorer `{m.scorer}`" + (f" (discriminator weight {m.fusion_weight})" if m.scorer == "fused" else "")
+        + f"; memory bank: coreset ratio {m.memory.coreset_ratio}, at most {m.memory.max_bank} per modality",
         f"- trained {epochs} epochs, selected epoch {summary.get('best_epoch')} on the validation "
         + f"split; decision threshold {threshold}",
         "",

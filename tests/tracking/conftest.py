@@ -2,8 +2,8 @@
 
 Built once per test session: synth (96 px, 2 categories) + preprocess (64 px),
 two 2-epoch models, and a deliberately worse model whose discriminator outputs
-a constant (its tail weights are zero: every score is 0.5, so image AUROC is
-0.5). A 0-epoch model (random heads) is *not* reliably worse on a 13-sample
+a constant (its tail weights are zero and it scores with the discriminator alone:
+every score is 0.5, so image AUROC is 0.5). A 0-epoch model (random heads) is *not* reliably worse on a 13-sample
 test split, which is why the constant model is used for the promotion test.
 """
 
@@ -130,6 +130,9 @@ def constant_models(tiny: Tiny, good_models: Path) -> Path:
     model = load_model(source)
     with torch.no_grad():
         model.network.discriminator.tail.weight.zero_()
+    # Scored by the discriminator alone, or the memory head would still tell defects apart.
+    model.params = params_from_dict(apply_overrides(model.params.to_dict(), ["model.scorer=discriminator"]))
+    model.network.scorer = "discriminator"
     target = tiny.root / "models_constant" / "bagel" / "model.pt"
     save_model(model, target, read_checkpoint(source)["history"])
     return target.parent.parent

@@ -136,7 +136,8 @@ def test_predict_resolves_registry_uris(registry, tiny, tmp_path):
     assert model.category == "bagel"
     rgb, xyz = real_sample(tiny)
     prediction = predict_arrays(model, rgb, xyz)
-    assert prediction.anomaly_map.shape == rgb.shape[:2] and 0.0 <= prediction.score <= 1.0
+    assert prediction.anomaly_map.shape == rgb.shape[:2] and np.isfinite(prediction.score)
+    assert prediction.anomalous == (prediction.score > model.threshold)
     run_id = registry["registered"]["bagel"]["run_id"]
     assert download_model_file(f"runs:/{run_id}/model", uri).name == "model.pt"
     assert download_model_file(registry["registered"]["bagel"]["model_uri"], uri).is_file()

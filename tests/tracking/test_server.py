@@ -143,9 +143,18 @@ def test_served_champion_scores_a_request_and_rejects_malformed_ones(registry, t
         )
         assert answer.status_code == 200, answer.text[:2000]
         predictions = answer.json()["predictions"]
-        assert len(predictions["score"]) == 1 and 0.0 <= predictions["score"][0] <= 1.0
+        assert len(predictions["score"]) == 1 and np.isfinite(predictions["score"][0])
         assert np.asarray(predictions["anomaly_map"]).shape == (1, *rgb.shape[:2])
         assert isinstance(predictions["anomalous"][0], bool)
+        # The served model answers as `bridgenet predict` does on the same files, in the
+        # session's scorer (the embedded default, fused).
+        from bridgenet.predict import predict_files
+
+        cli = predict_files("models:/bridgenet-bagel@champion", folder / "rgb" / "000.png",
+                            folder / "xyz" / "000.tiff", tracking_uri=registry["params"].tracking.uri)
+        assert cli["scorer"] == registry["params"].model.scorer == "fused"
+        assert predictions["score"][0] == pytest.approx(cli["score"], rel=1e-5, abs=1e-6)
+        assert predictions["anomalous"][0] == cli["anomalous"]
         cases = [
             ({"inputs": {"rgb": rgb[None].tolist()}}, "xyz"),
             (
