@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from bridgenet.config import ModelConfig
 from bridgenet.model.network import BridgeNet, PatchAdapter, gaussian_blur
 
-SMALL = ModelConfig(embed_dim=32, dsc_hidden=32, weights="package")
+# The discriminator head on its own: these networks have no memory bank (training builds it).
+SMALL = ModelConfig(embed_dim=32, dsc_hidden=32, weights="package", scorer="discriminator")
 
 
 @pytest.fixture(scope="module")
