@@ -425,7 +425,7 @@ def readme_block(tables: dict[str, dict[str, Any]], categories: list[str], targe
               f"families that only depth, only RGB, or both can see. `{PEER}` is anomalib's, with the same "
               "ImageNet weights, on RGB and on the visible depth, fused late (one fit; no seeds).")]
     for preset, table in tables.items():
-        parts.append(f"\n**{preset} data**\n\n" + markdown(table, categories, mean_only=True))
+        parts.append(f"\n\n**{preset} data**\n\n" + markdown(table, categories, mean_only=True))
     parts.append("\n" + "\n".join(f"- {t}" for t in targets))
     return "".join(parts)
 

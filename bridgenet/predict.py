@@ -2,7 +2,7 @@
 
 An input without an object (no foreground above the support plane: part missing,
 sensor failure) is never scored as good by a model trained on samples with
-one: ``predict.on_empty_foreground`` either flags it (``anomalous``: score 1,
+one: ``predict.on_empty_foreground`` either flags it (``anomalous``: score at the top of the colour range,
 ``anomalous`` true, ``status`` ``"no_object"``) or refuses it (``error``:
 :class:`NoObjectError`). An input smaller than the backbone's coarsest stride
 holds no patch of its own and is refused.
@@ -35,7 +35,7 @@ class Prediction:
     """Image score, decision and anomaly map (H, W) at the input's original resolution.
 
     ``status`` is ``"ok"``, or ``"no_object"`` for an input without a foreground
-    flagged by the ``anomalous`` policy (score 1 and a map of ones: nothing was scored).
+    flagged by the ``anomalous`` policy (score and map at the top of the colour range: nothing was scored).
     """
 
     score: float
@@ -103,7 +103,9 @@ def predict_arrays(
         if policy == "error":
             raise NoObjectError(f"{message} (predict.on_empty_foreground=error)")
         LOGGER.warning("%s: flagged as anomalous (predict.on_empty_foreground=anomalous)", message)
-        return Prediction(1.0, True, model.threshold, np.ones(rgb.shape[:2], np.float32), "no_object")
+        # Scored at the top of the model's colour range (1 for the discriminator): above the threshold.
+        top = model.display_range()[1]
+        return Prediction(top, True, model.threshold, np.full(rgb.shape[:2], top, np.float32), "no_object")
     network = model.network.eval()
     device = next(network.parameters()).device
     rgb_t = torch.from_numpy(rgb_small).permute(2, 0, 1).float().div(255.0).unsqueeze(0).to(device)

@@ -50,10 +50,12 @@ def test_model_saved_before_the_key_existed_counts_as_trained_with_objects(small
 
 def test_flat_point_cloud_is_flagged_never_good(model):
     prediction = predict_arrays(model, rgb_image(1), scene(1, flat=True))
-    assert prediction.status == "no_object" and prediction.anomalous and prediction.score == 1.0
-    assert prediction.anomaly_map.shape == (64, 64) and (prediction.anomaly_map == 1).all()
+    top = model.display_range()[1]  # 1 for the discriminator; twice the threshold for fused scores
+    assert top > model.threshold
+    assert prediction.status == "no_object" and prediction.anomalous and prediction.score == top
+    assert prediction.anomaly_map.shape == (64, 64) and (prediction.anomaly_map == top).all()
     normal = predict_arrays(model, rgb_image(1), scene(1))
-    assert normal.status == "ok" and normal.score < 1.0
+    assert normal.status == "ok" and normal.score != top  # really scored
 
 
 def test_flat_point_cloud_is_refused_with_the_error_policy(model):
@@ -66,7 +68,8 @@ def test_flat_point_cloud_is_refused_with_the_error_policy(model):
 def test_category_trained_without_any_object_keeps_whole_image_scoring(model):
     whole_image = dataclasses.replace(model, foreground_fraction=0.0)
     prediction = predict_arrays(whole_image, rgb_image(1), scene(1, flat=True))
-    assert prediction.status == "ok" and 0.0 <= prediction.score < 1.0
+    assert prediction.status == "ok" and np.isfinite(prediction.score)
+    assert prediction.score != model.display_range()[1]  # scored, not the no-object marker
 
 
 def test_input_smaller_than_the_backbone_stride_is_refused(model):
@@ -97,7 +100,9 @@ def test_cli_predict_reports_status_or_exits_non_zero(small, tmp_path):
     flagged = predict(Path("flat"))
     assert flagged.exit_code == 0, flagged.output
     answer = json.loads(flagged.stdout)
-    assert answer["status"] == "no_object" and answer["anomalous"] is True and answer["score"] == 1.0
+    assert answer["status"] == "no_object" and answer["anomalous"] is True
+    assert answer["score"] == pytest.approx(load_model(model_file).display_range()[1])
+    assert answer["score"] > answer["threshold"]
     refused = predict(Path("flat"), "--set", "predict.on_empty_foreground=error")
     assert refused.exit_code == 1 and "NoObjectError: no object found" in refused.output
 
@@ -115,7 +120,8 @@ def test_pyfunc_marks_a_flat_sample_in_a_batch(model):
              "xyz": np.stack([scene(3), scene(4, flat=True)])}
     out = pyfunc(model).predict(None, batch)
     assert out["status"].tolist() == ["ok", "no_object"]
-    assert out["anomalous"][1] and out["score"][1] == 1.0 and out["score"][0] < 1.0
+    top = model.display_range()[1]
+    assert out["anomalous"][1] and out["score"][1] == pytest.approx(top) and out["score"][0] != pytest.approx(top)
 
 
 @pytest.mark.parametrize("rgb, xyz, message", [
