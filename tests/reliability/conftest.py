@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from bridgenet.config import Params, apply_overrides, params_from_dict
+from tests.tracking.conftest import _restore_mlflow_uris  # noqa: F401  (autouse: MLflow URIs put back)
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = 64
@@ -142,24 +143,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def _restore_mlflow_uris():
-    """configure_tracking sets MLflow's process-wide URIs; put them back after each test."""
-    import mlflow
-
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-    env = {name: os.environ.get(name) for name in names}
-    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(registry)
-    for name, value in env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
