@@ -32,7 +32,7 @@ from bridgenet.model.io import (
     save_model,
 )
 from bridgenet.model.losses import bce, focal_loss
-from bridgenet.model.network import BridgeNet, foreground_patches
+from bridgenet.model.network import BridgeNet
 from bridgenet.preprocess import CachedSplit, load_cached_split
 
 LOGGER = logging.getLogger(__name__)
@@ -272,8 +272,7 @@ class Trainer:
         batch = Batch(self.data.rgb[index], self.data.depth[index], self.data.foreground[index])
         grid = clean[self.modalities[0]].shape[-2:]
         # Patches the eval forward never scores are not trained on either (and cost most of a step).
-        keep = (foreground_patches(batch.depth, grid).flatten() > 0 if net.foreground_only
-                else torch.ones(len(batch) * grid[0] * grid[1], dtype=torch.bool, device=self.device))
+        keep = net.kept_patches(batch.depth, grid)
 
         def project(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
             return net.projection(net.fuse(embeddings)[keep])

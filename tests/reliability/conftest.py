@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
 from bridgenet.config import Params, apply_overrides, params_from_dict
-from tests.tracking.conftest import _restore_mlflow_uris  # noqa: F401  (autouse: MLflow URIs put back)
+
+# autouse fixtures shared with the MLflow tests: one torch thread, MLflow URIs put back
+from tests.tracking.conftest import _one_torch_thread, _restore_mlflow_uris  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = 64
@@ -137,12 +138,6 @@ class Small:
         return make_params(self.root, *overrides)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
