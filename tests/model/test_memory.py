@@ -42,6 +42,22 @@ def test_every_dropped_row_lies_within_the_radius_of_a_kept_one(projection_dim):
     assert coreset.radius < float(torch.cdist(space, space).max()) / 4
 
 
+def test_a_candidate_pool_keeps_the_coverage_guarantee_over_every_row():
+    """Selection among a seeded subset of rows; the radius still covers the rows outside it."""
+    rows = clustered_rows(n=2000)
+    coreset = greedy_coreset(rows, 40, 0, torch.Generator().manual_seed(0), max_candidates=300)
+    again = greedy_coreset(rows, 40, 0, torch.Generator().manual_seed(0), max_candidates=300)
+    assert torch.equal(coreset.indices, again.indices) and coreset.radius == again.radius
+    whole = greedy_coreset(rows, 40, 0, torch.Generator().manual_seed(0))
+    assert not torch.equal(coreset.indices.sort().values, whole.indices.sort().values)
+    assert len(set(coreset.indices.tolist())) == 40
+    dropped = torch.ones(len(rows), dtype=torch.bool)
+    dropped[coreset.indices] = False
+    nearest = torch.cdist(rows[dropped], rows[coreset.indices]).amin(1)
+    assert float(nearest.max()) == pytest.approx(coreset.radius, rel=1e-4)
+    assert coreset.radius < float(torch.cdist(rows, rows).max()) / 4  # every cluster still has a kept row
+
+
 def test_coreset_keeps_everything_when_asked_for_more_rows_than_there_are():
     rows = clustered_rows(n=10)
     coreset = greedy_coreset(rows, 20, 0, torch.Generator().manual_seed(0))
@@ -54,6 +70,19 @@ def test_nearest_distance_matches_cdist_across_chunks():
     expected = torch.cdist(queries, bank).amin(1)
     assert torch.allclose(nearest_distance(queries, bank, chunk=64), expected, atol=1e-4)
     assert torch.allclose(nearest_distance(bank[:5], bank), torch.zeros(5), atol=1e-3)
+
+
+def test_faiss_search_and_the_matrix_product_agree(monkeypatch):
+    import bridgenet.model.memory as memory
+
+    pytest.importorskip("faiss")
+    gen = torch.Generator().manual_seed(2)
+    queries, bank = torch.randn(500, 64, generator=gen), torch.randn(200, 64, generator=gen)
+    with_faiss = nearest_distance(queries, bank)
+    monkeypatch.setattr(memory, "faiss", None)
+    without = nearest_distance(queries, bank, chunk=128)
+    assert torch.allclose(with_faiss, without, atol=1e-4)
+    assert torch.allclose(with_faiss, torch.cdist(queries, bank).amin(1), atol=1e-4)
 
 
 def test_bank_fits_on_kept_patches_only_and_survives_a_state_dict_round_trip():
