@@ -10,6 +10,7 @@ from bench.accuracy import (
     CONFIGS,
     PEER,
     check_targets,
+    caps_unbound,
     entries,
     markdown,
     published_runs,
@@ -132,3 +133,18 @@ def test_the_readme_block_names_the_command_machine_and_date_and_replaces_only_i
     assert text.startswith("head\n<!-- accuracy:start -->\n`python") and text.endswith("<!-- accuracy:end -->\ntail\n")
     readme.write_text("no markers\n")
     assert not update_readme(block, readme) and readme.read_text() == "no markers\n"
+
+
+def test_a_run_is_reused_under_other_bank_caps_only_where_no_cap_bound():
+    from bridgenet.config import MemoryConfig
+
+    run = {"memory": {"rgb_candidates": 9000.0, "rgb_bank": 900.0, "depth_candidates": 13126.0, "depth_bank": 1313.0}}
+    assert caps_unbound(run, MemoryConfig(coreset_ratio=0.1, max_bank=4096, max_candidates=32768))
+    # the new cap binds (1313 > 1000), the new pool binds (13126 > 10000), the stored cap bound
+    assert not caps_unbound(run, MemoryConfig(coreset_ratio=0.1, max_bank=1000))
+    assert not caps_unbound(run, MemoryConfig(coreset_ratio=0.1, max_candidates=10000))
+    capped = {"memory": {**run["memory"], "depth_bank": 1000.0}}
+    assert not caps_unbound(capped, MemoryConfig(coreset_ratio=0.1))
+    pooled = {**run, "memory_caps": {"max_bank": 4096, "max_candidates": 10000}}
+    assert not caps_unbound(pooled, MemoryConfig(coreset_ratio=0.1))
+    assert not caps_unbound({"memory": {}}, MemoryConfig())  # no bank recorded: train again
