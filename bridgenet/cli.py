@@ -170,6 +170,25 @@ def predict(params: Params, model_ref: str, rgb_path: Path, xyz_path: Path, heat
     click.echo(json.dumps(result))
 
 
+@main.command("export")
+@click.option("--model", "model_ref", required=True, help="model.pt path or MLflow URI (models:/NAME@ALIAS).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="File to write (model.onnx, model.ts).")
+@with_params
+@fail_cleanly
+def export(params: Params, model_ref: str, fmt: str, out: Path) -> None:
+    """Export a model with its scorer: rgb (B, 3, S, S) and depth (B, 1, S, S) in [0, 1] in,
+    score (B,) and anomaly_map (B, S, S) out; threshold and scorer in the file's metadata."""
+    from bridgenet.export import export_model
+    from bridgenet.predict import resolve_model
+
+    model = resolve_model(model_ref, params.tracking.uri)
+    path = export_model(model, out, fmt)
+    click.echo(json.dumps({"path": str(path), "format": fmt, "scorer": model.network.scorer,
+                           "threshold": model.threshold, "image_size": model.params.data.image_size}))
+
+
 @main.command("register")
 @click.option("--category", "-c", multiple=True, help="Category to register (repeatable; default: all).")
 @with_params

@@ -98,13 +98,16 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 409
     queries, bank = queries.float(), bank.float()
     if faiss is not None and queries.device.type == "cpu" and bank.device.type == "cpu" and len(queries):
         return _faiss_nearest(queries, bank)
-    bank_sq = (bank * bank).sum(1)
-    out = []
-    for start in range(0, queries.shape[0], chunk):
-        part = queries[start:start + chunk]
-        d2 = torch.addmm(bank_sq.unsqueeze(0), part, bank.t(), alpha=-2.0) + (part * part).sum(1, keepdim=True)
-        out.append(d2.amin(1).clamp_min(0.0).sqrt())
+    out = [matmul_nearest(queries[start:start + chunk], bank) for start in range(0, queries.shape[0], chunk)]
     return torch.cat(out) if out else queries.new_zeros(0)
+
+
+def matmul_nearest(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour distances (Q,) from one ``|q|^2 - 2 q.b + |b|^2`` product: plain
+    torch operations (the exported model's search); memory Q x K."""
+    bank_sq = (bank * bank).sum(1)
+    d2 = torch.addmm(bank_sq.unsqueeze(0), queries, bank.t(), alpha=-2.0) + (queries * queries).sum(1, keepdim=True)
+    return d2.amin(1).clamp_min(0.0).sqrt()
 
 
 def _faiss_nearest(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:

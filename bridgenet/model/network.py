@@ -217,7 +217,10 @@ class BridgeNet(nn.Module):
         """Fused patch rows (N, M * D) -> logits (N,); the folded head in eval mode."""
         if self.training:
             return self.discriminator(self.projection(rows))
-        weight, bias = self.folded_head()
+        return self.folded_scores(rows, *self.folded_head())
+
+    def folded_scores(self, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Logits (N,) of fused rows (N, M * D) through the folded head ``weight``, ``bias``."""
         hidden = F.linear(rows, weight.to(rows.dtype), bias.to(rows.dtype))
         return self.discriminator.tail(self.discriminator.body[2:](hidden)).squeeze(-1)
 
@@ -356,11 +359,19 @@ class BridgeNet(nn.Module):
         patch = self.combine(self.patch_components(embeddings, keep, scorer), scorer)
         scores = torch.full((b * h * w,), torch.inf, device=patch.device)
         scores[keep] = patch
-        scores = scores.view(b, h, w)
-        lowest = scores.flatten(1).amin(1).view(b, 1, 1)
+        size = rgb.shape[-2:] if "rgb" in self.modalities else depth.shape[-2:]
+        return self.result_from_patches(scores.view(b, h, w), scorer, size)
+
+    def result_from_patches(self, scores: torch.Tensor, scorer: str, size: tuple[int, int]) -> AnomalyResult:
+        """Patch scores (B, h, w), ``inf`` on the patches not scored -> image scores and S x S maps.
+
+        The patches not scored get the sample's lowest score (0 for the discriminator's
+        probabilities); maps are upsampled bilinearly and smoothed; the image score is
+        the highest patch.
+        """
+        lowest = scores.flatten(1).amin(1).view(-1, 1, 1)
         fill = torch.zeros_like(lowest) if scorer == "discriminator" else lowest  # sigmoid(-inf) = 0
         scores = torch.where(torch.isinf(scores), fill, scores)
-        size = rgb.shape[-2:] if "rgb" in self.modalities else depth.shape[-2:]
         maps = F.interpolate(scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
         maps = gaussian_blur(maps.squeeze(1), self.smoothing_sigma)
         return AnomalyResult(pred_score=scores.flatten(1).amax(dim=1), anomaly_map=maps)

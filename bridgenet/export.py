@@ -1,0 +1,129 @@
+"""Export a trained model to ONNX or TorchScript: network inputs in, image scores and maps out.
+
+The exported graph is the eval forward of :class:`BridgeNet` with its scorer
+(discriminator, memory bank, or both) folded in: ``rgb`` (B, 3, S, S) and ``depth``
+(B, 1, S, S) in [0, 1], as ``bridgenet predict`` prepares them from the files, give
+``score`` (B,) and ``anomaly_map`` (B, S, S). Reading files and extracting the visible
+depth from a point cloud (plane fit, projection) stay in Python. Every patch goes
+through the heads and the ones off the object are masked afterwards (the Python
+forward skips them instead): same numbers, no data-dependent shapes in the graph.
+The decision threshold, the scorer and the input size travel as ONNX metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bridgenet.model.io import TrainedModel
+from bridgenet.model.memory import matmul_nearest
+from bridgenet.model.network import BridgeNet, foreground_patches
+
+LOGGER = logging.getLogger(__name__)
+FORMATS = ("onnx", "torchscript")
+ONNX_OPSET = 18
+
+
+class ExportedScorer(nn.Module):
+    """(rgb, depth) -> (score (B,), anomaly_map (B, S, S)) with the network's scorer; no
+    boolean indexing, no faiss, so that tracers see a fixed graph."""
+
+    def __init__(self, network: BridgeNet) -> None:
+        super().__init__()
+        self.network = network.eval()
+        self.scorer = network.scorer
+        # The folded eval head as constants: its cache keys on storage pointers, which tracers lack.
+        weight, bias = network.folded_head()
+        self.register_buffer("head_weight", weight.detach().clone())
+        self.register_buffer("head_bias", bias.detach().clone())
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net, scorer = self.network, self.scorer
+        embeddings = net.embed_inputs({"rgb": rgb, "depth": depth})
+        # the grid is fixed by the input size (the batch stays free): constants for the tracer
+        h, w = (int(v) for v in embeddings[net.modalities[0]].shape[-2:])
+        components: dict[str, torch.Tensor] = {}
+        if scorer in ("discriminator", "fused"):
+            components["discriminator"] = net.folded_scores(net.fuse(embeddings), self.head_weight,
+                                                            self.head_bias).float()
+        if scorer in ("memory", "fused"):
+            for m in net.modalities:
+                rows = embeddings[m].permute(0, 2, 3, 1).reshape(-1, embeddings[m].shape[1])
+                components[f"memory_{m}"] = matmul_nearest(rows.float(), net.memory.bank(m))
+        patch = net.combine(components, scorer).view(-1, h, w)
+        if net.foreground_only:
+            patch = torch.where(foreground_patches(depth.float(), (h, w)) > 0, patch, torch.inf)
+        size = tuple(int(v) for v in (rgb if "rgb" in net.modalities else depth).shape[-2:])
+        result = net.result_from_patches(patch, scorer, size)
+        return result.pred_score, result.anomaly_map
+
+
+def example_inputs(model: TrainedModel, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs of the model's size whose object (depth > 0) is the central half of the image."""
+    size = model.params.data.image_size
+    gen = torch.Generator().manual_seed(0)
+    rgb = torch.rand(batch, 3, size, size, generator=gen)
+    depth = torch.zeros(batch, 1, size, size)
+    depth[..., size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 0.5
+    return rgb, depth
+
+
+def metadata(model: TrainedModel) -> dict[str, str]:
+    return {
+        "bridgenet.category": model.category,
+        "bridgenet.scorer": model.network.scorer,
+        "bridgenet.threshold": repr(float(model.threshold)),
+        "bridgenet.image_size": str(model.params.data.image_size),
+        "bridgenet.modalities": json.dumps(list(model.network.modalities)),
+        "bridgenet.inputs": "rgb (B, 3, S, S) and depth (B, 1, S, S) in [0, 1], as bridgenet predict prepares them",
+    }
+
+
+def export_model(model: TrainedModel, out: Path, fmt: str = "onnx") -> Path:
+    """Write ``model`` as ``fmt`` (``onnx`` or ``torchscript``) to ``out``; returns ``out``.
+
+    The file is written beside ``out`` first and moved into place, so a failed export
+    leaves an earlier file as it was.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"export format {fmt!r}: allowed {FORMATS}")
+    wrapper = ExportedScorer(model.network.cpu()).eval()
+    inputs = example_inputs(model, batch=2)  # two, so that the batch axis stays free
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    pieces, wrapper.network.backbone.cpu_batch = wrapper.network.backbone.cpu_batch, 0  # one graph for any batch
+    try:
+        with torch.no_grad():
+            if fmt == "onnx":
+                _export_onnx(wrapper, inputs, partial, metadata(model))
+            else:
+                traced = torch.jit.trace(wrapper, inputs, check_trace=False)
+                torch.jit.save(traced, str(partial), _extra_files={"bridgenet.json": json.dumps(metadata(model))})
+        partial.replace(out)
+    finally:
+        wrapper.network.backbone.cpu_batch = pieces
+        partial.unlink(missing_ok=True)
+    LOGGER.info("exported %s (%s, scorer %s) to %s", model.category, fmt, model.network.scorer, out)
+    return out
+
+
+def _export_onnx(wrapper: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, meta: dict[str, str]) -> None:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        torch.onnx.export(
+            wrapper, inputs, str(path), input_names=["rgb", "depth"], output_names=["score", "anomaly_map"],
+            dynamic_shapes=({0: batch}, {0: batch}), opset_version=ONNX_OPSET, dynamo=True, verbose=False,
+        )
+    graph = onnx.load(str(path))
+    for key, value in meta.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))

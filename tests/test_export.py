@@ -1,0 +1,93 @@
+"""ONNX and TorchScript exports reproduce the torch model's scores and maps, scorer included."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bridgenet.export import export_model
+from bridgenet.model.network import SCORERS
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def test_inputs(trained_bagel):
+    from bridgenet.evaluate import load_test_split
+    from bridgenet.train import Batch
+
+    params, _, _ = trained_bagel
+    split = load_test_split(params, "bagel")
+    # goods and defects, with their objects (depth > 0) as preprocessing left them
+    index = np.r_[np.flatnonzero(split.labels == 0)[:2], np.flatnonzero(split.labels == 1)[:2]]
+    batch = Batch.from_split(split, index)
+    return batch.rgb, batch.depth
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_onnx_export_matches_torch_in_every_mode(trained_bagel, test_inputs, tmp_path, scorer):
+    _, _, model = trained_bagel
+    rgb, depth = test_inputs
+    model.network.scorer = scorer
+    try:
+        path = export_model(model, tmp_path / "model.onnx", "onnx")
+        with torch.no_grad():
+            expected = model.network(rgb, depth)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        score, anomaly_map = session.run(["score", "anomaly_map"], {"rgb": rgb.numpy(), "depth": depth.numpy()})
+        np.testing.assert_allclose(score, expected.pred_score.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(anomaly_map, expected.anomaly_map.numpy(), atol=1e-4, rtol=0)
+        assert len(set(np.round(score, 4))) == len(score)  # four samples, four scores: not a constant
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert meta["bridgenet.scorer"] == scorer
+        assert float(meta["bridgenet.threshold"]) == model.threshold
+        assert int(meta["bridgenet.image_size"]) == rgb.shape[-1]
+    finally:
+        model.network.scorer = trained_bagel[0].model.scorer
+
+
+def test_torchscript_export_matches_torch(trained_bagel, test_inputs, tmp_path):
+    _, _, model = trained_bagel
+    rgb, depth = test_inputs
+    path = export_model(model, tmp_path / "model.ts", "torchscript")
+    extra = {"bridgenet.json": ""}
+    loaded = torch.jit.load(str(path), _extra_files=extra)
+    with torch.no_grad():
+        expected = model.network(rgb, depth)
+        score, anomaly_map = loaded(rgb, depth)
+    torch.testing.assert_close(score, expected.pred_score, atol=1e-4, rtol=0)
+    torch.testing.assert_close(anomaly_map, expected.anomaly_map, atol=1e-4, rtol=0)
+    assert json.loads(extra["bridgenet.json"])["bridgenet.scorer"] == model.network.scorer
+
+
+def test_a_failed_export_keeps_the_earlier_file(trained_bagel, tmp_path):
+    _, _, model = trained_bagel
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"earlier export")
+    with pytest.raises(ValueError, match="export format"):
+        export_model(model, out, "tflite")
+    assert out.read_bytes() == b"earlier export"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_export_command_writes_the_file_and_reports_scorer_and_threshold(trained_bagel, tmp_path):
+    from click.testing import CliRunner
+
+    from bridgenet.cli import main
+    from bridgenet.model.io import save_model
+
+    _, _, model = trained_bagel
+    save_model(model, tmp_path / "model.pt")
+    out = tmp_path / "exported" / "model.ts"
+    result = CliRunner().invoke(main, ["export", "--model", str(tmp_path / "model.pt"), "--format", "torchscript",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["scorer"] == model.network.scorer and report["threshold"] == model.threshold
+    assert torch.jit.load(str(out)) is not None
+    missing = CliRunner().invoke(main, ["export", "--model", str(tmp_path / "nosuch.pt"), "--out", str(out)])
+    assert missing.exit_code != 0 and "nosuch.pt" in missing.output
