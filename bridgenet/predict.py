@@ -134,6 +134,107 @@ def write_heatmap(rgb: np.ndarray, anomaly_map: np.ndarray, path: Path, alpha: f
     return path
 
 
+def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """Every ``rgb/<stem>.png`` under ``folder`` with its ``xyz/<stem>.tiff`` beside it (MVTec
+    3D-AD's sample folders, at any depth), sorted; a PNG without its point cloud is an error."""
+    from bridgenet.data.readers import RGB_EXTENSIONS, XYZ_EXTENSIONS
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder {folder} does not exist")
+    pairs, unpaired = [], []
+    for rgb_dir in sorted(p for p in folder.rglob("rgb") if p.is_dir()):
+        for rgb in sorted(p for p in rgb_dir.iterdir() if p.suffix.lower() in RGB_EXTENSIONS):
+            xyz = next((rgb_dir.parent / "xyz" / f"{rgb.stem}{ext}" for ext in XYZ_EXTENSIONS
+                        if (rgb_dir.parent / "xyz" / f"{rgb.stem}{ext}").is_file()), None)
+            (pairs.append((rgb, xyz)) if xyz else unpaired.append(rgb))
+    if unpaired:
+        raise FileNotFoundError(f"{len(unpaired)} RGB images without a point cloud beside them, first "
+                                f"{unpaired[0]} (expected ../xyz/{unpaired[0].stem}.tiff)")
+    if not pairs:
+        raise FileNotFoundError(f"{folder}: no rgb/<stem>.png with xyz/<stem>.tiff found under it")
+    return pairs
+
+
+def read_pair_list(path: Path) -> list[tuple[Path, Path]]:
+    """(rgb, xyz) pairs from a CSV with columns ``rgb`` and ``xyz`` (relative paths: to the CSV)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sample list {path} does not exist")
+    table = pd.read_csv(path, dtype=str)
+    missing = {"rgb", "xyz"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: needs the columns rgb and xyz, lacks {sorted(missing)}")
+    if table[["rgb", "xyz"]].isna().any().any() or table.empty:
+        raise ValueError(f"{path}: every row needs an rgb and an xyz path (and there must be one)")
+    return [(path.parent / r, path.parent / x) for r, x in zip(table["rgb"], table["xyz"])]
+
+
+PREDICTION_COLUMNS = ("rgb", "xyz", "status", "score", "anomalous", "threshold", "heatmap", "error")
+
+
+def predict_folder(
+    model_ref: str | Path,
+    pairs: list[tuple[Path, Path]],
+    out_dir: Path,
+    tracking_uri: str | None = None,
+    on_empty_foreground: str | None = None,
+    heatmaps: bool = True,
+    progress: bool = True,
+) -> tuple[Path, int]:
+    """Score every (rgb, xyz) pair with one loaded model; ``out_dir/predictions.csv`` holds a row each
+    (and ``heatmaps/`` an overlay each). A sample that cannot be scored gets ``status`` ``error``
+    and its message; the others are still scored. Returns the CSV's path and the error count.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from bridgenet.data.readers import read_rgb, read_xyz
+
+    out_dir = Path(out_dir)
+    model = resolve_model(model_ref, tracking_uri)
+    root = Path(*_common_parts([rgb for rgb, _ in pairs]))
+    pairs = [(Path(r).resolve(), Path(x).resolve()) for r, x in pairs]
+    rows = []
+    for rgb_path, xyz_path in tqdm(pairs, desc="predict", unit="sample", disable=not progress):
+        row = {"rgb": str(rgb_path), "xyz": str(xyz_path), "status": "error", "score": np.nan,
+               "anomalous": True, "threshold": model.threshold, "heatmap": "", "error": ""}
+        try:
+            rgb, xyz = read_rgb(Path(rgb_path)), read_xyz(Path(xyz_path))
+            check_pair(rgb, xyz, str(rgb_path), str(xyz_path))
+            prediction = predict_arrays(model, rgb, xyz, on_empty_foreground)
+        except (ValueError, OSError) as err:  # NoObjectError (policy "error") included
+            LOGGER.error("%s: %s", rgb_path, err)
+            row["error"] = str(err)
+        else:
+            row.update(status=prediction.status, score=prediction.score, anomalous=bool(prediction.anomalous))
+            if heatmaps:
+                name = Path(rgb_path).relative_to(root).with_suffix(".png")
+                row["heatmap"] = str(write_heatmap(rgb, prediction.anomaly_map, out_dir / "heatmaps" / name,
+                                                   value_range=model.display_range()))
+        rows.append(row)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+    path = out_dir / "predictions.csv"
+    partial = path.with_name(f".{path.name}.partial")
+    table.to_csv(partial, index=False)
+    partial.replace(path)
+    return path, int((table["status"] == "error").sum())
+
+
+def _common_parts(paths: list[Path]) -> tuple[str, ...]:
+    """The longest folder prefix that ``paths`` share (heatmaps keep the layout below it)."""
+    parents = [Path(p).resolve().parent.parts for p in paths]
+    common: list[str] = []
+    for parts in zip(*parents):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return tuple(common) or ("/",)
+
+
 def predict_files(
     model_ref: str | Path,
     rgb_path: Path,
