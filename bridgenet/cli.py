@@ -155,18 +155,20 @@ def evaluate(params: Params, category: tuple[str, ...]) -> None:
 @click.option("--xyz", "xyz_path", type=click.Path(path_type=Path), default=None,
               help="Point cloud (TIFF, H x W x 3).")
 @click.option("--heatmap", "heatmap_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the anomaly map overlaid on the image here.")
+              help="Write the anomaly map overlaid on the image here (colour bar, pixel-threshold contour).")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the predicted mask (map above the model's pixel threshold) here as a PNG.")
 @click.option("--folder", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Score every rgb/<stem>.png + xyz/<stem>.tiff pair under this folder.")
 @click.option("--list", "list_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Score the pairs of this CSV (columns rgb, xyz; paths relative to the CSV).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --folder/--list: where predictions.csv and heatmaps/ go.")
-@click.option("--no-heatmaps", is_flag=True, help="With --folder/--list: the CSV only.")
+@click.option("--no-heatmaps", is_flag=True, help="With --folder/--list: the CSV only (no heatmaps, no masks).")
 @with_params
 @fail_cleanly
 def predict(params: Params, model_ref: str, rgb_path: Path | None, xyz_path: Path | None,
-            heatmap_path: Path | None, folder: Path | None, list_path: Path | None, out_dir: Path | None,
+            heatmap_path: Path | None, mask_path: Path | None, folder: Path | None, list_path: Path | None, out_dir: Path | None,
             no_heatmaps: bool) -> None:
     """Score one RGB + point cloud sample (prints JSON), or many with the model loaded once.
 
@@ -184,7 +186,7 @@ def predict(params: Params, model_ref: str, rgb_path: Path | None, xyz_path: Pat
         from bridgenet.predict import predict_files
 
         result = predict_files(model_ref, rgb_path, xyz_path, heatmap_path, params.tracking.uri,
-                               params.predict.on_empty_foreground)
+                               params.predict.on_empty_foreground, mask_path)
         click.echo(json.dumps(result))
         return
     from bridgenet.predict import find_pairs, predict_folder, read_pair_list

@@ -43,6 +43,7 @@ class Prediction:
     threshold: float
     anomaly_map: np.ndarray
     status: str = "ok"
+    mask: np.ndarray | None = None  # anomaly_map > the model's pixel threshold (None: model without one)
 
 
 def resolve_model(ref: str | Path, tracking_uri: str | None = None) -> TrainedModel:
@@ -105,7 +106,9 @@ def predict_arrays(
         LOGGER.warning("%s: flagged as anomalous (predict.on_empty_foreground=anomalous)", message)
         # Scored at the top of the model's colour range (1 for the discriminator): above the threshold.
         top = model.display_range()[1]
-        return Prediction(top, True, model.threshold, np.full(rgb.shape[:2], top, np.float32), "no_object")
+        full = np.full(rgb.shape[:2], top, np.float32)
+        mask = None if model.pixel_threshold is None else np.ones(rgb.shape[:2], bool)
+        return Prediction(top, True, model.threshold, full, "no_object", mask)
     network = model.network.eval()
     device = next(network.parameters()).device
     rgb_t = torch.from_numpy(rgb_small).permute(2, 0, 1).float().div(255.0).unsqueeze(0).to(device)
@@ -114,24 +117,76 @@ def predict_arrays(
     full = F.interpolate(result.anomaly_map.unsqueeze(1), size=rgb.shape[:2], mode="bilinear",
                          align_corners=False)
     score = float(result.pred_score[0])
-    return Prediction(score, score > model.threshold, model.threshold, full[0, 0].cpu().numpy(), "ok")
+    anomaly_map = full[0, 0].cpu().numpy()
+    return Prediction(score, score > model.threshold, model.threshold, anomaly_map, "ok",
+                      predicted_mask(model, anomaly_map))
 
 
-def write_heatmap(rgb: np.ndarray, anomaly_map: np.ndarray, path: Path, alpha: float = 0.5,
-                  value_range: tuple[float, float] = (0.0, 1.0)) -> Path:
-    """Overlay the anomaly map (jet over ``value_range``) on the RGB image and save a PNG."""
+def predicted_mask(model: TrainedModel, anomaly_map: np.ndarray) -> np.ndarray | None:
+    """(H, W) bool: the map above the model's pixel threshold (None for a model without one)."""
+    if model.pixel_threshold is None:
+        return None
+    return anomaly_map > model.pixel_threshold
+
+
+def write_mask(mask: np.ndarray, path: Path) -> Path:
+    """The predicted mask as a black-and-white PNG (255 where anomalous), the input's size."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    return path
+
+
+def write_heatmap(rgb: np.ndarray, anomaly_map: np.ndarray, path: Path, value_range: tuple[float, float] = (0.0, 1.0),
+                  pixel_threshold: float | None = None, title: str | None = None, alpha: float = 0.5) -> Path:
+    """The anomaly map over the RGB image, with a colour bar over ``value_range``, the
+    ``pixel_threshold`` as a contour (and a mark on the bar) and ``title``; a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import colormaps
-    from PIL import Image
+    from matplotlib import pyplot as plt
 
     low, high = value_range
-    colored = colormaps["jet"](np.clip((anomaly_map - low) / (high - low), 0.0, 1.0))[..., :3]
-    blended = (1 - alpha) * rgb.astype(np.float32) / 255.0 + alpha * colored
+    height, width = anomaly_map.shape
+    fig, ax = plt.subplots(figsize=(6.4, 6.4 * height / width + 0.6), dpi=100, layout="constrained")
+    ax.imshow(rgb)
+    shown = ax.imshow(anomaly_map, cmap="inferno", vmin=low, vmax=high, alpha=alpha, interpolation="bilinear")
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label="anomaly score")
+    if pixel_threshold is not None:
+        if anomaly_map.max() > pixel_threshold > anomaly_map.min():
+            ax.contour(anomaly_map, levels=[pixel_threshold], colors="cyan", linewidths=1.5)
+        bar.ax.axhline(pixel_threshold, color="cyan", linewidth=2)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.set_axis_off()
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((blended * 255).round().astype(np.uint8)).save(path)
+    fig.savefig(path)
+    plt.close(fig)
     return path
+
+
+def heatmap_title(model: TrainedModel, prediction: Prediction) -> str:
+    if prediction.status == "no_object":
+        verdict = "no object: anomalous"
+    else:
+        relation = ">" if prediction.anomalous else "<="
+        verdict = (f"{'anomalous' if prediction.anomalous else 'good'} "
+                   f"(score {prediction.score:.3g} {relation} threshold {prediction.threshold:.3g})")
+    contour = "" if model.pixel_threshold is None else f"\ncyan: map above the pixel threshold {model.pixel_threshold:.3g}"
+    return f"{model.category}: {verdict}{contour}"
+
+
+def write_pictures(model: TrainedModel, rgb: np.ndarray, prediction: Prediction, heatmap_path: Path | None,
+                   mask_path: Path | None) -> tuple[str | None, str | None]:
+    """Heatmap and mask PNGs where paths are given (no mask for a model without a pixel threshold)."""
+    heatmap = mask = None
+    if heatmap_path is not None:
+        heatmap = str(write_heatmap(rgb, prediction.anomaly_map, Path(heatmap_path), model.display_range(),
+                                    model.pixel_threshold, heatmap_title(model, prediction)))
+    if mask_path is not None and prediction.mask is not None:
+        mask = str(write_mask(prediction.mask, Path(mask_path)))
+    return heatmap, mask
 
 
 def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
@@ -172,7 +227,7 @@ def read_pair_list(path: Path) -> list[tuple[Path, Path]]:
     return [(path.parent / r, path.parent / x) for r, x in zip(table["rgb"], table["xyz"])]
 
 
-PREDICTION_COLUMNS = ("rgb", "xyz", "status", "score", "anomalous", "threshold", "heatmap", "error")
+PREDICTION_COLUMNS = ("rgb", "xyz", "status", "score", "anomalous", "threshold", "heatmap", "mask", "error")
 
 
 def predict_folder(
@@ -185,7 +240,7 @@ def predict_folder(
     progress: bool = True,
 ) -> tuple[Path, int]:
     """Score every (rgb, xyz) pair with one loaded model; ``out_dir/predictions.csv`` holds a row each
-    (and ``heatmaps/`` an overlay each). A sample that cannot be scored gets ``status`` ``error``
+    (and ``heatmaps/`` and ``masks/`` a picture each, in the layout of the input folders). A sample that cannot be scored gets ``status`` ``error``
     and its message; the others are still scored. Returns the CSV's path and the error count.
     """
     import pandas as pd
@@ -200,7 +255,7 @@ def predict_folder(
     rows = []
     for rgb_path, xyz_path in tqdm(pairs, desc="predict", unit="sample", disable=not progress):
         row = {"rgb": str(rgb_path), "xyz": str(xyz_path), "status": "error", "score": np.nan,
-               "anomalous": True, "threshold": model.threshold, "heatmap": "", "error": ""}
+               "anomalous": True, "threshold": model.threshold, "heatmap": "", "mask": "", "error": ""}
         try:
             rgb, xyz = read_rgb(Path(rgb_path)), read_xyz(Path(xyz_path))
             check_pair(rgb, xyz, str(rgb_path), str(xyz_path))
@@ -212,8 +267,9 @@ def predict_folder(
             row.update(status=prediction.status, score=prediction.score, anomalous=bool(prediction.anomalous))
             if heatmaps:
                 name = Path(rgb_path).relative_to(root).with_suffix(".png")
-                row["heatmap"] = str(write_heatmap(rgb, prediction.anomaly_map, out_dir / "heatmaps" / name,
-                                                   value_range=model.display_range()))
+                heatmap, mask = write_pictures(model, rgb, prediction, out_dir / "heatmaps" / name,
+                                               out_dir / "masks" / name)
+                row.update(heatmap=heatmap or "", mask=mask or "")
         rows.append(row)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
@@ -242,6 +298,7 @@ def predict_files(
     heatmap_path: Path | None = None,
     tracking_uri: str | None = None,
     on_empty_foreground: str | None = None,
+    mask_path: Path | None = None,
 ) -> dict[str, Any]:
     """The ``bridgenet predict`` result as a JSON-able dict (``status``: ``ok`` or ``no_object``)."""
     from bridgenet.data.readers import read_rgb, read_xyz
@@ -253,14 +310,16 @@ def predict_files(
     check_pair(rgb, xyz, str(rgb_path), str(xyz_path))
     model = resolve_model(model_ref, tracking_uri)
     prediction = predict_arrays(model, rgb, xyz, on_empty_foreground)
-    heatmap = (str(write_heatmap(rgb, prediction.anomaly_map, Path(heatmap_path),
-                                 value_range=model.display_range())) if heatmap_path else None)
+    heatmap, mask = write_pictures(model, rgb, prediction, heatmap_path, mask_path)
     return {
         "status": prediction.status,
         "score": prediction.score,
         "anomalous": bool(prediction.anomalous),
         "threshold": prediction.threshold,
+        "pixel_threshold": model.pixel_threshold,
+        "anomalous_pixels": None if prediction.mask is None else int(prediction.mask.sum()),
         "heatmap": heatmap,
+        "mask": mask,
         "category": model.category,
         "scorer": model.network.scorer,
     }

@@ -453,9 +453,13 @@ def _train_category(
     calibration = calibrate_scores(trainer.network, goods, device, params.eval.batch_size)
     scores, maps = predict_batches(trainer.network, validation.batch, device, params.eval.batch_size)
     final_metrics = validation_metrics(scores, maps, validation)
-    threshold = choose_threshold(scores[validation.labels == 0], tcfg.threshold_quantile)
+    good = validation.labels == 0
+    threshold = choose_threshold(scores[good], tcfg.threshold_quantile)
+    # The map's own threshold, by the same rule on the good maps' highest pixels: a good part's
+    # predicted mask is empty as often as it is judged good (the map's peak sits below the score).
+    pixel_threshold = choose_threshold(maps[good].reshape(int(good.sum()), -1).max(1), tcfg.threshold_quantile)
     model = TrainedModel(trainer.network.cpu(), params, category, threshold, final_metrics, best["epoch"],
-                         foreground_fraction=foreground_fraction)
+                         foreground_fraction=foreground_fraction, pixel_threshold=pixel_threshold)
     save_model(model, model_path, history)
     epoch_times = [h["epoch_seconds"] for h in history]
     summary = {
@@ -464,6 +468,7 @@ def _train_category(
         "best_epoch": best["epoch"],
         "epochs": tcfg.epochs,
         "threshold": threshold,
+        "pixel_threshold": pixel_threshold,
         "validation": final_metrics,
         "history": history,
         "setup_seconds": setup_seconds,

@@ -77,3 +77,66 @@ def test_a_list_of_pairs_and_usage_errors(tiny_root, model_file, tmp_path):
     none = CliRunner().invoke(main, ["predict", "--model", str(model_file), "--folder", str(empty),
                                      "--out", str(tmp_path / "o2")])
     assert none.exit_code == 1 and "no rgb/<stem>.png" in none.output
+
+
+def test_the_pixel_threshold_comes_from_the_validation_goods_and_is_saved(trained_bagel, tmp_path):
+    from bridgenet.model.io import load_model
+    from bridgenet.preprocess import load_cached_split
+    from bridgenet.train import build_validation_set, predict_batches
+
+    params, summary, model = trained_bagel
+    validation = build_validation_set(load_cached_split(params.data.cache_dir, "bagel", "validation", params.data),
+                                      params, model.network.modalities)
+    _, maps = predict_batches(model.network, validation.batch, __import__("torch").device("cpu"), 4)
+    peaks = maps[validation.labels == 0].reshape((validation.labels == 0).sum(), -1).max(1)
+    expected = float(np.quantile(peaks, params.train.threshold_quantile))
+    assert model.pixel_threshold == pytest.approx(expected, rel=1e-5) and summary["pixel_threshold"] == model.pixel_threshold
+    # a map's peak never exceeds its image score (bilinear upsampling and smoothing average)
+    assert model.pixel_threshold <= model.threshold + 1e-6
+    save_model(model, tmp_path / "model.pt")
+    assert load_model(tmp_path / "model.pt").pixel_threshold == model.pixel_threshold
+
+
+def test_heatmap_and_mask_pictures(tiny_root, trained_bagel, model_file, tmp_path):
+    from PIL import Image
+
+    from bridgenet.data.readers import read_rgb, read_xyz
+    from bridgenet.predict import predict_arrays
+
+    _, _, model = trained_bagel
+    folder = tiny_root / "synth" / "bagel" / "test"
+    results = {}
+    for defect in ("good", "contamination"):
+        rgb_path = sorted((folder / defect / "rgb").iterdir())[0]
+        xyz_path = folder / defect / "xyz" / f"{rgb_path.stem}.tiff"
+        out = predict_files(model_file, rgb_path, xyz_path, tmp_path / f"{defect}.png",
+                            mask_path=tmp_path / f"{defect}_mask.png")
+        prediction = predict_arrays(model, read_rgb(rgb_path), read_xyz(xyz_path))
+        mask = np.asarray(Image.open(out["mask"])) > 0
+        np.testing.assert_array_equal(mask, prediction.anomaly_map > model.pixel_threshold)
+        assert out["anomalous_pixels"] == int(mask.sum()) and out["pixel_threshold"] == model.pixel_threshold
+        heatmap = np.asarray(Image.open(out["heatmap"]).convert("RGB"))
+        assert heatmap.shape[1] == 640 and heatmap.shape[0] > 600  # the picture and its colour bar
+        results[defect] = (prediction, heatmap)
+    assert not np.array_equal(results["good"][1], results["contamination"][1])
+    # the contour (cyan) is drawn where the map crosses the pixel threshold, and only then
+    # (the colour bar's threshold mark alone is about 40 cyan pixels)
+    crossing = []
+    for prediction, heatmap in results.values():
+        cyan = ((heatmap[..., 0] < 60) & (heatmap[..., 1] > 200) & (heatmap[..., 2] > 200)).sum()
+        crossing.append(prediction.anomaly_map.max() > model.pixel_threshold)
+        assert (cyan > 200) == crossing[-1], cyan
+    assert any(crossing)
+
+
+def test_a_model_without_a_pixel_threshold_writes_no_mask(trained_bagel, tiny_root, tmp_path):
+    import dataclasses
+
+    _, _, model = trained_bagel
+    save_model(dataclasses.replace(model, pixel_threshold=None), tmp_path / "old.pt")
+    folder = tiny_root / "synth" / "bagel" / "test" / "good"
+    rgb_path = sorted((folder / "rgb").iterdir())[0]
+    out = predict_files(tmp_path / "old.pt", rgb_path, folder / "xyz" / f"{rgb_path.stem}.tiff",
+                        tmp_path / "h.png", mask_path=tmp_path / "m.png")
+    assert out["mask"] is None and out["pixel_threshold"] is None and not (tmp_path / "m.png").exists()
+    assert (tmp_path / "h.png").stat().st_size > 10_000

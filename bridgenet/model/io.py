@@ -65,6 +65,7 @@ class TrainedModel:
     metrics: dict[str, Any] = field(default_factory=dict)
     epoch: int = -1
     foreground_fraction: float = 1.0
+    pixel_threshold: float | None = None  # the anomaly map's threshold (validation goods); None: older model
 
     def display_range(self) -> tuple[float, float]:
         """Colour range for this model's anomaly maps: [0, 1] for the discriminator's probabilities;
@@ -86,6 +87,7 @@ def save_model(model: TrainedModel, path: Path, history: list[dict[str, Any]] | 
             "metrics": model.metrics,
             "history": history or [],
             "foreground_fraction": float(model.foreground_fraction),
+            "pixel_threshold": None if model.pixel_threshold is None else float(model.pixel_threshold),
         },
         path,
     )
@@ -147,4 +149,5 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> TrainedModel:
         metrics=payload.get("metrics", {}),
         epoch=int(payload.get("epoch", -1)),
         foreground_fraction=float(payload.get("foreground_fraction", 1.0)),
+        pixel_threshold=None if payload.get("pixel_threshold") is None else float(payload["pixel_threshold"]),
     )
