@@ -113,9 +113,26 @@ def preprocess(params: Params) -> None:
 
 
 def _categories(params: Params, category: tuple[str, ...]) -> list[str]:
-    from bridgenet.data.readers import discover_categories
+    """The ``--category`` values (each one known: in the data or the preprocessing cache), or all."""
+    from bridgenet.data.readers import DataError, discover_categories
 
-    return list(category) or discover_categories(params.data)
+    try:
+        found = discover_categories(params.data)
+    except DataError:
+        if not category:
+            raise
+        found = []
+    if not category:
+        return found
+    cache = Path(params.data.cache_dir)
+    known = sorted({*found, *(p.name for p in cache.iterdir() if p.is_dir())} if cache.is_dir() else set(found))
+    unknown = [c for c in category if c not in known]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown {'categories' if len(unknown) > 1 else 'category'} {', '.join(unknown)}; known: "
+            f"{', '.join(known) or f'none (nothing under data.root={params.data.root} or data.cache_dir={cache})'}",
+            param_hint="--category")
+    return list(category)
 
 
 @main.command("train")

@@ -311,20 +311,27 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid parameters in {source}:"]
+def _format_errors(err: ValidationError, source: str, overrides: tuple[str, ...] = ()) -> str:
+    """One line per invalid key; a key set by an override (``--set``) is blamed on that override."""
+    by_key = {".".join(parse_override(text)[0]): text for text in overrides}
+    lines = []
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"])
         value = item.get("input")
         kind = item["type"]
+        culprit = next((text for k, text in by_key.items() if key == k or key.startswith(f"{k}.")), None)
+        where = f" (from the override --set {culprit})" if culprit else ""
         if not key:  # a rule across several keys; its message names them
             lines.append(f"  {item['msg'].removeprefix('Value error, ')}")
         elif kind == "extra_forbidden":
             parent = ".".join(str(p) for p in item["loc"][:-1]) or "top level"
-            lines.append(f"  {key}: unknown key (value {value!r}); not a parameter of {parent}")
+            lines.append(f"  {key}: unknown key (value {value!r}); not a parameter of {parent}{where}")
         else:
-            lines.append(f"  {key}: got {value!r}; {item['msg']}")
-    return "\n".join(lines)
+            lines.append(f"  {key}: got {value!r}; {item['msg']}{where}")
+    blamed = [line for line in lines if "(from the override --set" in line]
+    head = (f"invalid override{'s' if len(blamed) > 1 else ''} (on {source}):" if len(blamed) == len(lines)
+            else f"invalid parameters in {source}:")
+    return "\n".join([head, *lines])
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -368,14 +375,15 @@ def _lists_to_tuples(value: Any) -> Any:
     return value
 
 
-def params_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
-    """Validate a raw mapping into :class:`Params`; errors name key and value."""
+def params_from_dict(raw: dict[str, Any], source: str = "<dict>", overrides: tuple[str, ...] = ()) -> Params:
+    """Validate a raw mapping into :class:`Params`; errors name key and value (and the
+    override among ``overrides`` that set the key, if one did)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
     try:
         return Params.model_validate(_lists_to_tuples(raw))
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(_format_errors(err, source, tuple(overrides))) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -419,7 +427,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | tuple[
         raw = {}
     else:
         raise ConfigError(f"parameter file {path} does not exist")
-    params = params_from_dict(apply_overrides(raw, overrides), source=str(path))
+    params = params_from_dict(apply_overrides(raw, overrides), source=str(path), overrides=tuple(overrides))
     if not path.exists():
         LOGGER.warning(
             "no %s in %s: running on the built-in defaults (data.root=%s, data.cache_dir=%s, "

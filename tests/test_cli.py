@@ -74,3 +74,20 @@ def test_pipeline_runs_on_the_task_runner_the_params_ask_for(monkeypatch):
     assert type(seen["runner"]).__name__ == "DaskTaskRunner"
     # Called directly (a deployment without options), categories run one at a time.
     assert flows.retrain.retrain_flow.task_runner._max_workers == 1
+
+
+def test_an_unknown_category_lists_the_known_ones(tmp_path):
+    data = tmp_path / "data"
+    for name in ("bagel", "cookie"):
+        (data / name / "train" / "good" / "rgb").mkdir(parents=True)
+        (data / name / "train" / "good" / "xyz").mkdir(parents=True)
+    args = ["--set", f"data.root={data}", "--set", "data.categories=[]", "--set", f"data.cache_dir={tmp_path / 'c'}"]
+    result = CliRunner().invoke(main, ["train", "-c", "nosuch", *args])
+    assert result.exit_code == 2
+    assert "unknown category nosuch; known: bagel, cookie" in result.output
+
+
+def test_a_bad_set_value_is_blamed_on_the_override_not_the_file():
+    result = CliRunner().invoke(main, ["params", "--set", "train.epochs=-1"])
+    assert result.exit_code == 2
+    assert "from the override --set train.epochs=-1" in result.output and "invalid override" in result.output
