@@ -75,6 +75,33 @@ def test_second_repro_does_nothing_and_dvc_reads_metrics_and_plots(project):
     assert plots.returncode == 0, plots.stderr
 
 
+def test_plots_render_offline_one_curve_per_category(project):
+    root, run = project
+    shown = run("dvc", "plots", "show", "-o", str(root / "plots_html"))
+    assert shown.returncode == 0, shown.stderr
+    html = (root / "plots_html" / "index.html").read_text()
+    # image plots only: no vega spec that would need the CDN's scripts to draw
+    assert "<img" in html and "vegaEmbed(" not in html
+    for name in ("roc.png", "pro.png"):
+        assert name in html
+    # one line per category, each its own colour: the legend holds both names
+    from PIL import Image
+
+    roc = Image.open(root / "reports" / "roc.png")
+    assert roc.size[0] >= 400 and len(set(roc.convert("RGB").getdata())) > 20
+
+
+def test_every_file_a_stage_writes_is_declared(project):
+    root, _ = project
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    declared = [Path(out["path"]) for stage in lock["stages"].values() for out in stage.get("outs", [])]
+    for folder in ("reports", "models"):
+        for path in (root / folder).rglob("*"):
+            relative = path.relative_to(root)
+            if path.is_file() and relative.name != "unfinished_runs.json":  # journal of failures only
+                assert any(relative == d or d in relative.parents for d in declared), relative
+
+
 def test_one_category_override_reruns_only_that_category(project):
     root, run = project
     status_before = run("dvc", "status", "--json")
