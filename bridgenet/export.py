@@ -23,6 +23,7 @@ from torch import nn
 from bridgenet.model.io import TrainedModel
 from bridgenet.model.memory import matmul_nearest
 from bridgenet.model.network import BridgeNet, foreground_patches
+from bridgenet.model.scripted import EXTRA_FILE, describe
 
 LOGGER = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")
@@ -104,7 +105,7 @@ def export_model(model: TrainedModel, out: Path, fmt: str = "onnx") -> Path:
                 _export_onnx(wrapper, inputs, partial, metadata(model))
             else:
                 traced = torch.jit.trace(wrapper, inputs, check_trace=False)
-                torch.jit.save(traced, str(partial), _extra_files={"bridgenet.json": json.dumps(metadata(model))})
+                torch.jit.save(traced, str(partial), _extra_files={EXTRA_FILE: json.dumps(describe(model))})
         partial.replace(out)
     finally:
         wrapper.network.backbone.cpu_batch = pieces

@@ -61,7 +61,46 @@ def test_torchscript_export_matches_torch(trained_bagel, test_inputs, tmp_path):
         score, anomaly_map = loaded(rgb, depth)
     torch.testing.assert_close(score, expected.pred_score, atol=1e-4, rtol=0)
     torch.testing.assert_close(anomaly_map, expected.anomaly_map, atol=1e-4, rtol=0)
-    assert json.loads(extra["bridgenet.json"])["bridgenet.scorer"] == model.network.scorer
+    assert json.loads(extra["bridgenet.json"])["scorer"] == model.network.scorer
+
+
+def test_predict_with_a_torchscript_export_equals_the_model_and_imports_no_model_code(
+        trained_bagel, tiny_root, tmp_path):
+    import subprocess
+    import sys
+
+    from bridgenet.model.io import save_model
+    from bridgenet.predict import predict_files
+
+    _, _, model = trained_bagel
+    save_model(model, tmp_path / "model.pt")
+    export_model(model, tmp_path / "model.ts", "torchscript")
+    folder = tiny_root / "synth" / "bagel" / "test" / "contamination"
+    for rgb in sorted((folder / "rgb").iterdir())[:2]:
+        xyz = folder / "xyz" / f"{rgb.stem}.tiff"
+        built = predict_files(tmp_path / "model.pt", rgb, xyz)
+        scripted = predict_files(tmp_path / "model.ts", rgb, xyz)
+        assert scripted["score"] == pytest.approx(built["score"], abs=1e-4)
+        assert {k: scripted[k] for k in ("anomalous", "threshold", "pixel_threshold", "scorer", "category")} == {
+            k: built[k] for k in ("anomalous", "threshold", "pixel_threshold", "scorer", "category")}
+    code = ("import sys, json; from bridgenet.predict import predict_files; "
+            f"r = predict_files({str(tmp_path / 'model.ts')!r}, {str(rgb)!r}, {str(xyz)!r}); "
+            "print(json.dumps([r['score'], sorted(m for m in ('timm', 'torchvision', 'bridgenet.model.network') "
+            "if m in sys.modules)]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    score, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported == [] and score == pytest.approx(scripted["score"], abs=1e-6)
+
+
+def test_a_torchscript_file_that_is_not_an_export_is_refused(tmp_path):
+    from bridgenet.model.io import load_model
+
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "other.ts"))
+    with pytest.raises(ValueError, match="bridgenet export --format torchscript"):
+        load_model(tmp_path / "other.ts")
+    (tmp_path / "broken.ts").write_bytes(b"nonsense")
+    with pytest.raises(ValueError, match="broken.ts: not a TorchScript export"):
+        load_model(tmp_path / "broken.ts")
 
 
 def test_a_failed_export_keeps_the_earlier_file(trained_bagel, tmp_path):

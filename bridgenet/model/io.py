@@ -7,12 +7,14 @@ import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from bridgenet.config import Params, params_from_dict
-from bridgenet.model.network import BridgeNet
+
+if TYPE_CHECKING:  # the network (and timm) is imported when a model is built, not to load a scripted one
+    from bridgenet.model.network import BridgeNet
 
 MODEL_FORMAT = "bridgenet-model/1"
 _TMP_SUFFIX = ".tmp"
@@ -127,7 +129,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> TrainedModel:
-    """Rebuild the network from its stored params and weights (backbone included)."""
+    """Rebuild the network from its stored params and weights (backbone included); a
+    TorchScript export (``.ts``) loads as its graph, without the model code."""
+    from bridgenet.model.scripted import SCRIPTED_SUFFIXES, load_scripted
+
+    if Path(path).suffix in SCRIPTED_SUFFIXES:
+        return load_scripted(Path(path), device)
+    from bridgenet.model.network import BridgeNet
+
     payload = read_checkpoint(path)
     stored = payload["params"]
     if "scorer" not in stored.get("model", {}):
