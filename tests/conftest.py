@@ -52,7 +52,7 @@ def tiny_params(root: Path, *extra: str) -> Params:
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     """Rendered and preprocessed tiny data set; tests must not modify it."""
-    from bridgenet.data.synthetic import synthesize
+    from bridgenet.data.synth.dataset import synthesize
     from bridgenet.preprocess import run_preprocess
 
     root = tmp_path_factory.mktemp("tiny")

@@ -25,7 +25,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +38,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bridgenet.config import Params, TrackingConfig
+from bridgenet.files import write_json
 from bridgenet.tracking.lineage import lineage_tags
+from bridgenet.tracking.pyfunc import PyfuncSpec
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -248,10 +250,7 @@ def _update_journal(params: Params, change: Callable[[list[dict[str, str]]], lis
             entries = []
         entries = change(entries if isinstance(entries, list) else [])
         if entries:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(entries, indent=1) + "\n")
-            os.replace(tmp, path)
+            write_json(path, entries, indent=1)
         else:
             path.unlink(missing_ok=True)
 
@@ -376,11 +375,12 @@ def log_training_run(
     evaluation: Any,
     figures: Mapping[str, Path],
     model_path: Path,
+    pyfunc: PyfuncSpec,
     preview_path: Path | None = None,
     repo_root: Path | str = ".",
-    input_example: Mapping[str, Any] | None = None,
     trained_params: Params | None = None,
     lineage: Mapping[str, str] | None = None,
+    records: Sequence[Path] = (),
 ) -> LoggedTrainingRun:
     """One MLflow run for one category's training, with its evaluation and model.
 
@@ -388,11 +388,12 @@ def log_training_run(
     ``params.yaml``; per-epoch metrics of ``summary["history"]`` with
     ``step=epoch``; the final validation metrics (``best_<key>``) and timings
     of the summary, and the summary itself (``training/train_summary.json``);
-    test metrics of ``evaluation`` (a
-    :class:`~bridgenet.evaluate.CategoryEvaluation`); the PNG ``figures``
-    (name -> path, e.g. the heatmap sheet) and ``preview_path`` under
-    ``figures/``; lineage tags; the pyfunc model (``name="model"``) built from
-    ``model_path`` with ``input_example``.
+test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
+    ``per_family`` mappings, such as :class:`bridgenet.evaluate.CategoryEvaluation`);
+    the PNG ``figures`` (name -> path, e.g. the heatmap sheet) and ``preview_path``
+    under ``figures/``; the ``records`` files (the stored evaluation) under
+    ``evaluation/``; lineage tags; the pyfunc model (``name="model"``) built from
+    ``model_path`` as ``pyfunc`` describes it.
 
     ``trained_params`` (default ``params``) are the params the model was
     trained with, logged as the run's params; ``params`` gives the tracking
@@ -400,7 +401,7 @@ def log_training_run(
     failed run is marked FAILED and the error re-raised; tracking failures
     raise :class:`TrackingUnavailableError` after the configured retries.
     """
-    from bridgenet.tracking.pyfunc import log_pyfunc_model
+    from bridgenet.tracking import pyfunc as pyfunc_module
 
     cfg = params.tracking
     model_path = Path(model_path)
@@ -454,7 +455,9 @@ def log_training_run(
             call_tracking(cfg, client.log_artifact, run_id, str(record), "training")
         for path in [*figures.values(), *([preview_path] if preview_path else [])]:
             call_tracking(cfg, client.log_artifact, run_id, str(path), "figures")
-        info = call_tracking(cfg, log_pyfunc_model, model_path, input_example=input_example)
+        for path in records:
+            call_tracking(cfg, client.log_artifact, run_id, str(path), "evaluation")
+        info = call_tracking(cfg, pyfunc_module.log_pyfunc_model, model_path, pyfunc)
         status = "FINISHED"
     finally:
         end_run_as(params, run_id, status, "" if status == "FINISHED" else "logging the run failed")

@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 
-from bridgenet.data.readers import read_rgb, read_xyz
-from bridgenet.tracking.pyfunc import download_model_file, example_from_arrays, model_signature
-from bridgenet.tracking.pyfunc_model import parse_inputs
+from bridgenet.data.samples import read_rgb, read_xyz
+from bridgenet.serving.pyfunc_model import parse_inputs
+from bridgenet.serving.spec import example_from_arrays, model_signature
+from bridgenet.tracking.pyfunc import download_model_file
 
 INVALID = "INVALID_PARAMETER_VALUE"
 

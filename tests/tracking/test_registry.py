@@ -11,7 +11,8 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from bridgenet.tracking.registry import compare_metrics, promote
+from bridgenet import stages
+from bridgenet.promote import compare_metrics
 
 TOL = {"image_auroc": 0.005, "aupro_30": 0.01}
 NAN = float("nan")
@@ -110,7 +111,6 @@ def discriminator_copy(source: Path, target: Path) -> Path:
 def test_promotion_gate_keeps_the_better_model(tiny, good_models, constant_models, tmp_path):
     """constant model first (becomes champion), good model promoted over it, constant again rejected."""
     from bridgenet.cli import main
-    from bridgenet.register import run_register
 
     store = [
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
@@ -124,15 +124,18 @@ def test_promotion_gate_keeps_the_better_model(tiny, good_models, constant_model
     client = MlflowClient(good.tracking.uri, good.tracking.uri)
     report_path = tmp_path / "reports" / "promotion_bagel.json"
 
-    assert run_register(constant, ["bagel"], repo_root=tmp_path)["bagel"]["version"] == "1"
-    first = promote(constant, "bagel")
+    def register(params):
+        return stages.register(stages.resolve(params, "bagel"), repo_root=tmp_path)
+
+    assert register(constant)["version"] == "1"
+    first = stages.promote(stages.resolve(constant, "bagel"))
     assert first["decision"] == "promoted" and first["champion_after"] == "1"
     assert first["challenger"]["metrics"]["image_auroc"] == pytest.approx(0.5)
 
-    registered = run_register(good, ["bagel"], repo_root=tmp_path)["bagel"]
+    registered = register(good)
     assert registered["version"] == "2" and registered["champion_version"] == "1"
     assert registered["would_promote"] is True
-    second = promote(good, "bagel")
+    second = stages.promote(stages.resolve(good, "bagel"))
     assert second["decision"] == "promoted", second["reason"]
     assert second["champion_before"]["version"] == "1" and second["champion_after"] == "2"
     # Better where it counts on this 13-sample set: the constant map localises nothing.
@@ -149,7 +152,7 @@ def test_promotion_gate_keeps_the_better_model(tiny, good_models, constant_model
     assert "champion v1" in card and "would be promoted" in card
 
     # a worse model is registered as challenger but never promoted (gate run through the CLI)
-    assert run_register(constant, ["bagel"], repo_root=tmp_path)["bagel"]["would_promote"] is False
+    assert register(constant)["would_promote"] is False
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(constant.to_dict()))
     result = CliRunner().invoke(main, ["promote", "-c", "bagel", "--params", str(params_file)])
@@ -163,7 +166,7 @@ def test_promotion_gate_keeps_the_better_model(tiny, good_models, constant_model
 
     # gating the champion against itself changes nothing
     client.set_registered_model_alias("bridgenet-bagel", "challenger", "2")
-    unchanged = promote(good, "bagel")
+    unchanged = stages.promote(stages.resolve(good, "bagel"))
     assert unchanged["decision"] == "unchanged" and not unchanged["promoted"]
     assert str(client.get_model_version_by_alias("bridgenet-bagel", "champion").version) == "2"
 
@@ -171,4 +174,4 @@ def test_promotion_gate_keeps_the_better_model(tiny, good_models, constant_model
 def test_promote_without_a_challenger_is_an_error(tiny, tmp_path):
     params = tiny.params(f"tracking.uri=sqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(ValueError, match="no 'challenger' version"):
-        promote(params, "bagel")
+        stages.promote(stages.resolve(params, "bagel"))

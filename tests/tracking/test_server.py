@@ -13,7 +13,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from bridgenet.data.readers import read_rgb, read_xyz
+from bridgenet.data.samples import read_rgb, read_xyz
 from bridgenet.tracking.runs import TrackingUnavailableError
 from tests.tracking.conftest import free_port, stop_process, wait_for_http
 
@@ -52,8 +52,8 @@ def start_tracking_server(port: int, db: Path, artifacts: Path) -> subprocess.Po
 def test_tracking_server_logs_registers_and_fails_clearly_when_down(
     tiny, good_models, tmp_path, monkeypatch, caplog
 ):
+    from bridgenet import stages
     from bridgenet.predict import resolve_model
-    from bridgenet.register import run_register
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -68,7 +68,7 @@ def test_tracking_server_logs_registers_and_fails_clearly_when_down(
     )
     server = start_tracking_server(port, db, artifacts)
     try:
-        result = run_register(params, ["bagel"], repo_root=tmp_path)["bagel"]
+        result = stages.register(stages.resolve(params, "bagel"), repo_root=tmp_path)
         client = MlflowClient(uri, uri)
         assert (
             str(client.get_model_version_by_alias("bridgenet-bagel", "challenger").version) == "1"
@@ -84,7 +84,7 @@ def test_tracking_server_logs_registers_and_fails_clearly_when_down(
         TrackingUnavailableError,
         match=rf"MLflow tracking server at {uri} unreachable after 3 tries",
     ):
-        run_register(params, ["bagel"], repo_root=tmp_path)
+        stages.register(stages.resolve(params, "bagel"), repo_root=tmp_path)
     retries = [r for r in caplog.records if "retrying" in r.getMessage()]
     assert [r.getMessage().split("(try ")[1][:3] for r in retries] == ["1/3", "2/3"]
 

@@ -1,7 +1,8 @@
 """BridgeNet as an MLflow pyfunc model, logged from code (this file), never pickled.
 
-``bridgenet.tracking.pyfunc.log_pyfunc_model`` logs this file as
-``python_model`` with the artifact ``model`` = a ``model.pt``. MLflow runs the
+:func:`bridgenet.tracking.pyfunc.log_pyfunc_model` logs this file (named by
+:func:`bridgenet.serving.spec.pyfunc_spec`) as ``python_model`` with the artifact
+``model`` = a ``model.pt``. MLflow runs the
 file when the model is loaded; :func:`mlflow.models.set_model` names the
 object it serves.
 
