@@ -12,15 +12,16 @@ One compressed ``.npz`` per sample at ``{cache_dir}/{category}/{split}/{defect}/
   settings the entry was built with (:func:`fingerprint`).
 
 Per category, ``index.csv`` lists the cached samples and ``manifest.json`` holds
-each entry's fingerprint and foreground size. The fingerprint inside the entry
+each entry's fingerprint and foreground size (the layout, and the loader every later
+stage uses, are in :mod:`bridgenet.data.cache`). The fingerprint inside the entry
 is the proof of what made it: a re-run reuses an entry only when the one it
 holds equals the current one (whatever the manifest says, so a run killed
 after writing entries with other settings cannot leave a lying cache), and
 the loader refuses, naming them, entries whose fingerprint differs from the
 manifest's. Entries whose sample is gone or now bad are deleted, except that a
 category folder with no sample at all (empty or unmounted) keeps its cache and
-is reported. Every file is written to a temporary file in its folder and moved
-in place with ``os.replace``, so no half-written entry is ever visible.
+is reported. Every file is written through :func:`bridgenet.files.atomic_path`, so
+no half-written entry is ever visible.
 
 Samples without a foreground (no object above the support plane): in the
 training data (train and validation splits) of a category whose other

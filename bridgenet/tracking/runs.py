@@ -450,8 +450,7 @@ test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
             config = Path(tmp) / "params.yaml"
             config.write_text(yaml.safe_dump(logged_params.to_dict(), sort_keys=False))
             call_tracking(cfg, client.log_artifact, run_id, str(config))
-            record = Path(tmp) / "train_summary.json"
-            record.write_text(json.dumps(dict(summary), indent=1, default=str))
+            record = write_json(Path(tmp) / "train_summary.json", summary, indent=1)
             call_tracking(cfg, client.log_artifact, run_id, str(record), "training")
         for path in [*figures.values(), *([preview_path] if preview_path else [])]:
             call_tracking(cfg, client.log_artifact, run_id, str(path), "figures")
