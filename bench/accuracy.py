@@ -101,7 +101,7 @@ def base_overrides(work: Path) -> list[str]:
 def prepare_data(work: Path, presets: tuple[str, ...] = PRESETS) -> None:
     """Render and preprocess each preset under ``work`` (both steps skip unchanged work)."""
     from bridgenet.config import load_params
-    from bridgenet.data.synthetic import synthesize
+    from bridgenet.data.synth.dataset import synthesize
     from bridgenet.preprocess import run_preprocess
 
     for preset in presets:
@@ -150,10 +150,11 @@ def score_model(work: Path, config: str, seed: int, category: str,
     import torch
 
     from bridgenet.config import load_params
+    from bridgenet.data.batch import Batch
+    from bridgenet.data.cache import load_cached_split
     from bridgenet.evaluate import evaluate_category, load_test_split
     from bridgenet.model.io import load_model
-    from bridgenet.preprocess import load_cached_split
-    from bridgenet.train import Batch, calibrate_scores
+    from bridgenet.train import calibrate_scores
 
     params = load_params(REPO / "params.yaml", [*base_overrides(work), *CONFIGS[config]])
     model = load_model(model_dir(work, config, seed, category) / "model.pt")

@@ -51,9 +51,9 @@ sys.path.insert(0, str(REPO))
 
 from bridgenet import metrics
 from bridgenet.config import ModelConfig, Params, load_params
+from bridgenet.data.cache import INDEX, CachedSplit, load_cached_split
 from bridgenet.evaluate import defect_families
 from bridgenet.model.backbone import WeightsUnavailableError, pretrained_state_dict
-from bridgenet.preprocess import INDEX, CachedSplit, load_cached_split
 
 LOGGER = logging.getLogger(__name__)
 

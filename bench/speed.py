@@ -79,7 +79,7 @@ def object_mask(n: int, size: int) -> np.ndarray:
 
 
 def fake_split(n: int, size: int):
-    from bridgenet.preprocess import CachedSplit
+    from bridgenet.data.cache import CachedSplit
 
     rng = np.random.default_rng(0)
     foreground = object_mask(n, size)

@@ -94,7 +94,7 @@ def show_params(params: Params) -> None:
 @fail_cleanly
 def synth(params: Params, out: Path | None, preview_path: Path | None) -> None:
     """Render the synthetic MVTec 3D-AD data set."""
-    from bridgenet.data.synthetic import synthesize
+    from bridgenet.data.synth.dataset import synthesize
 
     out_dir = out if out is not None else Path(params.synth.out)
     summary = synthesize(params.synth, out_dir, preview_path=preview_path)
@@ -106,33 +106,20 @@ def synth(params: Params, out: Path | None, preview_path: Path | None) -> None:
 @fail_cleanly
 def preprocess(params: Params) -> None:
     """Turn data.root into cached, network-ready arrays under data.cache_dir."""
-    from bridgenet.preprocess import run_preprocess
+    from bridgenet import stages
 
-    summary = run_preprocess(params)
-    click.echo(json.dumps(summary, indent=2, default=str))
+    click.echo(json.dumps(stages.preprocess(params), indent=2, default=str))
 
 
-def _categories(params: Params, category: tuple[str, ...]) -> list[str]:
-    """The ``--category`` values (each one known: in the data or the preprocessing cache), or all."""
-    from bridgenet.data.readers import DataError, discover_categories
+def _runs(params: Params, category: tuple[str, ...]) -> list[Any]:
+    """Each requested category (default: all) with its resolved params; an unknown one is a usage error."""
+    from bridgenet import stages
 
     try:
-        found = discover_categories(params.data)
-    except DataError:
-        if not category:
-            raise
-        found = []
-    if not category:
-        return found
-    cache = Path(params.data.cache_dir)
-    known = sorted({*found, *(p.name for p in cache.iterdir() if p.is_dir())} if cache.is_dir() else set(found))
-    unknown = [c for c in category if c not in known]
-    if unknown:
-        raise click.BadParameter(
-            f"unknown {'categories' if len(unknown) > 1 else 'category'} {', '.join(unknown)}; known: "
-            f"{', '.join(known) or f'none (nothing under data.root={params.data.root} or data.cache_dir={cache})'}",
-            param_hint="--category")
-    return list(category)
+        names = stages.categories(params, category)
+    except stages.UnknownCategoryError as err:
+        raise click.BadParameter(str(err), param_hint="--category") from None
+    return [stages.resolve(params, name) for name in names]
 
 
 @main.command("train")
@@ -142,13 +129,10 @@ def _categories(params: Params, category: tuple[str, ...]) -> list[str]:
 @fail_cleanly
 def train(params: Params, category: tuple[str, ...], resume: bool) -> None:
     """Train one model per category on its good samples."""
-    from bridgenet.tracking.summary import save_train_summary
-    from bridgenet.train import train_category
+    from bridgenet import stages
 
-    for name in _categories(params, category):
-        category_params = params.for_category(name)
-        summary = train_category(category_params, name, resume=resume)
-        save_train_summary(summary, Path(category_params.train.models_dir) / name)
+    for run in _runs(params, category):
+        summary = stages.train(run, resume=resume)
         summary.pop("history")
         click.echo(json.dumps(summary, indent=2, default=str))
 
@@ -159,9 +143,12 @@ def train(params: Params, category: tuple[str, ...], resume: bool) -> None:
 @fail_cleanly
 def evaluate(params: Params, category: tuple[str, ...]) -> None:
     """Score the test split of each category and write reports (metrics.json, curves, heatmaps)."""
-    from bridgenet.evaluate import run_evaluate
+    from bridgenet import stages
 
-    doc = run_evaluate(params, _categories(params, category))
+    runs = _runs(params, category)
+    for run in runs:
+        stages.evaluate(run)
+    doc = stages.report(params, [run.category for run in runs])
     click.echo(Path(params.eval.reports_dir, "metrics.md").read_text())
     click.echo(json.dumps(doc["mean"], indent=2))
 
@@ -241,9 +228,9 @@ def export(params: Params, model_ref: str, fmt: str, out: Path) -> None:
 @fail_cleanly
 def register(params: Params, category: tuple[str, ...]) -> None:
     """Log each trained model to MLflow and register it as the challenger (with a model card)."""
-    from bridgenet.register import run_register
+    from bridgenet import stages
 
-    results = run_register(params, _categories(params, category))
+    results = {run.category: stages.register(run) for run in _runs(params, category)}
     click.echo(json.dumps(results, indent=2, default=str))
 
 
@@ -253,9 +240,9 @@ def register(params: Params, category: tuple[str, ...]) -> None:
 @fail_cleanly
 def promote(params: Params, category: tuple[str, ...]) -> None:
     """Promote each challenger to champion if it is no worse on the current test split."""
-    from bridgenet.promote import run_promote
+    from bridgenet import stages
 
-    results = run_promote(params, _categories(params, category))
+    results = {run.category: stages.promote(run) for run in _runs(params, category)}
     click.echo(json.dumps(results, indent=2, default=str))
 
 

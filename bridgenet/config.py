@@ -188,6 +188,9 @@ class PredictConfig(_Section):
     # missing, sensor failure): "anomalous" flags it (score 1, status "no_object"),
     # "error" refuses it (non-zero exit, HTTP 400). Never scored as good.
     on_empty_foreground: Literal["error", "anomalous"] = "anomalous"
+    # torch threads of the served model (pyfunc/REST): one per worker process, so that
+    # several workers or a busy host do not oversubscribe the cores; 0 = torch's default
+    serve_threads: int = Field(1, ge=0, le=256)
 
 
 class EvalConfig(_Section):
@@ -216,6 +219,13 @@ class RegistryConfig(_Section):
 
 class PromotionConfig(_Section):
     tolerances: dict[str, float] = {"image_auroc": 0.005, "aupro_30": 0.01}
+    # absolute floors on the test split: below one, a challenger never becomes champion,
+    # not even the first model of a category (0 = no floor)
+    min_image_auroc: float = Field(0.5, ge=0, le=1)
+    min_aupro_30: float = Field(0.0, ge=0, le=1)
+
+    def floors(self) -> dict[str, float]:
+        return {k: v for k, v in {"image_auroc": self.min_image_auroc, "aupro_30": self.min_aupro_30}.items() if v > 0}
 
     @field_validator("tolerances")
     @classmethod

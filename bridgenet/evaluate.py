@@ -1,13 +1,21 @@
-"""Evaluation stage: score each category's test split with its model and write the reports.
+"""Evaluation stage: score a category's test split with its model, once, and write the reports.
 
 Maps are compared with the ground truth at the ground truth's own resolution.
 Nothing is fitted on the test split: the scores are the network's outputs as
 they are (the scorer's scale was set on validation goods at training time), and
 the decision threshold comes from validation.
+
+The result (metrics, scores, curves, threshold decisions) is stored as
+``evaluation.json`` beside the reports, keyed by the fingerprints of the model file
+and of the test split (:meth:`bridgenet.data.cache.CachedSplit.fingerprint`). The
+stages after it (register, promote) read it back (:func:`stored_evaluation`) instead
+of scoring the same model on the same data again; a registered model evaluated on
+other data is scored once more and its result kept in ``<eval.reports_dir>/evaluations/``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from bridgenet import metrics, reports
 from bridgenet.config import Params
+from bridgenet.data.batch import Batch, resolve_device
+from bridgenet.data.cache import CachedSplit, load_cached_split
+from bridgenet.files import sha256_file, write_json
 from bridgenet.model.io import TrainedModel, load_model
-from bridgenet.preprocess import CachedSplit, load_cached_split
-from bridgenet.train import Batch, resolve_device
 
 LOGGER = logging.getLogger(__name__)
+EVALUATION_FORMAT = "bridgenet-evaluation/1"
+EVALUATION_FILE = "evaluation.json"
 
 
 @dataclass
@@ -43,6 +53,72 @@ class CategoryEvaluation:
     threshold: float
     display_range: tuple[float, float] = (0.0, 1.0)
     extras: dict[str, Any] = field(default_factory=dict)
+    model_fingerprint: str = ""  # sha256 of the model file scored
+    data_fingerprint: str = ""  # CachedSplit.fingerprint() of the test split
+
+    @property
+    def decisions(self) -> np.ndarray:
+        """(N,) bool: each test sample's decision at the model's (validation) threshold."""
+        return self.scores > self.threshold
+
+    def at_threshold(self) -> dict[str, float]:
+        """What the deployed decision does on the test split: confusion counts, FPR, recall, precision."""
+        labels, decided = self.labels.astype(bool), self.decisions
+        tp, fp = int((decided & labels).sum()), int((decided & ~labels).sum())
+        fn, tn = int((~decided & labels).sum()), int((~decided & ~labels).sum())
+        ratio = lambda a, b: a / b if b else float("nan")
+        return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "fpr": ratio(fp, fp + tn), "recall": ratio(tp, tp + fn),
+                "precision": ratio(tp, tp + fp), "accuracy": ratio(tp + tn, len(labels))}
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-able record :func:`save_evaluation` writes (nan as null)."""
+        return {
+            "format": EVALUATION_FORMAT,
+            "category": self.category,
+            "model_fingerprint": self.model_fingerprint,
+            "data_fingerprint": self.data_fingerprint,
+            "metrics": self.metrics,
+            "per_defect": self.per_defect,
+            "per_family": self.per_family,
+            "threshold": self.threshold,
+            "display_range": list(self.display_range),
+            "scores": self.scores.tolist(),
+            "labels": self.labels.tolist(),
+            "defects": list(self.defects),
+            "decisions": self.decisions.tolist(),
+            "roc": {"fpr": self.roc[0].tolist(), "tpr": self.roc[1].tolist()},
+            "pro": {"fpr": self.pro[0].tolist(), "pro": self.pro[1].tolist()},
+            "extras": self.extras,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], source: str) -> CategoryEvaluation:
+        """Rebuild an evaluation from :meth:`to_record`'s content; errors name ``source``."""
+        if not isinstance(record, dict) or record.get("format") != EVALUATION_FORMAT:
+            raise ValueError(f"{source}: not a BridgeNet evaluation (format {EVALUATION_FORMAT!r} expected)")
+
+        def number(value: Any) -> float:
+            return float("nan") if value is None else float(value)
+
+        try:
+            return cls(
+                category=record["category"],
+                metrics={k: number(v) for k, v in record["metrics"].items()},
+                per_defect={k: number(v) for k, v in record["per_defect"].items()},
+                per_family={k: number(v) for k, v in record["per_family"].items()},
+                scores=np.asarray([number(v) for v in record["scores"]], dtype=np.float32),
+                labels=np.asarray(record["labels"], dtype=np.int64),
+                defects=list(record["defects"]),
+                roc=(np.asarray(record["roc"]["fpr"], float), np.asarray(record["roc"]["tpr"], float)),
+                pro=(np.asarray(record["pro"]["fpr"], float), np.asarray(record["pro"]["pro"], float)),
+                threshold=float(record["threshold"]),
+                display_range=tuple(float(v) for v in record["display_range"]),
+                extras=dict(record.get("extras") or {}),
+                model_fingerprint=str(record["model_fingerprint"]),
+                data_fingerprint=str(record["data_fingerprint"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: incomplete evaluation record ({type(exc).__name__}: {exc})") from None
 
 
 @torch.inference_mode()
@@ -73,7 +149,7 @@ def score_split(
 
 def defect_families(defects: list[str]) -> dict[str, str]:
     """Family of each defect type: the synthetic data's families, else the type is its own family."""
-    from bridgenet.data.synthetic import DEFECT_FAMILIES
+    from bridgenet.data.synth.dataset import DEFECT_FAMILIES
 
     return {d: DEFECT_FAMILIES.get(d, d) for d in set(defects) if d != metrics.GOOD}
 
@@ -83,9 +159,16 @@ def load_test_split(params: Params, category: str) -> CachedSplit:
 
 
 def evaluate_category(
-    params: Params, model: TrainedModel, split: CachedSplit, device: torch.device | None = None
+    params: Params,
+    model: TrainedModel,
+    split: CachedSplit,
+    device: torch.device | None = None,
+    model_fingerprint: str = "",
 ) -> tuple[CategoryEvaluation, np.ndarray]:
-    """Score one category's test ``split``; returns the evaluation and the network-size maps."""
+    """Score one category's test ``split``; returns the evaluation and the network-size maps.
+
+    ``model_fingerprint`` names the model file scored (recorded with the result).
+    """
     device = device or resolve_device(params.train.device)
     category = split.category
     scores, small_maps, maps = score_split(model, split, params.eval.batch_size, device)
@@ -104,8 +187,10 @@ def evaluate_category(
         pro=metrics.pro_curve_points(maps, masks, params.eval.aupro_thresholds),
         threshold=model.threshold,
         display_range=model.display_range(),
+        model_fingerprint=model_fingerprint,
+        data_fingerprint=split.fingerprint(),
     )
-    decisions = scores > model.threshold
+    decisions = evaluation.decisions
     evaluation.extras = {
         "per_defect_image_auroc": evaluation.per_defect,
         "per_family_image_auroc": evaluation.per_family,
@@ -141,38 +226,99 @@ def write_category_figures(
     return {"heatmaps": sheet, "defect_auroc": bar}
 
 
-def category_dir(params: Params, category: str, reports_dir: Path | None = None) -> Path:
-    return Path(reports_dir or params.eval.reports_dir) / "categories" / category
+def category_dir(params: Params, category: str) -> Path:
+    """``<eval.reports_dir>/categories/<category>``: the evaluate stage's output folder."""
+    return Path(params.eval.reports_dir) / "categories" / category
 
 
-def evaluate_to_folder(
-    params: Params, category: str, models_dir: Path | None = None, reports_dir: Path | None = None
-) -> dict[str, Any]:
-    """Evaluate one category's ``model.pt``; write ``reports/categories/<category>/``.
+def model_path(params: Params, category: str) -> Path:
+    """The trained model the stages after training use: ``<train.models_dir>/<category>/model.pt``."""
+    return Path(params.train.models_dir) / category / "model.pt"
 
-    The folder gets metrics.json (the 9 keys plus details), roc.csv, pro.csv, the
-    heatmap sheet and the per-defect chart. Returns the metrics.json content.
+
+def save_evaluation(evaluation: CategoryEvaluation, path: Path) -> Path:
+    """Write ``evaluation.to_record()`` to ``path`` atomically."""
+    return write_json(path, evaluation.to_record(), indent=1)
+
+
+def load_evaluation(path: Path) -> CategoryEvaluation:
+    """Read an evaluation record; errors name the file."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return CategoryEvaluation.from_record(record, str(path))
+
+
+def _store_path(params: Params, category: str, model_fingerprint: str, data_fingerprint: str) -> Path:
+    name = f"{model_fingerprint[:16]}-{data_fingerprint[:16]}.json"
+    return Path(params.eval.reports_dir) / "evaluations" / category / name
+
+
+def stored_evaluation(
+    params: Params, category: str, model_fingerprint: str, data_fingerprint: str
+) -> CategoryEvaluation | None:
+    """The stored evaluation of that model file on that test split, or None when there is none.
+
+    Looks at the evaluate stage's ``evaluation.json`` and at the results of
+    :func:`keep_evaluation`; an unreadable record counts as none (with a warning).
     """
-    params = params.for_category(category)
-    model = load_model(Path(models_dir or params.train.models_dir) / category / "model.pt")
-    out_dir = category_dir(params, category, reports_dir)
+    candidates = (category_dir(params, category) / EVALUATION_FILE,
+                  _store_path(params, category, model_fingerprint, data_fingerprint))
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            evaluation = load_evaluation(path)
+        except ValueError as exc:
+            LOGGER.warning("%s; scoring again", exc)
+            continue
+        if (evaluation.model_fingerprint, evaluation.data_fingerprint) == (model_fingerprint, data_fingerprint):
+            return evaluation
+    return None
+
+
+def keep_evaluation(params: Params, evaluation: CategoryEvaluation) -> Path:
+    """Store the evaluation of a model other than the category's current one (a registered champion)."""
+    path = _store_path(params, evaluation.category, evaluation.model_fingerprint,
+                       evaluation.data_fingerprint)
+    return save_evaluation(evaluation, path)
+
+
+def category_figures(params: Params, category: str) -> dict[str, Path]:
+    """The figures the evaluate stage drew for ``category`` (heatmap sheet, per-defect chart)."""
+    folder = category_dir(params, category)
+    return {"heatmaps": folder / f"heatmaps_{category}.png",
+            "defect_auroc": folder / f"defect_auroc_{category}.png"}
+
+
+def evaluate_to_folder(params: Params, category: str, split: CachedSplit | None = None) -> CategoryEvaluation:
+    """Evaluate ``category``'s trained model once; write ``reports/categories/<category>/``.
+
+    ``params`` are the category's resolved params (:func:`bridgenet.stages.resolve`).
+    The folder gets evaluation.json (the record, with both fingerprints), metrics.json
+    (the 9 keys), details.json, roc.csv, pro.csv, the heatmap sheet and the per-defect
+    chart. A failure leaves the folder's earlier files as they were: each is replaced
+    whole, and only once the model is scored.
+    """
+    path = model_path(params, category)
+    model = load_model(path)
+    if model.category != category:
+        raise ValueError(f"{path}: holds a model of category {model.category!r}, expected {category!r}")
+    split = split if split is not None else load_test_split(params, category)
+    evaluation, small_maps = evaluate_category(params, model, split, resolve_device(params.train.device),
+                                               model_fingerprint=sha256_file(path))
+    out_dir = category_dir(params, category)
     out_dir.mkdir(parents=True, exist_ok=True)
-    split = load_test_split(params, category)
-    evaluation, small_maps = evaluate_category(params, model, split, resolve_device(params.train.device))
     figures = write_category_figures(evaluation, split, small_maps, out_dir, params.eval.heatmap_samples)
-    extras = {**evaluation.extras, "figures": {k: str(v) for k, v in figures.items()}}
-    doc = reports.write_metrics_json(out_dir / "metrics.json", {category: evaluation.metrics})
-    _write_json(out_dir / "details.json", {category: extras})
+    evaluation.extras["figures"] = {k: str(v) for k, v in figures.items()}
+    reports.write_metrics_json(out_dir / "metrics.json", {category: evaluation.metrics})
+    write_json(out_dir / "details.json", {category: evaluation.extras})
     reports.write_curves_csv(out_dir / "roc.csv", {category: evaluation.roc}, "tpr")
     reports.write_curves_csv(out_dir / "pro.csv", {category: evaluation.pro}, "pro")
+    save_evaluation(evaluation, out_dir / EVALUATION_FILE)
     LOGGER.info("%s: %s", category, {k: round(float(v), 4) for k, v in evaluation.metrics.items()})
-    return doc
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    import json
-
-    path.write_text(json.dumps(reports._finite_or_none(content), indent=2) + "\n", encoding="utf-8")
+    return evaluation
 
 
 def _read_curves(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -180,14 +326,14 @@ def _read_curves(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return table[:, 0], table[:, 1]
 
 
-def aggregate_reports(params: Params, categories: list[str], reports_dir: Path | None = None) -> dict[str, Any]:
-    """Merge the per-category folders into reports/metrics.json, metrics.md, roc/pro CSV and PNG."""
-    import json
+def aggregate_reports(out_dir: Path, folders: dict[str, Path]) -> dict[str, Any]:
+    """Merge per-category folders (category -> its evaluate output) into ``out_dir``.
 
-    out_dir = Path(reports_dir or params.eval.reports_dir)
+    Writes metrics.json, details.json, metrics.md, roc/pro CSV and PNG; returns metrics.json's content.
+    """
+    out_dir = Path(out_dir)
     per_category, extras, rocs, pros = {}, {}, {}, {}
-    for category in categories:
-        folder = category_dir(params, category, out_dir)
+    for category, folder in folders.items():
         path = folder / "metrics.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run `bridgenet evaluate --category {category}` first")
@@ -199,25 +345,10 @@ def aggregate_reports(params: Params, categories: list[str], reports_dir: Path |
         rocs[category] = _read_curves(folder / "roc.csv")
         pros[category] = _read_curves(folder / "pro.csv")
     doc = reports.write_metrics_json(out_dir / "metrics.json", per_category)
-    _write_json(out_dir / "details.json", extras)
+    write_json(out_dir / "details.json", extras)
     reports.write_metrics_markdown(out_dir / "metrics.md", per_category)
     reports.write_curves_csv(out_dir / "roc.csv", rocs, "tpr")
     reports.write_curves_csv(out_dir / "pro.csv", pros, "pro")
     reports.plot_curves(out_dir / "roc.png", rocs, "tpr", "Image ROC")
     reports.plot_curves(out_dir / "pro.png", pros, "pro", "PRO curve", limit=0.3)
     return doc
-
-
-def run_evaluate(
-    params: Params,
-    categories: list[str] | None = None,
-    models_dir: Path | None = None,
-    reports_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Evaluate every category and write the whole reports folder; returns metrics.json's content."""
-    from bridgenet.data.readers import discover_categories
-
-    categories = categories or discover_categories(params.data)
-    for category in tqdm(categories, desc="evaluate", unit="category"):
-        evaluate_to_folder(params, category, models_dir, reports_dir)
-    return aggregate_reports(params, categories, reports_dir)

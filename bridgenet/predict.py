@@ -302,7 +302,7 @@ def predict_files(
     mask_path: Path | None = None,
 ) -> dict[str, Any]:
     """The ``bridgenet predict`` result as a JSON-able dict (``status``: ``ok`` or ``no_object``)."""
-    from bridgenet.data.readers import read_rgb, read_xyz
+    from bridgenet.data.samples import read_rgb, read_xyz
 
     for path in (rgb_path, xyz_path):
         if not Path(path).is_file():

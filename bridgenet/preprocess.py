@@ -12,15 +12,16 @@ One compressed ``.npz`` per sample at ``{cache_dir}/{category}/{split}/{defect}/
   settings the entry was built with (:func:`fingerprint`).
 
 Per category, ``index.csv`` lists the cached samples and ``manifest.json`` holds
-each entry's fingerprint and foreground size. The fingerprint inside the entry
+each entry's fingerprint and foreground size (the layout, and the loader every later
+stage uses, are in :mod:`bridgenet.data.cache`). The fingerprint inside the entry
 is the proof of what made it: a re-run reuses an entry only when the one it
 holds equals the current one (whatever the manifest says, so a run killed
 after writing entries with other settings cannot leave a lying cache), and
 the loader refuses, naming them, entries whose fingerprint differs from the
 manifest's. Entries whose sample is gone or now bad are deleted, except that a
 category folder with no sample at all (empty or unmounted) keeps its cache and
-is reported. Every file is written to a temporary file in its folder and moved
-in place with ``os.replace``, so no half-written entry is ever visible.
+is reported. Every file is written through :func:`bridgenet.files.atomic_path`, so
+no half-written entry is ever visible.
 
 Samples without a foreground (no object above the support plane): in the
 training data (train and validation splits) of a category whose other
@@ -38,11 +39,7 @@ import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
-import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,42 +48,20 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bridgenet.config import DataConfig, Params
+from bridgenet.data.cache import (
+    CACHE_VERSION,
+    INDEX,
+    INDEX_COLUMNS,
+    MANIFEST,
+    cache_settings,
+    entry_fingerprint,
+)
 from bridgenet.data.depth import visible_depth
-from bridgenet.data.readers import SPLITS, DataError, Sample, load_sample, scan_dataset
+from bridgenet.data.readers import load_sample, scan_dataset
+from bridgenet.data.samples import DataError, Sample
+from bridgenet.files import TMP_SUFFIX, write_bytes_atomic, write_text_atomic
 
 LOGGER = logging.getLogger(__name__)
-
-CACHE_VERSION = 2  # 2: entries hold their fingerprint
-SETTING_KEYS = (
-    "format",
-    "eyecandies_rgb",
-    "image_size",
-    "plane_distance",
-    "ransac_iterations",
-    "ransac_sample_points",
-    "morph_kernel",
-    "min_component_pixels",
-)
-INDEX_COLUMNS = (
-    "category",
-    "split",
-    "defect",
-    "stem",
-    "label",
-    "cache_path",
-    "rgb_path",
-    "xyz_path",
-    "gt_path",
-)
-MANIFEST = "manifest.json"
-INDEX = "index.csv"
-_TMP_SUFFIX = ".tmp"
-
-
-def cache_settings(data_cfg: DataConfig) -> dict[str, object]:
-    """The ``data:`` settings that change a cache entry's content."""
-    return {key: getattr(data_cfg, key) for key in SETTING_KEYS}
-
 
 def cache_path(sample: Sample) -> str:
     """Entry path relative to the cache folder: ``category/split/defect/stem.npz``."""
@@ -156,45 +131,17 @@ def preprocess_sample(sample: Sample, data_cfg: DataConfig) -> dict[str, np.ndar
     }
 
 
-def entry_fingerprint(path: Path) -> str | None:
-    """The fingerprint a cache entry holds; None when the file is absent, unreadable or has none.
-
-    Reads only the small ``fingerprint`` member of the ``.npz``, not the arrays.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return str(data["fingerprint"]) if "fingerprint" in data.files else None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX
-    )
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_entry(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write a compressed ``.npz`` atomically (temporary file in the same folder, then rename)."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    _write_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _write_if_changed(path: Path, text: str) -> None:
     if path.exists() and path.read_text() == text:
         return
-    _write_atomic(path, text.encode("utf-8"))
+    write_text_atomic(path, text)
 
 
 def _read_manifest(path: Path) -> dict[str, dict[str, object]]:
@@ -230,7 +177,7 @@ def _remove_stale(folder: Path, keep: set[str]) -> int:
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder.parent).as_posix()
         stale_entry = path.suffix == ".npz" and rel not in keep
-        if path.is_file() and (stale_entry or path.name.endswith(_TMP_SUFFIX)):
+        if path.is_file() and (stale_entry or path.name.endswith(TMP_SUFFIX)):
             path.unlink()
             removed += int(stale_entry)
     for path in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
@@ -389,115 +336,3 @@ def run_preprocess(params: Params) -> dict[str, object]:
             f"{len(failures)} bad input file(s); no cache entry in {cache_dir} for them:\n  {listing}"
         )
     return summary
-
-
-# ------------------------------------------------------------------ loading
-@dataclass(frozen=True)
-class CachedSplit:
-    """One category's split, stacked: N samples of side S.
-
-    rgb uint8 (N, S, S, 3), depth float32 (N, S, S) in [0, 1], foreground bool
-    (N, S, S), labels int64 (N,), defects/stems lists of N strings, gt a list of
-    N bool (H0, W0) masks at original resolution, original_sizes int64 (N, 2).
-    """
-
-    category: str
-    split: str
-    rgb: np.ndarray
-    depth: np.ndarray
-    foreground: np.ndarray
-    labels: np.ndarray
-    defects: list[str]
-    stems: list[str]
-    gt: list[np.ndarray]
-    original_sizes: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.stems)
-
-
-def _stale(folder: Path, why: str) -> ValueError:
-    return ValueError(f"{folder}: stale preprocessing cache ({why}); run `bridgenet preprocess`")
-
-
-def load_cached_split(
-    cache_dir: str | Path, category: str, split: str, data_cfg: DataConfig | None = None
-) -> CachedSplit:
-    """Load ``{cache_dir}/{category}``'s entries of ``split`` (train, validation or test).
-
-    With ``data_cfg``, the cache must have been built with its settings
-    (image_size, plane fit, ...). A missing cache raises FileNotFoundError, a
-    stale or inconsistent one ValueError; both name the folder.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    folder = Path(cache_dir) / category
-    index_path, manifest_path = folder / INDEX, folder / MANIFEST
-    if not index_path.is_file() or not manifest_path.is_file():
-        raise FileNotFoundError(
-            f"{folder}: no preprocessing cache (missing {INDEX} or {MANIFEST}); "
-            "run `bridgenet preprocess`"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise _stale(folder, f"unreadable {MANIFEST}: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("version") != CACHE_VERSION:
-        raise _stale(
-            folder,
-            f"cache version {manifest.get('version') if isinstance(manifest, dict) else None}, "
-            f"expected {CACHE_VERSION}",
-        )
-    if data_cfg is not None and manifest.get("settings") != cache_settings(data_cfg):
-        raise _stale(
-            folder,
-            f"built with {manifest.get('settings')}, current settings {cache_settings(data_cfg)}",
-        )
-    with index_path.open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["split"] == split]
-    if not rows:
-        raise ValueError(f"{folder}: no cached sample of split {split!r}")
-    arrays: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("rgb", "depth", "foreground", "gt", "original_size")
-    }
-    listed = manifest.get("entries", {})
-    mismatched = []
-    for row in rows:
-        entry = Path(cache_dir) / row["cache_path"]
-        expected = listed.get(row["cache_path"])
-        if not isinstance(expected, dict) or not entry.is_file():
-            raise _stale(folder, f"entry {entry} listed in {INDEX} is missing")
-        try:
-            with np.load(entry, allow_pickle=False) as data:
-                if "fingerprint" not in data.files or str(data["fingerprint"]) != expected.get(
-                    "fingerprint"
-                ):
-                    mismatched.append(row["cache_path"])
-                    continue
-                for key, values in arrays.items():
-                    values.append(data[key])
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise _stale(folder, f"unreadable entry {entry}: {exc}") from None
-    if mismatched:
-        more = len(mismatched) - 10
-        shown = ", ".join(mismatched[:10]) + (f" and {more} more" if more > 0 else "")
-        raise _stale(
-            folder,
-            f"{len(mismatched)} entries were not made with the settings and inputs of {MANIFEST} "
-            f"(an interrupted run?): {shown}",
-        )
-    shapes = {a.shape for a in arrays["depth"]}
-    if len(shapes) != 1:
-        raise _stale(folder, f"entries of different sizes {sorted(shapes)}")
-    return CachedSplit(
-        category=category,
-        split=split,
-        rgb=np.stack(arrays["rgb"]).astype(np.uint8, copy=False),
-        depth=np.stack(arrays["depth"]).astype(np.float32, copy=False),
-        foreground=np.stack(arrays["foreground"]).astype(bool, copy=False),
-        labels=np.array([int(row["label"]) for row in rows], dtype=np.int64),
-        defects=[row["defect"] for row in rows],
-        stems=[row["stem"] for row in rows],
-        gt=arrays["gt"],
-        original_sizes=np.stack(arrays["original_size"]).astype(np.int64, copy=False),
-    )

@@ -1,13 +1,14 @@
-"""Register stage: log each category's trained model to MLflow and register it as challenger.
+"""Register stage: log a category's trained model to MLflow and register it as challenger.
 
-Per category: evaluate ``models/<cat>/model.pt`` on the test split, log one
-MLflow run (params, per-epoch curves from ``train_summary.json``, test
-metrics, figures, the pyfunc model), register it as a new version of
-``<registry.prefix>-<cat>`` with the challenger alias and lineage tags, and
-log a model card comparing it with the current champion on the same data.
-When a step after the run fails (registration, alias, card), the run is
-marked FAILED with the reason, so a finished run always means a registered
-version; a version already created is kept.
+Per category: take the evaluate stage's stored evaluation of ``models/<cat>/model.pt``
+on the current test split (scoring it only when there is none for this model and
+data), log one MLflow run (params, per-epoch curves from ``train_summary.json``, test
+metrics, the evaluate stage's figures, the stored evaluation, the pyfunc model),
+register it as a new version of ``<registry.prefix>-<cat>`` with the challenger alias
+and lineage tags, and log a model card comparing it with the current champion on the
+same data. When a step after the run fails (registration, alias, card), the run is
+marked FAILED with the reason, so a finished run always means a registered version; a
+version already created is kept.
 """
 
 from __future__ import annotations
@@ -18,82 +19,110 @@ from pathlib import Path
 from typing import Any
 
 from bridgenet.config import Params
+from bridgenet.data.cache import CachedSplit
+from bridgenet.evaluate import (
+    EVALUATION_FILE,
+    CategoryEvaluation,
+    category_dir,
+    category_figures,
+    evaluate_to_folder,
+    load_test_split,
+    model_path,
+    stored_evaluation,
+)
+from bridgenet.files import sha256_file
+from bridgenet.promote import MODEL_FINGERPRINT_TAG, compare_metrics, evaluation_of_version
 
 LOGGER = logging.getLogger(__name__)
 
 
-def register_category(
-    params: Params,
-    category: str,
-    repo_root: Path | str = ".",
-    lineage: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Log, register and document ``category``'s model; returns what was created (JSON-able)."""
-    from bridgenet.evaluate import evaluate_category, load_test_split, write_category_figures
-    from bridgenet.model.io import load_model
-    from bridgenet.tracking.figures import anomaly_preview_png, training_curves_png
-    from bridgenet.tracking.lineage import lineage_tags
-    from bridgenet.tracking.pyfunc import example_from_data
-    from bridgenet.tracking.runs import log_training_run
-    from bridgenet.tracking.summary import load_train_summary
+def trained_evaluation(params: Params, category: str, split: CachedSplit) -> CategoryEvaluation:
+    """The evaluate stage's result for the current ``model.pt`` on ``split``; evaluated now if absent or stale."""
+    path = model_path(params, category)
+    found = stored_evaluation(params, category, sha256_file(path), split.fingerprint())
+    if found is not None and all(p.is_file() for p in category_figures(params, category).values()):
+        return found
+    LOGGER.info("%s: no evaluation of %s on the current test split in %s; evaluating it now",
+                category, path, category_dir(params, category))
+    return evaluate_to_folder(params, category, split)
 
-    model_dir = Path(params.train.models_dir) / category
-    model_path = model_dir / "model.pt"
-    if not model_path.is_file():
-        raise FileNotFoundError(
-            f"model file {model_path} does not exist; run `bridgenet train -c {category}`"
-        )
-    model = load_model(model_path)
+
+def register_category(
+    params: Params, category: str, repo_root: Path | str = ".", lineage: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Log, register and document ``category``'s model; returns what was created (JSON-able).
+
+    ``params`` are the category's resolved params (:func:`bridgenet.stages.resolve`).
+    """
+    from bridgenet import reports
+    from bridgenet.model.io import load_model
+    from bridgenet.model.summary import load_train_summary
+    from bridgenet.serving.spec import pyfunc_spec
+    from bridgenet.tracking.lineage import lineage_tags
+    from bridgenet.tracking.runs import end_run_as, log_training_run
+    from bridgenet.train import PREVIEW_FILE, write_anomaly_preview
+
+    path = model_path(params, category)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist; run `bridgenet train -c {category}`")
+    model = load_model(path)
     if model.category != category:
-        raise ValueError(
-            f"{model_path}: holds a model of category {model.category!r}, expected {category!r}"
-        )
+        raise ValueError(f"{path}: holds a model of category {model.category!r}, expected {category!r}")
     if model.params.data != params.data:
-        LOGGER.warning(
-            "%s was trained with other data settings than the current params; it is "
-            "evaluated on the current test split",
-            model_path,
-        )
-    summary = load_train_summary(model_dir)
+        LOGGER.warning("%s was trained with other data settings than the current params; it is "
+                       "evaluated on the current test split", path)
+    summary = load_train_summary(path.parent)
     lineage = lineage if lineage is not None else lineage_tags(repo_root, params)
     split = load_test_split(params, category)
-    evaluation, small_maps = evaluate_category(params, model, split)
+    evaluation = trained_evaluation(params, category, split)
+    figures = category_figures(params, category)
     with tempfile.TemporaryDirectory(prefix=f"bridgenet-register-{category}-") as tmp:
         out = Path(tmp)
-        figures = write_category_figures(
-            evaluation, split, small_maps, out, params.eval.heatmap_samples
+        figures["training_curves"] = reports.write_training_curves(
+            out / f"training_curves_{category}.png", summary.get("history") or [],
+            f"{category}: training", summary.get("best_epoch"),
         )
-        figures["training_curves"] = training_curves_png(
-            summary.get("history") or [],
-            out / f"training_curves_{category}.png",
-            f"{category}: training",
-            summary.get("best_epoch"),
-        )
-        preview = anomaly_preview_png(
-            model.params, category, out / f"anomaly_preview_{category}.png"
-        )
+        for curve, y_name, title, limit in (("roc", "tpr", "image ROC", None), ("pro", "pro", "PRO curve", 0.3)):
+            figures[curve] = out / f"{curve}_{category}.png"
+            reports.plot_curves(figures[curve], {category: getattr(evaluation, curve)}, y_name,
+                                f"{category}: {title} (test)", limit=limit)
+        preview = path.parent / PREVIEW_FILE
+        preview = (_renamed_copy(preview, out / f"anomaly_preview_{category}.png") if preview.is_file()
+                   else write_anomaly_preview(model.params, category, out / f"anomaly_preview_{category}.png"))
         logged = log_training_run(
-            params,
-            category,
-            summary,
-            evaluation,
-            figures,
-            model_path,
-            preview_path=preview,
-            repo_root=repo_root,
-            input_example=example_from_data(params.data, category),
-            trained_params=model.params,
-            lineage=lineage,
+            params, category, summary, evaluation, figures, path, pyfunc_spec(params.data, category),
+            preview_path=preview, repo_root=repo_root, trained_params=model.params, lineage=lineage,
+            records=[category_dir(params, category) / EVALUATION_FILE],
+            datasets=input_datasets(params, category, lineage, evaluation),
         )
     try:
         return _register_logged(params, category, model, summary, evaluation, figures, preview,
                                 split, lineage, logged)
     except BaseException as exc:
-        from bridgenet.tracking.runs import end_run_as
-
         end_run_as(params, logged.run_id, "FAILED",
                    f"registration failed after the run was logged: {type(exc).__name__}: {exc}")
         raise
+
+
+def input_datasets(params: Params, category: str, lineage: dict[str, str],
+                   evaluation: CategoryEvaluation) -> list[dict[str, str]]:
+    """The data the model was trained and tested on, as the run's inputs: the category's folder
+    under ``data.root`` with DVC's md5 of the data (when ``dvc.lock`` records one), and the
+    test split with its fingerprint."""
+    data_md5 = lineage.get("dvc.data_root.md5", "")
+    known = len(data_md5) == 32 and all(c in "0123456789abcdef" for c in data_md5.removesuffix(".dir"))
+    return [
+        {"name": f"{category}/train", "source": str(Path(params.data.root) / category / "train"),
+         "digest": data_md5 if known else "unknown", "context": "training"},
+        {"name": f"{category}/test", "source": str(Path(params.data.root) / category / "test"),
+         "digest": evaluation.data_fingerprint or "unknown", "context": "test"},
+    ]
+
+
+def _renamed_copy(source: Path, target: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copyfile(source, target))
 
 
 def _register_logged(
@@ -101,43 +130,33 @@ def _register_logged(
     category: str,
     model: Any,
     summary: dict[str, Any],
-    evaluation: Any,
+    evaluation: CategoryEvaluation,
     figures: dict[str, Path],
     preview: Path | None,
-    split: Any,
+    split: CachedSplit,
     lineage: dict[str, str],
     logged: Any,
 ) -> dict[str, Any]:
     """Register the logged run's model as challenger and log its model card."""
+    from bridgenet.tracking import registry
     from bridgenet.tracking.model_card import log_model_card, model_card_markdown
-    from bridgenet.tracking.registry import (
-        alias_version,
-        compare_metrics,
-        evaluate_version,
-        register_challenger,
-    )
 
-    version = register_challenger(
-        params,
-        category,
-        logged.model_uri,
-        logged.run_id,
-        evaluation.metrics,
-        lineage,
+    version = registry.register_challenger(
+        params, category, logged.model_uri, logged.run_id, evaluation.metrics, lineage,
         extra_tags={
             "threshold": model.threshold,
             "best_epoch": model.epoch,
             "model_id": logged.model_id,
+            MODEL_FINGERPRINT_TAG: evaluation.model_fingerprint,
         },
     )
-    champion = alias_version(params, category, params.registry.champion_alias)
+    champion = registry.alias_version(params, category, params.registry.champion_alias)
     champion_eval = None
     if champion is not None and champion.version != version.version:
-        champion_eval = evaluate_version(params, category, champion.version, split)
+        champion_eval = evaluation_of_version(params, category, champion, split)
     comparison = (
-        compare_metrics(
-            evaluation.metrics, champion_eval.evaluation.metrics, params.promotion.tolerances
-        )
+        compare_metrics(evaluation.metrics, champion_eval.evaluation.metrics, params.promotion.tolerances,
+                        params.promotion.floors())
         if champion_eval
         else None
     )
@@ -149,18 +168,12 @@ def _register_logged(
     if preview is not None:
         card_figures["Generated anomalies (validation)"] = f"figures/{preview.name}"
     card = model_card_markdown(
-        params,
-        category,
-        version,
-        logged.run_id,
-        summary,
-        evaluation,
-        lineage,
-        comparison,
-        champion_eval,
+        params, category, version, logged.run_id, summary, evaluation, lineage, comparison,
+        (champion_eval.version, champion_eval.evaluation.metrics) if champion_eval else None,
         card_figures,
     )
     card_uri = log_model_card(params, category, version, logged.run_id, card)
+    registry.set_version_description(params, version.name, version.version, card)
     return {
         "category": category,
         "run_id": logged.run_id,
@@ -173,26 +186,3 @@ def _register_logged(
         "champion_version": str(champion.version) if champion else None,
         "would_promote": None if comparison is None else bool(comparison["promote"]),
     }
-
-
-def run_register(
-    params: Params, categories: list[str] | None = None, repo_root: Path | str = "."
-) -> dict[str, dict[str, Any]]:
-    """Register every category's model (default: all categories of ``data.root``); category -> result."""
-    from bridgenet.data.readers import discover_categories
-    from bridgenet.tracking.lineage import lineage_tags
-    from bridgenet.tracking.runs import configure_tracking
-
-    categories = list(categories or discover_categories(params.data))
-    configure_tracking(params)
-    lineage = lineage_tags(repo_root, params)
-    results = {}
-    for category in categories:
-        results[category] = register_category(params, category, repo_root, lineage)
-        LOGGER.info(
-            "%s: registered %s version %s",
-            category,
-            results[category]["model_name"],
-            results[category]["version"],
-        )
-    return results

@@ -17,7 +17,6 @@ over categories is nan (null) when any category's value is.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -28,26 +27,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from bridgenet.files import json_safe, write_json
 from bridgenet.metrics import GOOD, METRIC_KEYS
 
 LOGGER = logging.getLogger(__name__)
 
 CurveSet = Mapping[str, tuple[np.ndarray, np.ndarray]]
-
-
-def _finite_or_none(value: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, nan/inf to None, recursing into dicts/lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def _as_float(value: Any) -> float:
@@ -103,10 +88,8 @@ def write_metrics_json(
     extras: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json (nan as null) and return the document written."""
-    doc = _finite_or_none(metrics_document(per_category, extras))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    doc = json_safe(metrics_document(per_category, extras))
+    write_json(path, doc)
     return doc
 
 
@@ -157,11 +140,13 @@ def write_curves_csv(path: str | Path, curves: CurveSet, y_name: str) -> None:
             writer.writerows((cat, repr(float(a)), repr(float(b))) for a, b in zip(x, y))
 
 
-def _save(fig: Figure, path: str | Path) -> None:
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Render ``fig`` on an Agg canvas (no global backend) and write it as a PNG at ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
+    return path
 
 
 def plot_curves(
@@ -183,7 +168,7 @@ def plot_curves(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", loc="lower right")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def select_heatmap_samples(
@@ -266,7 +251,7 @@ def write_heatmap_sheet(
                 ax.set_title(heads[c], fontsize="small")
         fig.colorbar(image, ax=row[3], fraction=0.046, pad=0.02)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_defect_auroc_bar(path: str | Path, aurocs: Mapping[str, float], title: str) -> None:
@@ -285,4 +270,90 @@ def write_defect_auroc_bar(path: str | Path, aurocs: Mapping[str, float], title:
     ax.set_xticks(positions, names, rotation=30, ha="right")
     ax.set(xlim=(-0.6, len(names) - 0.4), ylim=(0, 1.1), ylabel="image AUROC", title=title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
+
+
+LOSS_KEYS = ("loss", "bce_image", "bce_feature", "bce_projected", "focal")
+VALIDATION_KEYS = ("val_score", "val_image_auroc", "val_pixel_auroc")
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    points = [
+        (r["epoch"], r[key])
+        for r in history
+        if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+    ]
+    if not points:
+        return np.zeros(0), np.zeros(0)
+    epochs, values = zip(*points)
+    return np.asarray(epochs, dtype=float), np.asarray(values, dtype=float)
+
+
+def write_training_curves(
+    path: str | Path, history: Sequence[Mapping[str, Any]], title: str, best_epoch: int | None = None
+) -> Path:
+    """Losses (left) and validation scores (right) per epoch; the selected epoch is marked.
+
+    ``history`` is the training summary's list of per-epoch records
+    (``epoch``, ``loss``..., ``val_score``...). An empty history (0 epochs)
+    gives panels that say so.
+    """
+    fig = Figure(figsize=(10, 3.6))
+    left, right = fig.subplots(1, 2)
+    for ax, keys, label in ((left, LOSS_KEYS, "training loss"), (right, VALIDATION_KEYS, "validation")):
+        drawn = 0
+        for key in keys:
+            epochs, values = _series(history, key)
+            if len(epochs):
+                ax.plot(epochs, values, marker="o", markersize=3, label=key)
+                drawn += 1
+        if best_epoch is not None and best_epoch >= 0 and drawn:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1,
+                       label=f"selected epoch {best_epoch}")
+        if drawn:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no epoch trained", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("epoch")
+        ax.set_title(label, fontsize="medium")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_anomaly_preview(
+    path: str | Path,
+    clean_rgb: np.ndarray,
+    rgb: np.ndarray,
+    depth: np.ndarray,
+    masks: np.ndarray,
+    title: str,
+) -> Path:
+    """Columns of generated anomalies; rows clean rgb, perturbed rgb, perturbed depth, anomaly mask.
+
+    ``clean_rgb`` and ``rgb`` (K, H, W, 3) in [0, 1], ``depth`` and ``masks`` (K, H, W).
+    """
+    k = len(rgb)
+    if not (len(clean_rgb) == len(depth) == len(masks) == k) or k == 0:
+        raise ValueError(f"expected K >= 1 columns in every array, found {len(clean_rgb)}, {k}, "
+                         f"{len(depth)}, {len(masks)}")
+    fig = Figure(figsize=(2.4 * k, 2.4 * 4))
+    axes = fig.subplots(4, k, squeeze=False)
+    for col in range(k):
+        panels = (
+            ("clean rgb", clean_rgb[col], None),
+            ("perturbed rgb", np.clip(rgb[col], 0, 1), None),
+            ("perturbed depth", depth[col], "gray"),
+            ("anomaly mask", masks[col].astype(float), "gray"),
+        )
+        for row, (label, image, cmap) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(image, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(label, fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

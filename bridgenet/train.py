@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from bridgenet.anomalies.gaussian import GaussianAnomalyGenerator
 from bridgenet.anomalies.texture import TextureAnomalyGenerator, mask_to_grid
 from bridgenet.config import Params
+from bridgenet.data.batch import Batch, resolve_device
+from bridgenet.data.cache import CachedSplit, load_cached_split
 from bridgenet.model.io import (
     TrainedModel,
     atomic_save,
@@ -33,10 +35,11 @@ from bridgenet.model.io import (
 )
 from bridgenet.model.losses import bce, focal_loss
 from bridgenet.model.network import BridgeNet
-from bridgenet.preprocess import CachedSplit, load_cached_split
 
 LOGGER = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, Any]], None]
+GAUSSIAN_LEVELS = ("image", "feature", "projected")  # the Gaussian generator's negatives, per level
+PREVIEW_FILE = "anomaly_preview.png"  # beside model.pt: the generated anomalies training selects on
 
 
 class TrainingError(RuntimeError):
@@ -50,57 +53,18 @@ def steps_per_epoch(n_samples: int, batch_size: int, max_samples_per_epoch: int)
 
 
 def check_steps(params: Params, category: str, n_samples: int) -> None:
-    """Refuse a run that would take no optimisation step, naming the key to change."""
+    """Refuse a run that would take no optimisation step, naming what to change.
+
+    train.batch_size and train.max_samples_per_epoch are at least 2 (config), so only
+    a category with fewer than two training samples gives no step.
+    """
     tcfg = params.train
     if steps_per_epoch(n_samples, tcfg.batch_size, tcfg.max_samples_per_epoch) > 0:
         return
-    if n_samples < 2:
-        raise TrainingError(
-            f"{category}: {n_samples} training sample(s) in {params.data.cache_dir}; a step needs "
-            "at least 2 (BatchNorm), so nothing would be trained: add training samples"
-        )
-    raise TrainingError(  # unreachable while train.* validation holds; kept as the last word
-        f"{category}: train.batch_size={tcfg.batch_size} and train.max_samples_per_epoch="
-        f"{tcfg.max_samples_per_epoch} give no step of two or more samples"
+    raise TrainingError(
+        f"{category}: {n_samples} training sample(s) in {params.data.cache_dir}; a step needs "
+        "at least 2 (BatchNorm), so nothing would be trained: add training samples"
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-@dataclass
-class Batch:
-    """Network inputs in [0, 1]: rgb (B, 3, S, S), depth (B, 1, S, S), foreground (B, S, S) bool."""
-
-    rgb: torch.Tensor
-    depth: torch.Tensor
-    foreground: torch.Tensor
-
-    @classmethod
-    def from_split(cls, split: CachedSplit, index: np.ndarray | slice = slice(None)) -> Batch:
-        return cls(
-            rgb=torch.from_numpy(split.rgb[index]).permute(0, 3, 1, 2).float().div(255.0),
-            depth=torch.from_numpy(split.depth[index]).unsqueeze(1).float(),
-            foreground=torch.from_numpy(split.foreground[index]),
-        )
-
-    def to(self, device: torch.device) -> Batch:
-        return Batch(self.rgb.to(device), self.depth.to(device), self.foreground.to(device))
-
-    def inputs(self) -> dict[str, torch.Tensor]:
-        return {"rgb": self.rgb, "depth": self.depth}
-
-    def select(self, index: torch.Tensor | np.ndarray | slice) -> Batch:
-        return Batch(self.rgb[index], self.depth[index], self.foreground[index])
-
-    def __len__(self) -> int:
-        return self.rgb.shape[0]
 
 
 @dataclass
@@ -132,6 +96,30 @@ def build_validation_set(split: CachedSplit, params: Params, modalities: tuple[s
     mask = torch.cat(masks)
     labels = mask.flatten(1).any(1).numpy().astype(np.int64)
     return ValidationSet(Batch(torch.cat(rgbs), torch.cat(depths), torch.cat(fgs)), labels, mask.numpy())
+
+
+def write_anomaly_preview(params: Params, category: str, path: Path, n: int = 3) -> Path | None:
+    """A sheet of the validation set's synthetic anomalies (what training selects epochs on).
+
+    Returns None when the validation set holds none (``train.validation_anomalies_per_good = 0``).
+    """
+    from bridgenet import reports
+
+    split = load_cached_split(params.data.cache_dir, category, "validation", params.data)
+    validation = build_validation_set(split, params, params.model.modalities)
+    goods = len(split)
+    anomalous = np.flatnonzero(validation.labels[goods:] == 1)[:n] + goods
+    if len(anomalous) == 0:
+        return None
+    batch, clean = validation.batch, (anomalous - goods) % goods
+    return reports.write_anomaly_preview(
+        path,
+        batch.rgb[clean].permute(0, 2, 3, 1).numpy(),
+        batch.rgb[anomalous].permute(0, 2, 3, 1).numpy(),
+        batch.depth[anomalous, 0].numpy(),
+        validation.masks[anomalous],
+        f"{category}: generated anomalies (validation, seed {params.train.validation_seed})",
+    )
 
 
 @torch.inference_mode()
@@ -252,19 +240,6 @@ class Trainer:
         LOGGER.info("memory bank: %s", ", ".join(f"{k} {v:.4g}" for k, v in info.items()))
         return info
 
-    def _replace_embeddings(
-        self, clean: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], touched: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Embeddings where only the ``touched`` samples of each modality are re-embedded from ``inputs``."""
-        out = {}
-        for m in self.modalities:
-            selected = touched.get(m, torch.zeros(len(inputs[m]), dtype=torch.bool)).to(self.device)
-            emb = clean[m].clone()
-            if bool(selected.any()):
-                emb[selected] = self.network.embed_normalized(inputs[m][selected], m)
-            out[m] = emb
-        return out
-
     def step(self, index: torch.Tensor) -> dict[str, float]:
         """One optimisation step on the training samples ``index``; returns the loss terms."""
         net, gen = self.network, self.generator
@@ -274,46 +249,42 @@ class Trainer:
         # Patches the eval forward never scores are not trained on either (and cost most of a step).
         keep = net.kept_patches(batch.depth, grid)
 
-        def project(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-            return net.projection(net.fuse(embeddings)[keep])
-
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            z_clean = project(clean)
-            negatives: list[torch.Tensor] = []
+            z_clean = net.project_patches(clean, keep)
+            negatives: dict[str, torch.Tensor] = {}
             if self.gaussian is not None:
                 normalized = {m: net.backbone_input(batch.inputs()[m]) for m in self.modalities}
                 noisy_inputs = {m: self.gaussian.noise(x, "image", gen) for m, x in normalized.items()}
-                image_level = self._replace_embeddings(clean, noisy_inputs, self.gaussian.targets(len(batch), gen))
-                negatives.append(project(image_level))
+                image_level = net.reembed(clean, noisy_inputs, self.gaussian.targets(len(batch), gen))
+                negatives["image"] = net.project_patches(image_level, keep)
                 targets = self.gaussian.targets(len(batch), gen)
                 feature_level = {
                     m: torch.where(targets[m].to(self.device).view(-1, 1, 1, 1),
                                    self.gaussian.noise(clean[m], "feature", gen), clean[m])
                     for m in self.modalities
                 }
-                negatives.append(project(feature_level))
-                negatives.append(self.gaussian.noise(z_clean, "projected", gen))
-            z_texture = None
+                negatives["feature"] = net.project_patches(feature_level, keep)
+                negatives["projected"] = self.gaussian.noise(z_clean, "projected", gen)
             if self.texture is not None:
                 rgb, depth, region, touched = self.texture(batch.rgb, batch.depth, batch.foreground, gen)
                 augmented = {m: net.backbone_input(x) for m, x in (("rgb", rgb), ("depth", depth))}
-                z_texture = project(self._replace_embeddings(clean, augmented, touched))
+                negatives["texture"] = net.project_patches(net.reembed(clean, augmented, touched), keep)
                 patch_labels = mask_to_grid(region, grid).flatten()[keep]
-            rows = [z_clean, *negatives] + ([z_texture] if z_texture is not None else [])
-            logits = net.discriminator(torch.cat(rows)).float()
-        n = z_clean.shape[0]
+            logits = net.training_logits(z_clean, negatives)
         terms: dict[str, float] = {}
         loss = torch.zeros((), device=self.device)
-        if negatives:
-            clean_term = bce(logits[:n], 0.0)
-            for level, k in zip(("image", "feature", "projected"), range(1, 4)):
-                term = clean_term + bce(logits[k * n:(k + 1) * n], 1.0)
+        gaussian_levels = [level for level in GAUSSIAN_LEVELS if level in logits.negatives]
+        if gaussian_levels:
+            clean_term = bce(logits.clean, 0.0)
+            for level in gaussian_levels:
+                term = clean_term + bce(logits.negatives[level], 1.0)
                 terms[f"bce_{level}"] = float(term.detach())
                 loss = loss + term
-        if z_texture is not None:
-            focal = focal_loss(logits[-n:], patch_labels.float(), self.params.anomalies.texture.focal_gamma)
-            if not negatives:
-                focal = focal + bce(logits[:n], 0.0)
+        if "texture" in logits.negatives:
+            focal = focal_loss(logits.negatives["texture"], patch_labels.float(),
+                               self.params.anomalies.texture.focal_gamma)
+            if not gaussian_levels:
+                focal = focal + bce(logits.clean, 0.0)
             terms["focal"] = float(focal.detach())
             loss = loss + focal
         for opt in self.optimizers.values():

@@ -1,4 +1,8 @@
-"""What every flow shares: loading params, retry policy, a small command line."""
+"""What every flow shares: retry policy, worker set-up, a small command line.
+
+Flows load the params once (:func:`bridgenet.stages.load`) and hand each task the
+resolved value it needs (:func:`bridgenet.stages.resolve`), never a path to re-read.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 
 from prefect.tasks import exponential_backoff
 
-from bridgenet.config import ConfigError, Params, load_params
+from bridgenet.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +41,6 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:  # noqa: BLE001 - anything else is not worth a retry
         return False
     return False
-
-
-def resolve(params_file: str, overrides: Sequence[str], category: str | None = None) -> Params:
-    """Load params.yaml with overrides; with ``category``, merge its per-category overrides."""
-    params = load_params(params_file, list(overrides))
-    return params.for_category(category) if category else params
-
-
-def only_category(params: Params, category: str) -> Params:
-    """``params`` restricted to one category's data (for per-category preprocessing)."""
-    return params.model_copy(update={"data": params.data.model_copy(update={"categories": (category,)})})
 
 
 # The module every Dask worker should preload (``dask worker ... --preload``).
@@ -106,12 +99,6 @@ def bind_worker_resources(n_workers: int) -> str:
     threads = max(1, (os.cpu_count() or 1) // max(1, n_workers))
     torch.set_num_threads(threads)
     return f"worker {worker_name}: {threads} CPU threads"
-
-
-def categories_of(params: Params, categories: Sequence[str] | None) -> list[str]:
-    from bridgenet.data.readers import discover_categories
-
-    return list(categories or discover_categories(params.data))
 
 
 def cli(flow: Callable[..., Any], with_category: bool = False, argv: Sequence[str] | None = None) -> None:

@@ -13,7 +13,7 @@ import argparse
 
 from prefect.schedules import Cron
 
-from flows.common import resolve
+from bridgenet import stages
 from flows.retrain import retrain_flow, task_runner_for
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", default="scheduled-retrain")
     args = parser.parse_args(argv)
-    params = resolve(args.params, args.overrides)
+    params = stages.load(args.params, args.overrides)
     retrain_flow.with_options(task_runner=task_runner_for(params.dask.n_workers, params.dask.address)).serve(
         name=args.name,
         schedule=Cron(params.schedule.cron, timezone=params.schedule.timezone),

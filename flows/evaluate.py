@@ -6,30 +6,21 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import (
-    IO_BACKOFF,
-    IO_RETRIES,
-    categories_of,
-    cli,
-    resolve,
-    retry_transient,
-)
+from bridgenet import stages
+from bridgenet.config import Params
+from flows.common import IO_BACKOFF, IO_RETRIES, cli, retry_transient
 
 
 @task(retries=IO_RETRIES, retry_delay_seconds=IO_BACKOFF, retry_condition_fn=retry_transient)
-def evaluate_task(params_file: str, overrides: list[str], category: str) -> dict[str, Any]:
-    from bridgenet.evaluate import evaluate_to_folder
-
-    doc = evaluate_to_folder(resolve(params_file, overrides), category)
-    get_run_logger().info("%s: %s", category, doc["categories"][category])
-    return doc["categories"][category]
+def evaluate_task(run: stages.CategoryParams) -> dict[str, float]:
+    metrics = stages.evaluate(run)
+    get_run_logger().info("%s: %s", run.category, metrics)
+    return metrics
 
 
 @task(retries=IO_RETRIES, retry_delay_seconds=IO_BACKOFF, retry_condition_fn=retry_transient)
-def report_task(params_file: str, overrides: list[str], categories: list[str]) -> dict[str, Any]:
-    from bridgenet.evaluate import aggregate_reports
-
-    doc = aggregate_reports(resolve(params_file, overrides), categories)
+def report_task(params: Params, categories: list[str]) -> dict[str, Any]:
+    doc = stages.report(params, categories)
     get_run_logger().info("mean over %d categories: %s", len(categories), doc["mean"])
     return doc
 
@@ -39,9 +30,8 @@ def evaluate_flow(
     params_file: str = "params.yaml", overrides: list[str] | None = None, categories: list[str] | None = None
 ) -> dict[str, Any]:
     """Score each category's test split at the ground truth's resolution (reports/categories/<cat>)."""
-    overrides = overrides or []
-    return {c: evaluate_task(params_file, overrides, c)
-            for c in categories_of(resolve(params_file, overrides), categories)}
+    params = stages.load(params_file, overrides or [])
+    return {c: evaluate_task(stages.resolve(params, c)) for c in stages.categories(params, categories)}
 
 
 @flow(name="report")
@@ -49,8 +39,8 @@ def report_flow(
     params_file: str = "params.yaml", overrides: list[str] | None = None, categories: list[str] | None = None
 ) -> dict[str, Any]:
     """Merge per-category results into reports/metrics.json, metrics.md and the curves."""
-    overrides = overrides or []
-    return report_task(params_file, overrides, categories_of(resolve(params_file, overrides), categories))
+    params = stages.load(params_file, overrides or [])
+    return report_task(params, stages.categories(params, categories))
 
 
 if __name__ == "__main__":

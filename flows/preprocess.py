@@ -6,23 +6,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import (
-    IO_BACKOFF,
-    IO_RETRIES,
-    cli,
-    only_category,
-    resolve,
-    retry_transient,
-)
+from bridgenet import stages
+from bridgenet.config import Params
+from flows.common import IO_BACKOFF, IO_RETRIES, cli, retry_transient
 
 
 @task(retries=IO_RETRIES, retry_delay_seconds=IO_BACKOFF, retry_condition_fn=retry_transient)
-def preprocess_task(params_file: str, overrides: list[str], category: str | None = None) -> dict[str, Any]:
+def preprocess_task(params: Params, category: str | None = None) -> dict[str, Any]:
     """Preprocess every category of data.categories, or only ``category``."""
-    from bridgenet.preprocess import run_preprocess
-
-    params = resolve(params_file, overrides)
-    summary = run_preprocess(only_category(params, category) if category else params)
+    summary = stages.preprocess(params, category)
     get_run_logger().info("preprocess: %s", {k: summary[k] for k in ("written", "reused", "failed", "removed")})
     return summary
 
@@ -30,7 +22,7 @@ def preprocess_task(params_file: str, overrides: list[str], category: str | None
 @flow(name="preprocess")
 def preprocess_flow(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     """Preprocess every sample of data.root once (re-runs reuse unchanged entries)."""
-    return preprocess_task(params_file, overrides or [])
+    return preprocess_task(stages.load(params_file, overrides or []))
 
 
 if __name__ == "__main__":

@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import (
-    IO_BACKOFF,
-    IO_RETRIES,
-    categories_of,
-    cli,
-    resolve,
-    retry_transient,
-)
+from bridgenet import stages
+from bridgenet.files import write_json
+from flows.common import IO_BACKOFF, IO_RETRIES, cli, retry_transient
 
 
 @task(retries=IO_RETRIES, retry_delay_seconds=IO_BACKOFF, retry_condition_fn=retry_transient)
-def register_task(params_file: str, overrides: list[str], category: str) -> dict[str, Any]:
-    from bridgenet.register import run_register
-
-    result = run_register(resolve(params_file, overrides, category), [category])[category]
-    get_run_logger().info("%s: registered %s version %s", category, result["model_name"], result["version"])
+def register_task(run: stages.CategoryParams) -> dict[str, Any]:
+    result = stages.register(run)
+    get_run_logger().info("%s: registered %s version %s", run.category, result["model_name"], result["version"])
     return result
 
 
 @task(retries=IO_RETRIES, retry_delay_seconds=IO_BACKOFF, retry_condition_fn=retry_transient)
-def promote_task(params_file: str, overrides: list[str], category: str) -> dict[str, Any]:
-    from bridgenet.promote import run_promote
-
-    result = run_promote(resolve(params_file, overrides, category), [category])[category]
-    get_run_logger().info("%s: promotion %s", category, result.get("decision"))
+def promote_task(run: stages.CategoryParams) -> dict[str, Any]:
+    result = stages.promote(run)
+    get_run_logger().info("%s: promotion %s", run.category, result.get("decision"))
     return result
 
 
@@ -44,15 +34,14 @@ def register_flow(
     promote: bool = True,
 ) -> dict[str, Any]:
     """Register each category's model as challenger, then run the promotion gate."""
-    overrides = overrides or []
+    params = stages.load(params_file, overrides or [])
     results = {}
-    for category in categories_of(resolve(params_file, overrides), categories):
-        results[category] = {"register": register_task(params_file, overrides, category)}
+    for category in stages.categories(params, categories):
+        run = stages.resolve(params, category)
+        results[category] = {"register": register_task(run)}
         if promote:
-            results[category]["promote"] = promote_task(params_file, overrides, category)
-        record = Path(resolve(params_file, overrides).eval.reports_dir) / "registry" / f"{category}.json"
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(results[category], indent=2, default=str) + "\n")
+            results[category]["promote"] = promote_task(run)
+        write_json(Path(params.eval.reports_dir) / "registry" / f"{category}.json", results[category])
     return results
 
 
@@ -61,9 +50,8 @@ def promote_flow(
     params_file: str = "params.yaml", overrides: list[str] | None = None, categories: list[str] | None = None
 ) -> dict[str, Any]:
     """Promotion gate only: challenger vs champion on the same evaluation data."""
-    overrides = overrides or []
-    return {c: promote_task(params_file, overrides, c)
-            for c in categories_of(resolve(params_file, overrides), categories)}
+    params = stages.load(params_file, overrides or [])
+    return {c: promote_task(stages.resolve(params, c)) for c in stages.categories(params, categories)}
 
 
 if __name__ == "__main__":

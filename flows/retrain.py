@@ -16,7 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import WORKER_PRELOAD, categories_of, cli, resolve
+from bridgenet import stages
+from flows.common import WORKER_PRELOAD, cli
 from flows.evaluate import evaluate_task, report_task
 from flows.preprocess import preprocess_task
 from flows.register import promote_task, register_task
@@ -68,8 +69,7 @@ def retrain_flow(
 ) -> dict[str, Any]:
     """Preprocess, train, evaluate, register and gate every category of data.root."""
     logger = get_run_logger()
-    overrides = overrides or []
-    params = resolve(params_file, overrides)
+    params = stages.load(params_file, overrides or [])
     n_workers = 1 if params.dask.address is None and params.dask.n_workers <= 1 else params.dask.n_workers
     if with_registry:
         # Create the tracking store and experiment once, before workers write to it.
@@ -77,20 +77,21 @@ def retrain_flow(
 
         configure_tracking(params)
     chains: dict[str, list[PrefectFuture]] = {}
-    for category in categories_of(params, categories):
-        chain = [preprocess_task.submit(params_file, overrides, category)]
-        chain.append(train_task.submit(params_file, overrides, category, n_workers=n_workers, wait_for=chain[-1:]))
-        chain.append(evaluate_task.submit(params_file, overrides, category, wait_for=chain[-1:]))
+    for category in stages.categories(params, categories):
+        run = stages.resolve(params, category)  # travels with each task, to any worker
+        chain = [preprocess_task.submit(params, category)]
+        chain.append(train_task.submit(run, n_workers=n_workers, wait_for=chain[-1:]))
+        chain.append(evaluate_task.submit(run, wait_for=chain[-1:]))
         if with_registry:
-            chain.append(register_task.submit(params_file, overrides, category, wait_for=chain[-1:]))
-            chain.append(promote_task.submit(params_file, overrides, category, wait_for=chain[-1:]))
+            chain.append(register_task.submit(run, wait_for=chain[-1:]))
+            chain.append(promote_task.submit(run, wait_for=chain[-1:]))
         chains[category] = chain
     results, failures = {}, {}
     for category, chain in chains.items():
         ok, value = _outcome(chain)
         (results if ok else failures)[category] = value
     if results:
-        results["report"] = report_task(params_file, overrides, [c for c in chains if c in results])
+        results["report"] = report_task(params, [c for c in chains if c in results])
     for category, error in failures.items():
         logger.error("category %s failed: %s", category, error)
     if failures:
@@ -105,7 +106,7 @@ def run_retrain(
     with_registry: bool = True,
 ) -> dict[str, Any]:
     """Run :func:`retrain_flow` on the task runner that ``dask.*`` in the params asks for."""
-    params = resolve(params_file, overrides or [])
+    params = stages.load(params_file, overrides or [])
     runner = task_runner_for(params.dask.n_workers, params.dask.address)
     return retrain_flow.with_options(task_runner=runner)(
         params_file=params_file, overrides=overrides or [], categories=categories, with_registry=with_registry

@@ -7,23 +7,24 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import IO_BACKOFF, IO_RETRIES, cli, resolve, retry_transient
+from bridgenet import stages
+from bridgenet.config import SynthConfig
+from flows.common import IO_BACKOFF, IO_RETRIES, cli, retry_transient
 
 
 @task(retries=IO_RETRIES, retry_delay_seconds=IO_BACKOFF, retry_condition_fn=retry_transient)
-def synthesize_task(params_file: str, overrides: list[str]) -> dict[str, Any]:
-    from bridgenet.data.synthetic import synthesize
+def synthesize_task(synth: SynthConfig) -> dict[str, Any]:
+    from bridgenet.data.synth.dataset import synthesize
 
-    params = resolve(params_file, overrides)
-    summary = synthesize(params.synth, Path(params.synth.out))
-    get_run_logger().info("synthetic data in %s (%.1f s)", params.synth.out, summary.get("seconds", 0))
+    summary = synthesize(synth, Path(synth.out))
+    get_run_logger().info("synthetic data in %s (%.1f s)", synth.out, summary.get("seconds", 0))
     return summary
 
 
 @flow(name="synthesize")
 def synthesize_flow(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     """Render the synthetic data set into synth.out."""
-    return synthesize_task(params_file, overrides or [])
+    return synthesize_task(stages.load(params_file, overrides or []).synth)
 
 
 if __name__ == "__main__":

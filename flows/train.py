@@ -6,23 +6,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import bind_worker_resources, categories_of, cli, resolve
-from flows.generate_anomalies import render_preview
+from bridgenet import stages
+from flows.common import bind_worker_resources, cli
 
 
 @task
-def train_task(
-    params_file: str, overrides: list[str], category: str, resume: bool = False, n_workers: int = 1
-) -> dict[str, Any]:
-    from bridgenet.tracking.summary import save_train_summary
-    from bridgenet.train import train_category
-
-    get_run_logger().info("%s: %s", category, bind_worker_resources(n_workers))
-    params = resolve(params_file, overrides, category)
-    summary = train_category(params, category, resume=resume)
-    save_train_summary(summary, summary["model_path"].rsplit("/", 1)[0])
-    get_run_logger().info("%s: best epoch %s, validation %s, %.1f s/epoch", category, summary["best_epoch"],
-                          summary["validation"], summary["seconds_per_epoch"])
+def train_task(run: stages.CategoryParams, resume: bool = False, n_workers: int = 1) -> dict[str, Any]:
+    """Train one category; its model, summary and generated-anomaly preview land in its model folder."""
+    logger = get_run_logger()
+    logger.info("%s: %s", run.category, bind_worker_resources(n_workers))
+    summary = stages.train(run, resume=resume)
+    logger.info("%s: best epoch %s, validation %s, %.1f s/epoch", run.category, summary["best_epoch"],
+                summary["validation"], summary["seconds_per_epoch"])
     summary.pop("history")
     return summary
 
@@ -35,12 +30,8 @@ def train_flow(
     resume: bool = False,
 ) -> dict[str, Any]:
     """Train each category; also renders its generated-anomaly preview next to the model."""
-    overrides = overrides or []
-    results = {}
-    for category in categories_of(resolve(params_file, overrides), categories):
-        results[category] = train_task(params_file, overrides, category, resume)
-        render_preview(params_file, overrides, category)
-    return results
+    params = stages.load(params_file, overrides or [])
+    return {c: train_task(stages.resolve(params, c), resume) for c in stages.categories(params, categories)}
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import pytest
 from bench.accuracy import (
     CONFIGS,
     PEER,
-    check_targets,
     caps_unbound,
+    check_targets,
     entries,
     markdown,
     published_runs,

@@ -14,7 +14,7 @@ def trained(trained_bagel):
 
 @pytest.mark.parametrize("defect", ["color", "contamination"])
 def test_a_defect_raises_the_score_and_the_map_peaks_inside_it(trained, defect):
-    from bridgenet.data.synthetic import make_sample, render_sample
+    from bridgenet.data.synth.dataset import make_sample, render_sample
     from bridgenet.predict import predict_arrays
 
     params, _, model = trained

@@ -17,8 +17,8 @@ ort = pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def test_inputs(trained_bagel):
+    from bridgenet.data.batch import Batch
     from bridgenet.evaluate import load_test_split
-    from bridgenet.train import Batch
 
     params, _, _ = trained_bagel
     split = load_test_split(params, "bagel")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,8 +35,8 @@ def test_folder_predict_rows_equal_one_sample_predict(tiny_root, model_file, tmp
         assert row.score == single["score"], row.rgb
         assert bool(row.anomalous) == single["anomalous"] and row.threshold == single["threshold"]
         # the same overlay, at the layout of the input folder
-        assert row.heatmap.endswith(str(__import__("pathlib").Path(row.rgb).relative_to(folder)))
-        assert (tmp_path / "single.png").read_bytes() == open(row.heatmap, "rb").read()
+        assert row.heatmap.endswith(str(Path(row.rgb).relative_to(folder)))
+        assert (tmp_path / "single.png").read_bytes() == Path(row.heatmap).read_bytes()
     assert table["score"].nunique() > 1
     good = table["rgb"].str.contains("/good/")
     assert table.loc[~good, "score"].mean() > table.loc[good, "score"].mean()
@@ -44,7 +45,7 @@ def test_folder_predict_rows_equal_one_sample_predict(tiny_root, model_file, tmp
 def test_a_bad_sample_is_reported_in_its_row_and_the_command_exits_1(tiny_root, model_file, tmp_path):
     folder = tmp_path / "line"
     shutil.copytree(tiny_root / "synth" / "bagel" / "test" / "good", folder / "good")
-    broken = sorted((folder / "good" / "xyz").iterdir())[0]
+    broken = min((folder / "good" / "xyz").iterdir())
     broken.write_bytes(b"not a tiff")
     result = CliRunner().invoke(main, ["predict", "--model", str(model_file), "--folder", str(folder),
                                        "--out", str(tmp_path / "out"), "--no-heatmaps"])
@@ -80,8 +81,8 @@ def test_a_list_of_pairs_and_usage_errors(tiny_root, model_file, tmp_path):
 
 
 def test_the_pixel_threshold_comes_from_the_validation_goods_and_is_saved(trained_bagel, tmp_path):
+    from bridgenet.data.cache import load_cached_split
     from bridgenet.model.io import load_model
-    from bridgenet.preprocess import load_cached_split
     from bridgenet.train import build_validation_set, predict_batches
 
     params, summary, model = trained_bagel
@@ -107,7 +108,7 @@ def test_heatmap_and_mask_pictures(tiny_root, trained_bagel, model_file, tmp_pat
     folder = tiny_root / "synth" / "bagel" / "test"
     results = {}
     for defect in ("good", "contamination"):
-        rgb_path = sorted((folder / defect / "rgb").iterdir())[0]
+        rgb_path = min((folder / defect / "rgb").iterdir())
         xyz_path = folder / defect / "xyz" / f"{rgb_path.stem}.tiff"
         out = predict_files(model_file, rgb_path, xyz_path, tmp_path / f"{defect}.png",
                             mask_path=tmp_path / f"{defect}_mask.png")
@@ -135,7 +136,7 @@ def test_a_model_without_a_pixel_threshold_writes_no_mask(trained_bagel, tiny_ro
     _, _, model = trained_bagel
     save_model(dataclasses.replace(model, pixel_threshold=None), tmp_path / "old.pt")
     folder = tiny_root / "synth" / "bagel" / "test" / "good"
-    rgb_path = sorted((folder / "rgb").iterdir())[0]
+    rgb_path = min((folder / "rgb").iterdir())
     out = predict_files(tmp_path / "old.pt", rgb_path, folder / "xyz" / f"{rgb_path.stem}.tiff",
                         tmp_path / "h.png", mask_path=tmp_path / "m.png")
     assert out["mask"] is None and out["pixel_threshold"] is None and not (tmp_path / "m.png").exists()

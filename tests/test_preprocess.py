@@ -12,7 +12,8 @@ import tifffile
 from PIL import Image
 
 from bridgenet.config import DataConfig, Params
-from bridgenet.preprocess import INDEX_COLUMNS, load_cached_split, run_preprocess, write_entry
+from bridgenet.data.cache import INDEX_COLUMNS, load_cached_split
+from bridgenet.preprocess import run_preprocess, write_entry
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*stored as RGB with contiguous samples:DeprecationWarning"

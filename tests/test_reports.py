@@ -118,13 +118,29 @@ def assert_png(path, min_size=(100, 100)):
         return image.size
 
 
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def assert_differ(first, second, min_changed=0.001):
+    """Two figures of the same size that differ in at least ``min_changed`` of their pixels."""
+    a, b = pixels(first), pixels(second)
+    assert a.shape == b.shape
+    changed = float(np.mean(np.any(a != b, axis=-1)))
+    assert changed >= min_changed, f"{first} and {second} differ in {changed:.2%} of the pixels"
+
+
 def test_plot_curves(tmp_path):
     maps = np.random.default_rng(1).random((3, 10, 10))
     masks = np.zeros((3, 10, 10), dtype=bool)
     masks[0, 2:6, 2:6] = True
     curves = {"bagel": M.pro_curve_points(maps, masks), "empty": (np.empty(0), np.empty(0))}
     R.plot_curves(tmp_path / "pro.png", curves, "pro", "PRO", limit=0.3)
-    assert_png(tmp_path / "pro.png")
+    assert assert_png(tmp_path / "pro.png") == (550, 450)  # figsize 5.5 x 4.5 at 100 dpi
+    other = {"bagel": (np.array([0.0, 0.1, 1.0]), np.array([0.0, 0.9, 1.0]))}
+    R.plot_curves(tmp_path / "other.png", other, "pro", "PRO", limit=0.3)
+    assert_differ(tmp_path / "pro.png", tmp_path / "other.png")
 
 
 def test_select_heatmap_samples():
@@ -155,6 +171,9 @@ def test_heatmap_sheet(tmp_path):
     path = tmp_path / "sheets" / "bagel.png"
     R.write_heatmap_sheet(path, rgb, depth, masks, maps, ["best", "worst", "good"])
     _, height = assert_png(path)
+    flipped = tmp_path / "flipped.png"
+    R.write_heatmap_sheet(flipped, rgb, depth, masks, maps[:, ::-1], ["best", "worst", "good"])
+    assert_differ(path, flipped)  # the maps are drawn, not only the frame
     one_row = tmp_path / "one.png"
     R.write_heatmap_sheet(one_row, rgb[:1], depth[:1, ..., 0], masks[:1], maps[:1], ["best"])
     assert assert_png(one_row)[1] < height  # rows grow the sheet
@@ -170,3 +189,30 @@ def test_defect_auroc_bar(tmp_path):
     path = tmp_path / "per_defect.png"
     R.write_defect_auroc_bar(path, {"crack": 0.9, "hole": math.nan, "cut": 0.6}, "bagel")
     assert_png(path)
+    other = tmp_path / "other.png"
+    R.write_defect_auroc_bar(other, {"crack": 0.3, "hole": math.nan, "cut": 0.6}, "bagel")
+    assert_differ(path, other)
+
+
+def test_training_curves_follow_the_history(tmp_path):
+    history = [{"epoch": e, "loss": 2.0 - 0.3 * e, "val_score": 0.5 + 0.1 * e} for e in range(4)]
+    path = R.write_training_curves(tmp_path / "curves.png", history, "bagel", best_epoch=3)
+    assert assert_png(path) == (1000, 360)
+    rising = [{**r, "loss": 1.0 + 0.3 * r["epoch"]} for r in history]
+    assert_differ(path, R.write_training_curves(tmp_path / "rising.png", rising, "bagel", best_epoch=3))
+    empty = R.write_training_curves(tmp_path / "empty.png", [], "bagel")
+    assert_differ(path, empty)
+
+
+def test_anomaly_preview_draws_each_column(tmp_path):
+    rng = np.random.default_rng(3)
+    clean, rgb = rng.random((2, 2, 24, 24, 3))
+    depth, masks = rng.random((2, 24, 24)), np.zeros((2, 24, 24), dtype=bool)
+    masks[:, 8:16, 8:16] = True
+    path = R.write_anomaly_preview(tmp_path / "preview.png", clean, rgb, depth, masks, "bagel")
+    assert assert_png(path) == (480, 960)  # 2.4 in per column, 4 rows, 100 dpi
+    moved = np.roll(masks, 6, axis=2)
+    other = R.write_anomaly_preview(tmp_path / "moved.png", clean, rgb, depth, moved, "bagel")
+    assert_differ(path, other)
+    with pytest.raises(ValueError, match="columns"):
+        R.write_anomaly_preview(tmp_path / "bad.png", clean, rgb[:1], depth, masks, "bagel")

@@ -76,7 +76,7 @@ def faint_stain(rgb: np.ndarray, mask: np.ndarray, centre: tuple[int, int], radi
 
 def stained_pairs(params, n: int = 6):
     """(intact, stained rgb, stain mask) for ``n`` good bagels rendered outside the data set."""
-    from bridgenet.data.synthetic import make_sample, render_sample
+    from bridgenet.data.synth.dataset import make_sample, render_sample
 
     synth = params.synth
     for index in range(n):
@@ -132,7 +132,7 @@ def test_the_memory_head_sees_a_faint_stain_where_it_is(trained):
 
 def flatten_point_clouds(root: Path) -> int:
     """Every xyz of ``root`` becomes its support plane alone (a flat part): nothing above it."""
-    from bridgenet.data.readers import read_xyz
+    from bridgenet.data.samples import read_xyz
 
     count = 0
     for path in root.rglob("xyz/*.tiff"):
@@ -168,7 +168,7 @@ def test_a_category_of_flat_parts_gets_anomalies_and_scores_on_the_whole_image(t
     assert "val_image_auroc" in summary["validation"]
     assert summary["memory"]["rgb_candidates"] == 12 * 12 * 12
     model = load_model(tmp_path / "model" / "model.pt")
-    from bridgenet.data.readers import read_rgb, read_xyz
+    from bridgenet.data.samples import read_rgb, read_xyz
 
     folder = data / "bagel" / "test" / "good"
     rgb, xyz = read_rgb(folder / "rgb" / "000.png"), read_xyz(folder / "xyz" / "000.tiff")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from bridgenet.data.cache import load_cached_split
 from bridgenet.evaluate import evaluate_category, load_test_split, score_split
 from bridgenet.model.io import load_model, read_checkpoint
-from bridgenet.preprocess import load_cached_split
 from bridgenet.train import build_validation_set, predict_batches, train_category
 from tests.conftest import tiny_params
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bridgenet.data.readers import (
+from bridgenet.data.samples import (
     GOOD,
     DataError,
     Sample,

@@ -134,11 +134,6 @@ def _create(model_name: str, weights: str, announce_random: bool = True, **kwarg
     return model
 
 
-def build_classifier(model_name: str, weights: str) -> nn.Module:
-    """The full timm ImageNet classifier with the configured weights, in eval mode."""
-    return _create(model_name, weights).eval()
-
-
 class Backbone(nn.Module):
     """Frozen feature extractor returning the configured layers.
 

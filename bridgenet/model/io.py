@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,28 +10,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bridgenet.config import Params, params_from_dict
+from bridgenet.files import TMP_SUFFIX, atomic_path
 
 if TYPE_CHECKING:  # the network (and timm) is imported when a model is built, not to load a scripted one
     from bridgenet.model.network import BridgeNet
 
 MODEL_FORMAT = "bridgenet-model/1"
-_TMP_SUFFIX = ".tmp"
 # what torch.load raises on corrupt, truncated or foreign files
 _LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError,
                 KeyError, IndexError, AttributeError, ImportError)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    try:
+    """``torch.save`` through :func:`bridgenet.files.atomic_path`: never half-written."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def remove_interrupted_writes(folder: Path) -> list[Path]:
@@ -44,7 +35,7 @@ def remove_interrupted_writes(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = sorted(p for p in folder.glob(f".*.pt.*{_TMP_SUFFIX}") if p.is_file())
+    stale = sorted(p for p in folder.glob(f".*.pt.*{TMP_SUFFIX}") if p.is_file())
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

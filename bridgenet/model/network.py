@@ -46,6 +46,19 @@ class AnomalyResult:
     anomaly_map: torch.Tensor
 
 
+@dataclass
+class TrainingLogits:
+    """Training-mode output: discriminator logits (P,) of the P kept patches, per kind of input.
+
+    ``clean`` for the clean embeddings; ``negatives`` one entry per generated negative
+    (``image``, ``feature``, ``projected`` from the Gaussian generator, ``texture``), in
+    the order they were given.
+    """
+
+    clean: torch.Tensor
+    negatives: dict[str, torch.Tensor]
+
+
 def _pooling_kernel(channels: int, patch: int, width: int) -> torch.Tensor:
     """Fixed conv weight (width, channels, patch, patch) that average-pools each patch vector.
 
@@ -162,9 +175,6 @@ class BridgeNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig, weights: str | None = None, announce_random: bool = True) -> None:
         super().__init__()
-        unknown = set(cfg.modalities) - set(MODALITIES)
-        if unknown:
-            raise ValueError(f"model.modalities: unknown {sorted(unknown)}; allowed {MODALITIES}")
         self.modalities = tuple(m for m in MODALITIES if m in cfg.modalities)
         self.backbone = Backbone(cfg.backbone, weights or cfg.weights, cfg.layers, announce_random,
                                  cfg.backbone_cpu_batch)
@@ -172,7 +182,6 @@ class BridgeNet(nn.Module):
         fused = cfg.embed_dim * len(self.modalities)
         self.projection = Projection(fused, cfg.pre_proj_layers)
         self.discriminator = Discriminator(fused, cfg.dsc_hidden, cfg.dsc_layers)
-        self.stride = self.backbone.strides[0]
         self.smoothing_sigma = cfg.map_smoothing_sigma
         self.foreground_only = cfg.foreground_only
         self.scorer = cfg.scorer
@@ -270,6 +279,38 @@ class BridgeNet(nn.Module):
         """Per-modality (B, D, h, w) -> per-patch rows (B * h * w, M * D)."""
         stacked = torch.cat([embeddings[m] for m in self.modalities], dim=1)
         return stacked.permute(0, 2, 3, 1).reshape(-1, stacked.shape[1])
+
+    def project_patches(self, embeddings: dict[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        """Per-modality (B, D, h, w) -> projected rows (P, M * D) of the ``keep`` (B * h * w,) patches."""
+        return self.projection(self.fuse(embeddings)[keep])
+
+    def reembed(
+        self, clean: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], touched: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """``clean`` embeddings with the ``touched`` (B,) samples of each modality embedded again.
+
+        ``inputs`` are normalised backbone inputs (B, 3, S, S) per modality (:meth:`backbone_input`);
+        only the touched samples go through the frozen backbone.
+        """
+        out = {}
+        for m in self.modalities:
+            selected = touched.get(m, torch.zeros(len(inputs[m]), dtype=torch.bool)).to(clean[m].device)
+            emb = clean[m].clone()
+            if bool(selected.any()):
+                emb[selected] = self.embed_normalized(inputs[m][selected], m)
+            out[m] = emb
+        return out
+
+    def training_logits(self, clean: torch.Tensor, negatives: dict[str, torch.Tensor]) -> TrainingLogits:
+        """Projected rows (P, M * D) of the clean patches and of each negative -> their logits.
+
+        One discriminator pass over all rows together (its BatchNorm normalises over
+        the whole step), in float32.
+        """
+        rows = [clean, *negatives.values()]
+        logits = self.discriminator(torch.cat(rows)).float()
+        parts = torch.split(logits, [len(r) for r in rows])
+        return TrainingLogits(parts[0], dict(zip(negatives, parts[1:])))
 
     @property
     def scorer(self) -> str:

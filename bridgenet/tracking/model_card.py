@@ -14,12 +14,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from bridgenet.config import Params
 from bridgenet.metrics import METRIC_KEYS
-from bridgenet.tracking.registry import (
-    EvaluatedVersion,
-    metric_text,
-    model_name,
-    set_version_tags,
-)
+from bridgenet.tracking.registry import metric_text, model_name, set_version_tags
 from bridgenet.tracking.runs import call_tracking, tracking_client
 
 MODEL_CARD = "model_card.md"
@@ -38,13 +33,16 @@ def model_card_markdown(
     evaluation: Any,
     lineage: Mapping[str, str],
     comparison: Mapping[str, Any] | None,
-    champion: EvaluatedVersion | None,
+    champion: tuple[str, Mapping[str, float]] | None,
     figures: Mapping[str, str],
 ) -> str:
     """The model card (Markdown) of one registered version.
 
-    ``figures`` maps a title to a path relative to the card (the card and a
-    ``figures/`` folder are artifacts of the same run).
+    ``evaluation`` has ``metrics``, ``per_defect``, ``per_family``, ``threshold`` and
+    ``extras`` (a :class:`bridgenet.evaluate.CategoryEvaluation`); ``champion`` is the
+    current champion's (version, metrics on the same data), ``comparison`` the
+    promotion decision between the two. ``figures`` maps a title to a path relative
+    to the card (the card and a ``figures/`` folder are artifacts of the same run).
     """
     name = model_name(params, category)
     m = params.model
@@ -75,10 +73,10 @@ def model_card_markdown(
         "## Test metrics",
         "",
     ]
-    champ_metrics = champion.evaluation.metrics if champion else None
+    champion_version, champ_metrics = champion if champion else (None, None)
     head = ["metric", f"v{version.version} (this)"]
     if champion:
-        head += [f"champion v{champion.version}", "change", "tolerance"]
+        head += [f"champion v{champion_version}", "change", "tolerance"]
     lines += [_row(head), _row(["---"] * len(head))]
     tolerances = params.promotion.tolerances
     for key in METRIC_KEYS:
@@ -97,7 +95,7 @@ def model_card_markdown(
     else:
         verdict = "would be promoted" if comparison["promote"] else "would NOT be promoted"
         lines.append(
-            f"Evaluated on the same test split as champion v{champion.version}: "
+            f"Evaluated on the same test split as champion v{champion_version}: "
             f"{verdict} ({comparison['reason']})."
         )
     lines += [

@@ -23,9 +23,10 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +39,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bridgenet.config import Params, TrackingConfig
+from bridgenet.files import write_json
 from bridgenet.tracking.lineage import lineage_tags
+from bridgenet.tracking.pyfunc import PyfuncSpec
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -248,10 +251,7 @@ def _update_journal(params: Params, change: Callable[[list[dict[str, str]]], lis
             entries = []
         entries = change(entries if isinstance(entries, list) else [])
         if entries:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(entries, indent=1) + "\n")
-            os.replace(tmp, path)
+            write_json(path, entries, indent=1)
         else:
             path.unlink(missing_ok=True)
 
@@ -344,6 +344,8 @@ def evaluation_metrics(evaluation: Any, timestamp_ms: int) -> list[Metric]:
     values = {f"test_{k}": v for k, v in evaluation.metrics.items()}
     values.update({f"test_auroc_defect_{k}": v for k, v in evaluation.per_defect.items()})
     values.update({f"test_auroc_family_{k}": v for k, v in evaluation.per_family.items()})
+    if hasattr(evaluation, "at_threshold"):  # the deployed decision's confusion counts and rates
+        values.update({f"test_at_threshold_{k}": v for k, v in evaluation.at_threshold().items()})
     # nan (undefined, e.g. no anomalous pixel) is stored as nan rather than dropped
     return [Metric(k, float(v), timestamp_ms, 0) for k, v in values.items() if v is not None]
 
@@ -376,11 +378,13 @@ def log_training_run(
     evaluation: Any,
     figures: Mapping[str, Path],
     model_path: Path,
+    pyfunc: PyfuncSpec,
     preview_path: Path | None = None,
     repo_root: Path | str = ".",
-    input_example: Mapping[str, Any] | None = None,
     trained_params: Params | None = None,
     lineage: Mapping[str, str] | None = None,
+    records: Sequence[Path] = (),
+    datasets: Sequence[Mapping[str, str]] = (),
 ) -> LoggedTrainingRun:
     """One MLflow run for one category's training, with its evaluation and model.
 
@@ -388,11 +392,14 @@ def log_training_run(
     ``params.yaml``; per-epoch metrics of ``summary["history"]`` with
     ``step=epoch``; the final validation metrics (``best_<key>``) and timings
     of the summary, and the summary itself (``training/train_summary.json``);
-    test metrics of ``evaluation`` (a
-    :class:`~bridgenet.evaluate.CategoryEvaluation`); the PNG ``figures``
-    (name -> path, e.g. the heatmap sheet) and ``preview_path`` under
-    ``figures/``; lineage tags; the pyfunc model (``name="model"``) built from
-    ``model_path`` with ``input_example``.
+test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
+    ``per_family`` mappings, such as :class:`bridgenet.evaluate.CategoryEvaluation`);
+    the PNG ``figures`` (name -> path, e.g. the heatmap sheet) and ``preview_path``
+    under ``figures/``; the ``records`` files (the stored evaluation) under
+    ``evaluation/``; lineage tags; the pyfunc model (``name="model"``) built from
+    ``model_path`` as ``pyfunc`` describes it; the ``datasets`` it read (``name``,
+    ``source``, ``digest``, ``context``: training or test) as the run's inputs; the
+    user and the command as the run's source.
 
     ``trained_params`` (default ``params``) are the params the model was
     trained with, logged as the run's params; ``params`` gives the tracking
@@ -400,7 +407,7 @@ def log_training_run(
     failed run is marked FAILED and the error re-raised; tracking failures
     raise :class:`TrackingUnavailableError` after the configured retries.
     """
-    from bridgenet.tracking.pyfunc import log_pyfunc_model
+    from bridgenet.tracking import pyfunc as pyfunc_module
 
     cfg = params.tracking
     model_path = Path(model_path)
@@ -419,6 +426,9 @@ def log_training_run(
     }
     if summary.get("device"):
         tags["device"] = str(summary["device"])
+    tags.setdefault("mlflow.user", _user())
+    tags.setdefault("mlflow.source.name", Path(sys.argv[0]).name or "python")
+    tags.setdefault("mlflow.source.type", "LOCAL")
     run = call_tracking(cfg, client.create_run, experiment_id, run_name=category, tags=tags)
     run_id = run.info.run_id
     status = "FAILED"
@@ -449,17 +459,42 @@ def log_training_run(
             config = Path(tmp) / "params.yaml"
             config.write_text(yaml.safe_dump(logged_params.to_dict(), sort_keys=False))
             call_tracking(cfg, client.log_artifact, run_id, str(config))
-            record = Path(tmp) / "train_summary.json"
-            record.write_text(json.dumps(dict(summary), indent=1, default=str))
+            record = write_json(Path(tmp) / "train_summary.json", summary, indent=1)
             call_tracking(cfg, client.log_artifact, run_id, str(record), "training")
         for path in [*figures.values(), *([preview_path] if preview_path else [])]:
             call_tracking(cfg, client.log_artifact, run_id, str(path), "figures")
-        info = call_tracking(cfg, log_pyfunc_model, model_path, input_example=input_example)
+        for path in records:
+            call_tracking(cfg, client.log_artifact, run_id, str(path), "evaluation")
+        for dataset in datasets:
+            call_tracking(cfg, mlflow.log_input, _meta_dataset(dataset), context=dataset["context"])
+        info = call_tracking(cfg, pyfunc_module.log_pyfunc_model, model_path, pyfunc)
         status = "FINISHED"
     finally:
         end_run_as(params, run_id, status, "" if status == "FINISHED" else "logging the run failed")
     LOGGER.info("logged %s training run %s, model %s", category, run_id, info.model_uri)
     return LoggedTrainingRun(run_id, experiment_id, info.model_uri, info.model_id)
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in a bare container
+        return "unknown"
+
+
+def _meta_dataset(dataset: Mapping[str, str]) -> Any:
+    """A dataset as MLflow records it (name, source, digest; MLflow keeps 36 digest characters)."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "can be interpreted in multiple ways": a local path
+        source = resolve_dataset_source(str(Path(dataset["source"]).resolve()))
+    return MetaDataset(source, name=dataset["name"], digest=str(dataset["digest"])[:36])
 
 
 def _finish_run(client: MlflowClient, run_id: str, status: str) -> None:

@@ -12,14 +12,8 @@ from PIL import Image
 
 from bridgenet.config import DataConfig
 from bridgenet.data.eyecandies import FOCAL_LENGTH_PX, depth_to_xyz
-from bridgenet.data.readers import (
-    DataError,
-    index_dataset,
-    load_sample,
-    read_rgb,
-    read_xyz,
-    scan_dataset,
-)
+from bridgenet.data.readers import load_sample, scan_dataset
+from bridgenet.data.samples import DataError, Sample, read_rgb, read_xyz
 
 H, W = 24, 32
 # tifffile stores float (H, W, 3) as contiguous RGB samples, like the real data set, and warns
@@ -27,6 +21,17 @@ H, W = 24, 32
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*stored as RGB with contiguous samples:DeprecationWarning"
 )
+
+
+def index_dataset(data_cfg: DataConfig) -> dict[str, list[Sample]]:
+    """Category -> samples of ``data.root``; raises one DataError listing every problem."""
+    index, problems = scan_dataset(data_cfg)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        listing = "\n  ".join(str(p) for p in problems)
+        raise DataError(Path(data_cfg.root), f"{len(problems)} problems in the data set:\n  {listing}")
+    return index
 
 
 # ------------------------------------------------------------------ writers

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from skimage import data as skdata
 
-from bridgenet.model.backbone import Backbone, WeightsUnavailableError, build_classifier
+from bridgenet.model.backbone import Backbone, WeightsUnavailableError, pretrained_state_dict
 
 IMAGENET_CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def build_classifier(model_name: str, weights: str) -> torch.nn.Module:
+    """The full timm ImageNet classifier with the backbone's weights (``package`` or ``none``), in eval mode."""
+    model = timm.create_model(model_name, pretrained=False)
+    state = pretrained_state_dict(model_name, weights)
+    if state is not None:
+        assert not model.load_state_dict(state, strict=False).missing_keys
+    return model.eval()
 
 
 def _chelsea_batch(size: int) -> torch.Tensor:

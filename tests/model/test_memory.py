@@ -73,7 +73,7 @@ def test_nearest_distance_matches_cdist_across_chunks():
 
 
 def test_faiss_search_and_the_matrix_product_agree(monkeypatch):
-    import bridgenet.model.memory as memory
+    from bridgenet.model import memory
 
     pytest.importorskip("faiss")
     gen = torch.Generator().manual_seed(2)

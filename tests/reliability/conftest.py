@@ -143,8 +143,8 @@ class Small:
 @pytest.fixture(scope="session")
 def small(tmp_path_factory) -> Small:
     """Data (2 categories), its cache and one model per category (1 epoch) with its summary."""
+    from bridgenet.model.summary import save_train_summary
     from bridgenet.preprocess import run_preprocess
-    from bridgenet.tracking.summary import save_train_summary
     from bridgenet.train import train_category
 
     root = tmp_path_factory.mktemp("reliability")

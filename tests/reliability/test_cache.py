@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from bridgenet.preprocess import load_cached_split, run_preprocess
+from bridgenet.data.cache import load_cached_split
+from bridgenet.preprocess import run_preprocess
 from tests.reliability.conftest import (
     make_params,
     run_child,
@@ -55,7 +56,7 @@ def die_before_the_rename(src, dst):
     if calls[0] == limit:
         os.kill(os.getpid(), signal.SIGKILL)
     real_replace(src, dst)
-pre.os.replace = die_before_the_rename
+os.replace = die_before_the_rename  # every atomic write (bridgenet.files) renames with it
 pre.run_preprocess(load_params(sys.argv[1]))
 """
 

@@ -108,7 +108,7 @@ def test_cli_predict_reports_status_or_exits_non_zero(small, tmp_path):
 
 
 def pyfunc(model):
-    from bridgenet.tracking.pyfunc_model import BridgeNetPyfunc
+    from bridgenet.serving.pyfunc_model import BridgeNetPyfunc
 
     wrapper = BridgeNetPyfunc()
     wrapper.model = model

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from bridgenet.config import ConfigError, load_params
-from bridgenet.data.readers import read_rgb
+from bridgenet.data.samples import read_rgb
 from bridgenet.model.io import load_model
 from bridgenet.tracking.runs import configure_tracking
 from tests.reliability.conftest import make_params

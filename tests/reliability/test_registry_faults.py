@@ -12,7 +12,7 @@ import pytest
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
-from bridgenet.register import run_register
+from bridgenet import stages
 from bridgenet.tracking.runs import TrackingUnavailableError, configure_tracking, journal_path
 from tests.reliability.conftest import CATEGORIES, child_env, write_params_file
 
@@ -96,7 +96,7 @@ def test_registration_failing_after_the_run_ends_the_run_failed(small, tmp_path,
 
     params = small.params(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
                           f"eval.reports_dir={tmp_path / 'reports'}")
-    first = run_register(params, ["bagel"], repo_root=tmp_path)["bagel"]
+    first = stages.register(stages.resolve(params, "bagel"), repo_root=tmp_path)
     before = registry_state(params.tracking.uri)
 
     def registry_gone(*args, **kwargs):
@@ -104,7 +104,7 @@ def test_registration_failing_after_the_run_ends_the_run_failed(small, tmp_path,
 
     monkeypatch.setattr(registry, "register_challenger", registry_gone)
     with pytest.raises(RuntimeError, match="injected"):
-        run_register(params, ["bagel"], repo_root=tmp_path)
+        stages.register(stages.resolve(params, "bagel"), repo_root=tmp_path)
     assert registry_state(params.tracking.uri) == before
     statuses = runs_by_status(params.tracking.uri)
     failed = [run for run, status in statuses.items() if status == "FAILED"]
@@ -128,7 +128,7 @@ def test_server_stopped_mid_register_loses_nothing_and_the_run_ends_failed(
     params = small.params(f"tracking.uri={uri}", f"eval.reports_dir={tmp_path / 'reports'}")
     server = start_tracking_server(port, db, artifacts)
     try:
-        first = run_register(params, ["bagel"], repo_root=tmp_path)["bagel"]
+        first = stages.register(stages.resolve(params, "bagel"), repo_root=tmp_path)
         before = registry_state(uri)
         real_log = pyfunc.log_pyfunc_model
 
@@ -138,7 +138,7 @@ def test_server_stopped_mid_register_loses_nothing_and_the_run_ends_failed(
 
         monkeypatch.setattr(pyfunc, "log_pyfunc_model", stop_server_then_log)
         with pytest.raises(TrackingUnavailableError, match=f"MLflow tracking server at {uri}"):
-            run_register(params, ["bagel"], repo_root=tmp_path)
+            stages.register(stages.resolve(params, "bagel"), repo_root=tmp_path)
     finally:
         stop_process(server)
     monkeypatch.setattr(pyfunc, "log_pyfunc_model", real_log)

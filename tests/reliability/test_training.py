@@ -92,7 +92,6 @@ def test_epoch_without_a_finite_validation_score_never_overwrites_model_pt(
 KILL_INSIDE_CHECKPOINT_WRITE = """
 import os, signal, sys
 from pathlib import Path
-import bridgenet.model.io as io
 from bridgenet.config import load_params
 from bridgenet.train import train_category
 real_replace = os.replace
@@ -100,7 +99,7 @@ def die_before_the_rename(src, dst):
     if str(dst).endswith("checkpoint.pt"):
         os.kill(os.getpid(), signal.SIGKILL)
     real_replace(src, dst)
-io.os.replace = die_before_the_rename
+os.replace = die_before_the_rename  # every atomic write (bridgenet.files) renames with it
 train_category(load_params(sys.argv[1]), "bagel", out_dir=Path(sys.argv[2]))
 """
 

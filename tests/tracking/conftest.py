@@ -51,6 +51,8 @@ def make_params(root: Path, *overrides: str) -> Params:
         "tracking.retry_delay_s=0.01",
         "tracking.retries=1",
         "tracking.create=true",
+        # 2-epoch models on 13 test samples score near chance: no quality floor for the first champion
+        "promotion.min_image_auroc=0",
         *SYNTH,
     ]
     return params_from_dict(apply_overrides({}, [*base, *overrides]), source="tests/tracking")
@@ -98,7 +100,7 @@ def _restore_mlflow_uris():
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> Tiny:
-    from bridgenet.data.synthetic import synthesize
+    from bridgenet.data.synth.dataset import synthesize
     from bridgenet.preprocess import run_preprocess
 
     root = tmp_path_factory.mktemp("tracking")
@@ -111,7 +113,7 @@ def tiny(tmp_path_factory) -> Tiny:
 @pytest.fixture(scope="session")
 def good_models(tiny: Tiny) -> Path:
     """models_good/<cat>/{model.pt, train_summary.json}: 2 epochs each."""
-    from bridgenet.tracking.summary import save_train_summary
+    from bridgenet.model.summary import save_train_summary
     from bridgenet.train import train_category
 
     params = tiny.params()
@@ -141,15 +143,15 @@ def constant_models(tiny: Tiny, good_models: Path) -> Path:
 @pytest.fixture(scope="session")
 def registry(tiny: Tiny, good_models: Path) -> dict[str, Any]:
     """A SQLite store with both categories registered from models_good and promoted (champion = v1)."""
-    from bridgenet.promote import run_promote
-    from bridgenet.register import run_register
+    from bridgenet import stages
 
     params = tiny.params(
         f"tracking.uri=sqlite:///{tiny.root / 'registry' / 'mlflow.db'}",
         f"eval.reports_dir={tiny.root / 'registry' / 'reports'}",
     )
-    registered = run_register(params, list(CATEGORIES), repo_root=tiny.root)
-    promoted = run_promote(params, list(CATEGORIES))
+    runs = [stages.resolve(params, category) for category in CATEGORIES]
+    registered = {run.category: stages.register(run, repo_root=tiny.root) for run in runs}
+    promoted = {run.category: stages.promote(run) for run in runs}
     return {"params": params, "registered": registered, "promoted": promoted}
 
 

@@ -11,7 +11,8 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from bridgenet.tracking.registry import compare_metrics, promote
+from bridgenet import stages
+from bridgenet.promote import compare_metrics
 
 TOL = {"image_auroc": 0.005, "aupro_30": 0.01}
 NAN = float("nan")
@@ -40,6 +41,17 @@ def test_no_gated_metric_may_drop_beyond_its_tolerance(challenger, promoted, nam
     if named:
         assert named in decision["reason"]
     assert decision["metrics"]["image_auroc"]["champion"] == 0.9
+
+
+@pytest.mark.parametrize("champion", [None, {"image_auroc": 0.5, "aupro_30": 0.1}])
+def test_a_challenger_below_a_floor_is_never_promoted_first_model_included(champion):
+    floors = {"image_auroc": 0.6}
+    low = compare_metrics({"image_auroc": 0.55, "aupro_30": 0.9}, champion, TOL, floors)
+    assert not low["promote"] and "image_auroc 0.5500 is below the floor 0.6" in low["reason"]
+    assert low["floors"]["image_auroc"] == {"challenger": 0.55, "floor": 0.6, "passed": False}
+    undefined = compare_metrics({"image_auroc": NAN, "aupro_30": 0.9}, champion, TOL, floors)
+    assert not undefined["promote"]
+    assert compare_metrics({"image_auroc": 0.6, "aupro_30": 0.9}, champion, TOL, floors)["promote"]
 
 
 def test_metric_undefined_for_both_is_skipped():
@@ -84,6 +96,33 @@ def test_registered_version_has_aliases_lineage_metrics_and_card(registry):
             assert f"| {defect} |" in text
 
 
+def test_the_registry_page_holds_what_a_reviewer_needs(registry):
+    """Description (card and decision), inputs with their digests, source, metrics at the threshold, curves."""
+    params = registry["params"]
+    client = MlflowClient(params.tracking.uri, params.tracking.uri)
+    result = registry["registered"]["bagel"]
+    version = client.get_model_version("bridgenet-bagel", result["version"])
+    assert version.description.startswith("## Promotion decision\n\n**promoted**")
+    assert "first model: no champion yet" in version.description
+    assert "# Model card: bridgenet-bagel, version 1" in version.description  # the card below the decision
+    run = client.get_run(result["run_id"])
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"bagel/train", "bagel/test"}
+    contexts = {name: {t.key: t.value for t in d.tags}.get("mlflow.data.context") for name, d in inputs.items()}
+    assert contexts == {"bagel/train": "training", "bagel/test": "test"}
+    evaluation = json.loads((Path(params.eval.reports_dir) / "categories" / "bagel" / "evaluation.json").read_text())
+    assert inputs["bagel/test"].dataset.digest == evaluation["data_fingerprint"][:36]
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"]
+    metrics = run.data.metrics
+    counts = [metrics[f"test_at_threshold_{k}"] for k in ("tp", "fp", "fn", "tn")]
+    assert sum(counts) == metrics["test_n_test"] > 0
+    assert metrics["test_at_threshold_tp"] + metrics["test_at_threshold_fn"] == pytest.approx(
+        metrics["test_n_anomalous"])
+    assert 0 <= metrics["test_at_threshold_fpr"] <= 1 and 0 <= metrics["test_at_threshold_recall"] <= 1
+    figures = {f.path for f in client.list_artifacts(result["run_id"], "figures")}
+    assert {"figures/roc_bagel.png", "figures/pro_bagel.png"} <= figures
+
+
 def _defects(params, category):
     folder = Path(params.data.root) / category / "test"
     return sorted(p.name for p in folder.iterdir() if p.name != "good")
@@ -110,7 +149,6 @@ def discriminator_copy(source: Path, target: Path) -> Path:
 def test_promotion_gate_keeps_the_better_model(tiny, good_models, constant_models, tmp_path):
     """constant model first (becomes champion), good model promoted over it, constant again rejected."""
     from bridgenet.cli import main
-    from bridgenet.register import run_register
 
     store = [
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
@@ -124,15 +162,18 @@ def test_promotion_gate_keeps_the_better_model(tiny, good_models, constant_model
     client = MlflowClient(good.tracking.uri, good.tracking.uri)
     report_path = tmp_path / "reports" / "promotion_bagel.json"
 
-    assert run_register(constant, ["bagel"], repo_root=tmp_path)["bagel"]["version"] == "1"
-    first = promote(constant, "bagel")
+    def register(params):
+        return stages.register(stages.resolve(params, "bagel"), repo_root=tmp_path)
+
+    assert register(constant)["version"] == "1"
+    first = stages.promote(stages.resolve(constant, "bagel"))
     assert first["decision"] == "promoted" and first["champion_after"] == "1"
     assert first["challenger"]["metrics"]["image_auroc"] == pytest.approx(0.5)
 
-    registered = run_register(good, ["bagel"], repo_root=tmp_path)["bagel"]
+    registered = register(good)
     assert registered["version"] == "2" and registered["champion_version"] == "1"
     assert registered["would_promote"] is True
-    second = promote(good, "bagel")
+    second = stages.promote(stages.resolve(good, "bagel"))
     assert second["decision"] == "promoted", second["reason"]
     assert second["champion_before"]["version"] == "1" and second["champion_after"] == "2"
     # Better where it counts on this 13-sample set: the constant map localises nothing.
@@ -149,7 +190,7 @@ def test_promotion_gate_keeps_the_better_model(tiny, good_models, constant_model
     assert "champion v1" in card and "would be promoted" in card
 
     # a worse model is registered as challenger but never promoted (gate run through the CLI)
-    assert run_register(constant, ["bagel"], repo_root=tmp_path)["bagel"]["would_promote"] is False
+    assert register(constant)["would_promote"] is False
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(constant.to_dict()))
     result = CliRunner().invoke(main, ["promote", "-c", "bagel", "--params", str(params_file)])
@@ -163,12 +204,26 @@ def test_promotion_gate_keeps_the_better_model(tiny, good_models, constant_model
 
     # gating the champion against itself changes nothing
     client.set_registered_model_alias("bridgenet-bagel", "challenger", "2")
-    unchanged = promote(good, "bagel")
+    unchanged = stages.promote(stages.resolve(good, "bagel"))
     assert unchanged["decision"] == "unchanged" and not unchanged["promoted"]
     assert str(client.get_model_version_by_alias("bridgenet-bagel", "champion").version) == "2"
+
+
+def test_a_first_model_below_the_floor_is_registered_but_not_champion(tiny, constant_models, tmp_path):
+    params = tiny.params(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"eval.reports_dir={tmp_path / 'r'}",
+                         f"train.models_dir={constant_models}", "promotion.min_image_auroc=0.6")
+    client = MlflowClient(params.tracking.uri, params.tracking.uri)
+    assert stages.register(stages.resolve(params, "bagel"), repo_root=tmp_path)["version"] == "1"
+    report = stages.promote(stages.resolve(params, "bagel"))
+    assert report["decision"] == "rejected" and report["champion_after"] is None
+    assert "below the floor 0.6" in report["reason"] and report["floors"]["image_auroc"]["passed"] is False
+    assert str(client.get_model_version_by_alias("bridgenet-bagel", "challenger").version) == "1"
+    with pytest.raises(mlflow.exceptions.MlflowException, match="champion"):
+        client.get_model_version_by_alias("bridgenet-bagel", "champion")
+    assert client.get_model_version("bridgenet-bagel", "1").tags["promotion.decision"] == "rejected"
 
 
 def test_promote_without_a_challenger_is_an_error(tiny, tmp_path):
     params = tiny.params(f"tracking.uri=sqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(ValueError, match="no 'challenger' version"):
-        promote(params, "bagel")
+        stages.promote(stages.resolve(params, "bagel"))

@@ -20,6 +20,7 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.tracking import MlflowClient
 
 from bridgenet.config import TrackingConfig
+from bridgenet.model.summary import SUMMARY_FILE, load_train_summary, save_train_summary
 from bridgenet.tracking import runs
 from bridgenet.tracking.lineage import lineage_tags
 from bridgenet.tracking.runs import (
@@ -28,7 +29,6 @@ from bridgenet.tracking.runs import (
     is_transient,
     sqlite_artifact_location,
 )
-from bridgenet.tracking.summary import SUMMARY_FILE, load_train_summary, save_train_summary
 from tests.tracking.conftest import make_params
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from bridgenet.data.readers import read_rgb, read_xyz
+from bridgenet.data.samples import read_rgb, read_xyz
 from bridgenet.tracking.runs import TrackingUnavailableError
 from tests.tracking.conftest import free_port, stop_process, wait_for_http
 
@@ -52,8 +53,8 @@ def start_tracking_server(port: int, db: Path, artifacts: Path) -> subprocess.Po
 def test_tracking_server_logs_registers_and_fails_clearly_when_down(
     tiny, good_models, tmp_path, monkeypatch, caplog
 ):
+    from bridgenet import stages
     from bridgenet.predict import resolve_model
-    from bridgenet.register import run_register
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -68,7 +69,7 @@ def test_tracking_server_logs_registers_and_fails_clearly_when_down(
     )
     server = start_tracking_server(port, db, artifacts)
     try:
-        result = run_register(params, ["bagel"], repo_root=tmp_path)["bagel"]
+        result = stages.register(stages.resolve(params, "bagel"), repo_root=tmp_path)
         client = MlflowClient(uri, uri)
         assert (
             str(client.get_model_version_by_alias("bridgenet-bagel", "challenger").version) == "1"
@@ -84,7 +85,7 @@ def test_tracking_server_logs_registers_and_fails_clearly_when_down(
         TrackingUnavailableError,
         match=rf"MLflow tracking server at {uri} unreachable after 3 tries",
     ):
-        run_register(params, ["bagel"], repo_root=tmp_path)
+        stages.register(stages.resolve(params, "bagel"), repo_root=tmp_path)
     retries = [r for r in caplog.records if "retrying" in r.getMessage()]
     assert [r.getMessage().split("(try ")[1][:3] for r in retries] == ["1/3", "2/3"]
 
@@ -155,6 +156,16 @@ def test_served_champion_scores_a_request_and_rejects_malformed_ones(registry, t
         assert cli["scorer"] == registry["params"].model.scorer == "fused"
         assert predictions["score"][0] == pytest.approx(cli["score"], rel=1e-5, abs=1e-6)
         assert predictions["anomalous"][0] == cli["anomalous"]
+        # the files themselves, base64: the same answer for about the files' size
+        import base64
+
+        files = {"rgb_png": [base64.b64encode((folder / "rgb" / "000.png").read_bytes()).decode()],
+                 "xyz_tiff": [base64.b64encode((folder / "xyz" / "000.tiff").read_bytes()).decode()]}
+        encoded = requests.post(url, json={"inputs": files}, timeout=120)
+        assert encoded.status_code == 200, encoded.text[:2000]
+        assert encoded.json()["predictions"]["score"] == predictions["score"]
+        size = sum((folder / p).stat().st_size for p in ("rgb/000.png", "xyz/000.tiff"))
+        assert len(encoded.request.body) <= 1.4 * size
         cases = [
             ({"inputs": {"rgb": rgb[None].tolist()}}, "xyz"),
             (
@@ -165,9 +176,21 @@ def test_served_champion_scores_a_request_and_rejects_malformed_ones(registry, t
                 {"inputs": {"rgb": rgb[None, :10].tolist(), "xyz": xyz[None].tolist()}},
                 "must have the same",
             ),
+            # a float image in [0, 1] (a common client mistake): 400 naming the field, never a cast
+            (
+                {"inputs": {"rgb": (rgb[None] / 255.0).tolist(), "xyz": xyz[None].tolist()}},
+                "rgb: expected uint8 values 0..255, got dtype float64",
+            ),
+            (
+                {"inputs": {"rgb": rgb[None].tolist(),
+                            "xyz": np.where(xyz == 0, xyz, np.nan)[None].tolist()}},
+                "xyz: holds NaN or Inf",
+            ),
         ]
         for bad, fragment in cases:
-            response = requests.post(url, json=bad, timeout=120)
+            # json.dumps writes NaN as JavaScript does (requests' json= refuses it); the server reads it
+            response = requests.post(url, data=json.dumps(bad), headers={"Content-Type": "application/json"},
+                                     timeout=120)
             assert response.status_code == 400, (response.status_code, response.text[:500])
             body = response.json()
             assert (

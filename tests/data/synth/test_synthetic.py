@@ -14,10 +14,7 @@ from PIL import Image
 from scipy.ndimage import binary_erosion, distance_transform_edt
 
 from bridgenet.config import SynthConfig
-from bridgenet.data.meshes import BUILDERS, build_object
-from bridgenet.data.raycast import focal_length
-from bridgenet.data.render import render_sample, scan_geometry
-from bridgenet.data.synthetic import (
+from bridgenet.data.synth.dataset import (
     DEFAULT_DEFECTS,
     DEFECT_FAMILIES,
     HARD_DEFECTS,
@@ -33,6 +30,9 @@ from bridgenet.data.synthetic import (
     sample_seed,
     synthesize,
 )
+from bridgenet.data.synth.meshes import BUILDERS, build_object
+from bridgenet.data.synth.raycast import focal_length
+from bridgenet.data.synth.render import render_sample, scan_geometry
 
 SIZE = 96
 CATEGORIES = ("bagel", "dowel", "cookie", "cable")
@@ -220,7 +220,7 @@ def test_rerun_with_fewer_samples_removes_stale_files(tmp_path):
 
 
 def test_geometric_defects_have_a_flat_floor_and_a_steep_rim():
-    from bridgenet.data.render import GEOMETRY_EDGE_WEIGHT, plateau
+    from bridgenet.data.synth.render import GEOMETRY_EDGE_WEIGHT, plateau
 
     weights = np.linspace(0.0, 1.0, 101)
     profile = plateau(weights)

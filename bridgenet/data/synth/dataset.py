@@ -5,8 +5,8 @@
     out_dir/<cat>/{train,validation}/good/{rgb,xyz}/NNN.{png,tiff}
     out_dir/<cat>/test/<good|defect>/{rgb,xyz,gt}/NNN.{png,tiff,png}
 
-Each sample is a procedural object (:mod:`bridgenet.data.meshes`) on a tilted
-support plane, ray cast by :mod:`bridgenet.data.render`. Test defects come in
+Each sample is a procedural object (:mod:`bridgenet.data.synth.meshes`) on a tilted
+support plane, ray cast by :mod:`bridgenet.data.synth.render`. Test defects come in
 three families (:data:`DEFECT_FAMILIES`); a defect's ground truth is exactly the
 set of pixels whose ray hits the defect region.
 
@@ -40,10 +40,11 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from bridgenet.config import SynthConfig
-from bridgenet.data.materials import base_hue, hue_shift_matrix
-from bridgenet.data.meshes import BUILDERS
-from bridgenet.data.raycast import focal_length
-from bridgenet.data.render import (
+from bridgenet.data.synth.materials import base_hue, hue_shift_matrix
+from bridgenet.data.synth.meshes import BUILDERS
+from bridgenet.data.synth.preview import write_preview
+from bridgenet.data.synth.raycast import focal_length
+from bridgenet.data.synth.render import (
     Defect,
     RenderedSample,
     SampleParams,
@@ -51,7 +52,6 @@ from bridgenet.data.render import (
     render_sample,
     scan_geometry,
 )
-from bridgenet.data.synth_preview import write_preview
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import colorsys
 
 import numpy as np
 
-from bridgenet.data.meshes import FourierNoise
+from bridgenet.data.synth.meshes import FourierNoise
 
 
 def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:

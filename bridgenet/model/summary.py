@@ -1,56 +1,29 @@
 """The training summary next to ``model.pt``: ``train_summary.json``.
 
-Whoever calls :func:`bridgenet.train.train_category` (the CLI, a Prefect task)
-saves its summary with :func:`save_train_summary`; the register stage reads it
-back with :func:`load_train_summary`, which falls back to the history stored
-inside ``model.pt`` when the JSON is absent.
+The train stage (:func:`bridgenet.stages.train`) saves the summary that
+:func:`bridgenet.train.train_category` returns with :func:`save_train_summary`; the
+register stage reads it back with :func:`load_train_summary`, which falls back to the
+history stored inside ``model.pt`` when the JSON is absent.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bridgenet.files import write_json
 from bridgenet.model.io import read_checkpoint
 
 LOGGER = logging.getLogger(__name__)
 SUMMARY_FILE = "train_summary.json"
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "item"):  # numpy scalar
-        return _json_safe(value.item())
-    return str(value)
-
-
 def save_train_summary(summary: Mapping[str, Any], model_dir: Path | str) -> Path:
     """Write ``summary`` (history included; nan as null) to ``model_dir/train_summary.json`` atomically."""
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    path = model_dir / SUMMARY_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{SUMMARY_FILE}.", suffix=".tmp", dir=model_dir)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_json_safe(summary), handle, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(Path(model_dir) / SUMMARY_FILE, summary, indent=1)
 
 
 def load_train_summary(model_dir: Path | str) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Scans of one object on a support plane: organised xyz, shaded RGB, defect mask.
 
 The scanner is a pinhole camera looking down at a slightly tilted support plane
-(:mod:`bridgenet.data.raycast`). Coordinates:
+(:mod:`bridgenet.data.synth.raycast`). Coordinates:
 
-* *object frame*: the mesh frame of :mod:`bridgenet.data.meshes` (z up, resting on z = 0);
+* *object frame*: the mesh frame of :mod:`bridgenet.data.synth.meshes` (z up, resting on z = 0);
 * *world frame*: the support plane is z = 0, z up;
 * *camera frame* (MVTec 3D-AD): x right, y down, z along the optical axis, metres.
 
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
-from bridgenet.data.materials import Material, PlaneMaterial
-from bridgenet.data.meshes import FourierNoise, Mesh, build_object
-from bridgenet.data.raycast import (
+from bridgenet.data.synth.materials import Material, PlaneMaterial
+from bridgenet.data.synth.meshes import FourierNoise, Mesh, build_object
+from bridgenet.data.synth.raycast import (
     FIELD_OF_VIEW_M,
     GRAZING_COS,
     OBJECT,

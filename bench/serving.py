@@ -1,0 +1,224 @@
+"""Serving benchmark: one-sample CLI predict (start-up included), folder predict, REST.
+
+    python bench/serving.py [--model models/bagel/model.pt] [--repeats 5] [--out bench/results]
+
+Renders a small synthetic category at the default size (400 x 400, as params.yaml's
+``synth`` draws it) under ``bench/work/serving`` and, without ``--model``, trains a
+2-epoch model on it (speed does not depend on how well a model is trained). Then:
+
+- ``bridgenet predict --rgb --xyz`` of one sample, as a fresh process each time
+  (``--repeats``): wall seconds, median and range, start-up and model load included;
+- ``bridgenet predict --folder`` over the test split: samples per second with the
+  model loaded once, CSV, heatmaps and masks included, and without pictures;
+
+- REST: the model saved as the pyfunc that registration logs, served by ``mlflow models
+  serve --workers 1`` on 127.0.0.1, loaded by ``--requests`` requests (default 200) from
+  ``--clients`` (default 4) concurrent clients, each one sample of 400 x 400 sent as its
+  files (base64 PNG and TIFF); latency p50/p95/max, errors, request size against the files'
+  size, and one request in the tensor form for comparison;
+
+and writes ``--out/serving-cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+WORK = REPO / "bench" / "work" / "serving"
+CATEGORY = "bagel"
+
+
+def data_overrides(work: Path) -> list[str]:
+    return [f"synth.out={work / 'data'}", f"data.root={work / 'data'}", f"data.cache_dir={work / 'cache'}",
+            f"synth.categories=[{CATEGORY}]", f"data.categories=[{CATEGORY}]", "synth.preview=false",
+            f"train.models_dir={work / 'models'}", "train.epochs=2", "train.device=cpu"]
+
+
+def prepare(work: Path, model: Path | None) -> Path:
+    """The rendered category and a model file (``model``, or one trained here)."""
+    from bridgenet.config import load_params
+    from bridgenet.data.synth.dataset import synthesize
+    from bridgenet.preprocess import run_preprocess
+    from bridgenet.train import train_category
+
+    params = load_params(REPO / "params.yaml", data_overrides(work))
+    if not (work / "data" / CATEGORY / "test").is_dir():
+        synthesize(params.synth, Path(params.synth.out))
+    if model is not None:
+        return model
+    trained = work / "models" / CATEGORY / "model.pt"
+    if not trained.is_file():
+        run_preprocess(params)
+        train_category(params, CATEGORY)
+    return trained
+
+
+def bridgenet(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run the installed CLI as a fresh process; wall seconds and the result."""
+    command = [str(Path(sys.executable).parent / "bridgenet"), *args]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return wall, done
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def measure_cli(model: Path, test: Path, repeats: int) -> dict[str, Any]:
+    rgb = min((test / "good" / "rgb").glob("*.png"))
+    xyz = test / "good" / "xyz" / f"{rgb.stem}.tiff"
+    walls = [bridgenet("predict", "--model", str(model), "--rgb", str(rgb), "--xyz", str(xyz))[0]
+             for _ in range(repeats)]
+    return {"one_sample_wall_s": summary(walls), "sample": str(rgb.relative_to(test)),
+            "files_bytes": rgb.stat().st_size + xyz.stat().st_size}
+
+
+def measure_folder(model: Path, test: Path, work: Path) -> dict[str, Any]:
+    n = len(list(test.glob("*/rgb/*.png")))
+    out = {"samples": n}
+    for label, extra in (("with_pictures", []), ("csv_only", ["--no-heatmaps"])):
+        wall, done = bridgenet("predict", "--model", str(model), "--folder", str(test),
+                               "--out", str(work / f"folder_{label}"), *extra)
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report["samples"] == n and report["errors"] == 0, report
+        out[label] = {"wall_s": wall, "samples_per_s": n / wall}
+    return out
+
+
+def save_pyfunc(model: Path, work: Path) -> Path:
+    """The model as registration logs it (code, artifact, signature, requirements), saved locally."""
+    import shutil
+
+    import mlflow
+
+    from bridgenet.serving.spec import PYFUNC_CODE, model_signature, pip_requirements
+    from bridgenet.tracking.pyfunc import MODEL_ARTIFACT
+
+    target = work / "pyfunc"
+    shutil.rmtree(target, ignore_errors=True)
+    mlflow.pyfunc.save_model(str(target), python_model=str(PYFUNC_CODE), artifacts={MODEL_ARTIFACT: str(model)},
+                             signature=model_signature(), pip_requirements=pip_requirements())
+    return target
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
+            "max": max(values), "n": len(values)}
+
+
+def measure_rest(model: Path, test: Path, work: Path, n_requests: int, clients: int) -> dict[str, Any]:
+    import base64
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from bridgenet.data.samples import read_rgb, read_xyz
+
+    served = save_pyfunc(model, work)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(served), "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise SystemExit("the scoring server did not come up")
+            time.sleep(0.5)
+        pairs = [(p, p.parent.parent / "xyz" / f"{p.stem}.tiff") for p in sorted(test.glob("*/rgb/*.png"))]
+        bodies = [json.dumps({"inputs": {"rgb_png": [base64.b64encode(r.read_bytes()).decode()],
+                                         "xyz_tiff": [base64.b64encode(x.read_bytes()).decode()]}})
+                  for r, x in pairs]
+        file_bytes = [r.stat().st_size + x.stat().st_size for r, x in pairs]
+        session_local = requests.Session
+
+        def post(i: int) -> tuple[float, int]:
+            with session_local() as session:
+                start = time.perf_counter()
+                answer = session.post(f"{url}/invocations", data=bodies[i % len(bodies)],
+                                      headers={"Content-Type": "application/json"}, timeout=120)
+                return time.perf_counter() - start, answer.status_code
+
+        post(0)  # warm-up (first request loads lazily imported code)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            done = list(pool.map(post, range(n_requests)))
+        wall = time.perf_counter() - start
+        latencies = [t for t, code in done if code == 200]
+        rgb, xyz = read_rgb(pairs[0][0]), read_xyz(pairs[0][1])
+        tensor_body = json.dumps({"inputs": {"rgb": rgb[None].tolist(), "xyz": xyz[None].tolist()}})
+        tensor_start = time.perf_counter()
+        tensor = requests.post(f"{url}/invocations", data=tensor_body,
+                               headers={"Content-Type": "application/json"}, timeout=120)
+        tensor_s = time.perf_counter() - tensor_start
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    return {
+        "requests": n_requests, "clients": clients, "errors": sum(code != 200 for _, code in done),
+        "latency_s": percentiles(latencies), "throughput_per_s": n_requests / wall,
+        "request_bytes_median": statistics.median(len(b) for b in bodies),
+        "files_bytes_median": statistics.median(file_bytes),
+        "request_to_files_ratio": statistics.median(len(b) / f for b, f in zip(bodies, file_bytes)),
+        "image_side": list(rgb.shape[:2]),
+        "tensor_request": {"bytes": len(tensor_body), "seconds": tensor_s, "status": tensor.status_code},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="model.pt to serve (default: train one here)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--no-rest", action="store_true")
+    parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    model = prepare(work, args.model)
+    test = work / "data" / CATEGORY / "test"
+    result: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "date": date.today().isoformat(),
+                    "command": "python " + " ".join(sys.argv)},
+        "model": str(model),
+        "cli": measure_cli(model, test, args.repeats),
+        "folder": measure_folder(model, test, work),
+    }
+    if not args.no_rest:
+        result["rest"] = measure_rest(model, test, work, args.requests, args.clients)
+    print(json.dumps(result, indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serving-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
