@@ -270,6 +270,26 @@ def pipeline(params: Params, category: tuple[str, ...], no_register: bool) -> No
     click.echo(json.dumps(result, indent=2, default=str))
 
 
+@main.command("schedule")
+@click.option("--repo", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="The checkout whose DVC pipeline the schedule runs.")
+@click.option("--name", default="scheduled-retrain", show_default=True, help="Deployment name.")
+@with_params
+def schedule(params: Params, repo: Path, name: str) -> None:
+    """Serve the scheduled retraining (schedule.cron): `dvc repro` in --repo, one run at a time.
+
+    Needs a Prefect server (PREFECT_API_URL); runs until stopped. Same as
+    `python -m flows.deploy`. The params file must be the checkout's own (dvc repro
+    reads it): --set overrides are refused.
+    """
+    given = click.get_current_context().params
+    if given.get("overrides"):
+        raise click.UsageError("--set is not used by the schedule: dvc repro reads the checkout's params.yaml")
+    from flows.deploy import main as serve
+
+    serve(["--repo", str(repo), "--params", str(given["params_file"]), "--name", name])
+
+
 @main.command("summary")
 @with_params
 def summary(params: Params) -> None:

@@ -244,6 +244,9 @@ class PromotionConfig(_Section):
 class ScheduleConfig(_Section):
     cron: str = "0 3 * * 0"
     timezone: str = "UTC"
+    # the scheduled `dvc repro` and each task of `bridgenet pipeline` fail past these
+    timeout_minutes: float = Field(720, gt=0)
+    task_timeout_minutes: float = Field(240, gt=0)
 
 
 class DaskConfig(_Section):

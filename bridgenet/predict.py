@@ -193,7 +193,7 @@ def write_pictures(model: TrainedModel, rgb: np.ndarray, prediction: Prediction,
 def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
     """Every ``rgb/<stem>.png`` under ``folder`` with its ``xyz/<stem>.tiff`` beside it (MVTec
     3D-AD's sample folders, at any depth), sorted; a PNG without its point cloud is an error."""
-    from bridgenet.data.readers import RGB_EXTENSIONS, XYZ_EXTENSIONS
+    from bridgenet.data.samples import RGB_EXTENSIONS, XYZ_EXTENSIONS
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -247,7 +247,7 @@ def predict_folder(
     import pandas as pd
     from tqdm import tqdm
 
-    from bridgenet.data.readers import read_rgb, read_xyz
+    from bridgenet.data.samples import read_rgb, read_xyz
 
     out_dir = Path(out_dir)
     model = resolve_model(model_ref, tracking_uri)

@@ -77,14 +77,15 @@ def retrain_flow(
 
         configure_tracking(params)
     chains: dict[str, list[PrefectFuture]] = {}
+    limit = {"timeout_seconds": params.schedule.task_timeout_minutes * 60}  # a hung task fails its category
     for category in stages.categories(params, categories):
         run = stages.resolve(params, category)  # travels with each task, to any worker
-        chain = [preprocess_task.submit(params, category)]
-        chain.append(train_task.submit(run, n_workers=n_workers, wait_for=chain[-1:]))
-        chain.append(evaluate_task.submit(run, wait_for=chain[-1:]))
+        chain = [preprocess_task.with_options(**limit).submit(params, category)]
+        chain.append(train_task.with_options(**limit).submit(run, n_workers=n_workers, wait_for=chain[-1:]))
+        chain.append(evaluate_task.with_options(**limit).submit(run, wait_for=chain[-1:]))
         if with_registry:
-            chain.append(register_task.submit(run, wait_for=chain[-1:]))
-            chain.append(promote_task.submit(run, wait_for=chain[-1:]))
+            chain.append(register_task.with_options(**limit).submit(run, wait_for=chain[-1:]))
+            chain.append(promote_task.with_options(**limit).submit(run, wait_for=chain[-1:]))
         chains[category] = chain
     results, failures = {}, {}
     for category, chain in chains.items():

@@ -101,7 +101,7 @@ def test_the_pixel_threshold_comes_from_the_validation_goods_and_is_saved(traine
 def test_heatmap_and_mask_pictures(tiny_root, trained_bagel, model_file, tmp_path):
     from PIL import Image
 
-    from bridgenet.data.readers import read_rgb, read_xyz
+    from bridgenet.data.samples import read_rgb, read_xyz
     from bridgenet.predict import predict_arrays
 
     _, _, model = trained_bagel
