@@ -7,7 +7,8 @@ Renders a small synthetic category at the default size (400 x 400, as params.yam
 2-epoch model on it (speed does not depend on how well a model is trained). Then:
 
 - ``bridgenet predict --rgb --xyz`` of one sample, as a fresh process each time
-  (``--repeats``): wall seconds, median and range, start-up and model load included;
+  (``--repeats``): wall seconds, median and range, start-up and model load included,
+  with ``model.pt`` and with its TorchScript export (which loads without timm);
 - ``bridgenet predict --folder`` over the test split: samples per second with the
   model loaded once, CSV, heatmaps and masks included, and without pictures;
 
@@ -15,7 +16,8 @@ Renders a small synthetic category at the default size (400 x 400, as params.yam
   serve --workers 1`` on 127.0.0.1, loaded by ``--requests`` requests (default 200) from
   ``--clients`` (default 4) concurrent clients, each one sample of 400 x 400 sent as its
   files (base64 PNG and TIFF); latency p50/p95/max, errors, request size against the files'
-  size, and one request in the tensor form for comparison;
+  size; before that 50 requests from one client (a request's own latency); and one
+  request in the tensor form for comparison;
 
 and writes ``--out/serving-cpu.json``.
 """
@@ -79,13 +81,20 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def measure_cli(model: Path, test: Path, repeats: int) -> dict[str, Any]:
+def measure_cli(model: Path, test: Path, repeats: int, work: Path) -> dict[str, Any]:
+    """One-sample predict as a fresh process: with model.pt and with its TorchScript export."""
     rgb = min((test / "good" / "rgb").glob("*.png"))
     xyz = test / "good" / "xyz" / f"{rgb.stem}.tiff"
-    walls = [bridgenet("predict", "--model", str(model), "--rgb", str(rgb), "--xyz", str(xyz))[0]
-             for _ in range(repeats)]
-    return {"one_sample_wall_s": summary(walls), "sample": str(rgb.relative_to(test)),
-            "files_bytes": rgb.stat().st_size + xyz.stat().st_size}
+    scripted = work / "model.ts"
+    bridgenet("export", "--model", str(model), "--format", "torchscript", "--out", str(scripted))
+    out: dict[str, Any] = {"sample": str(rgb.relative_to(test)),
+                           "files_bytes": rgb.stat().st_size + xyz.stat().st_size}
+    for label, path in (("model_pt", model), ("torchscript", scripted)):
+        runs = [bridgenet("predict", "--model", str(path), "--rgb", str(rgb), "--xyz", str(xyz))
+                for _ in range(repeats)]
+        out[f"one_sample_wall_s_{label}"] = summary([wall for wall, _ in runs])
+        out[f"score_{label}"] = json.loads(runs[0][1].stdout.strip().splitlines()[-1])["score"]
+    return out
 
 
 def measure_folder(model: Path, test: Path, work: Path) -> dict[str, Any]:
@@ -168,6 +177,7 @@ def measure_rest(model: Path, test: Path, work: Path, n_requests: int, clients: 
                 return time.perf_counter() - start, answer.status_code
 
         post(0)  # warm-up (first request loads lazily imported code)
+        alone = [post(i) for i in range(50)]  # one client: a request's own latency
         start = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             done = list(pool.map(post, range(n_requests)))
@@ -185,6 +195,8 @@ def measure_rest(model: Path, test: Path, work: Path, n_requests: int, clients: 
     return {
         "requests": n_requests, "clients": clients, "errors": sum(code != 200 for _, code in done),
         "latency_s": percentiles(latencies), "throughput_per_s": n_requests / wall,
+        "one_client": {"latency_s": percentiles([t for t, code in alone if code == 200]),
+                       "errors": sum(code != 200 for _, code in alone)},
         "request_bytes_median": statistics.median(len(b) for b in bodies),
         "files_bytes_median": statistics.median(file_bytes),
         "request_to_files_ratio": statistics.median(len(b) / f for b, f in zip(bodies, file_bytes)),
@@ -210,7 +222,7 @@ def main() -> None:
         "machine": {"cores": os.cpu_count(), "date": date.today().isoformat(),
                     "command": "python " + " ".join(sys.argv)},
         "model": str(model),
-        "cli": measure_cli(model, test, args.repeats),
+        "cli": measure_cli(model, test, args.repeats, work),
         "folder": measure_folder(model, test, work),
     }
     if not args.no_rest:

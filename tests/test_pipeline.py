@@ -141,7 +141,8 @@ def test_models_are_registered_champions_and_predict(project):
               "--xyz", str(xyz), "--heatmap", str(root / "heat.png"), timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert 0 <= result["score"] <= 1 and isinstance(result["anomalous"], bool)
+    # fused scores (the default) are standardised, not probabilities: judged against the threshold
+    assert result["anomalous"] == (result["score"] > result["threshold"]) and result["scorer"] == "fused"
     assert (root / "heat.png").stat().st_size > 0
 
 
@@ -154,3 +155,29 @@ def test_dvc_push_and_pull_with_a_local_remote(project, tmp_path):
     pull = run("dvc", "pull", timeout=600)
     assert pull.returncode == 0, pull.stderr
     assert (root / "models" / "cookie" / "model.pt").is_file()
+
+
+def test_the_scheduled_run_goes_through_dvc_and_its_lineage_tags_are_the_data_it_read(project):
+    """The schedule's flow is `dvc repro`: the new models' DVC tags equal dvc.lock's hashes of the new data."""
+    root, run = project
+    from mlflow import MlflowClient
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["synth"]["seed"] = int(params["synth"].get("seed", 0)) + 1  # other data than the first run's
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = run(sys.executable, "-c", "import json; from flows.scheduled import scheduled_retrain_flow; "
+               "print(json.dumps(scheduled_retrain_flow(repo='.')))", timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ran = json.loads(done.stdout.strip().splitlines()[-1])["stages_run"]
+    assert {"synthesize", "preprocess", "train@bagel", "register@bagel"} <= set(ran)
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["preprocess"]
+    data_md5 = next(d["md5"] for d in lock["deps"] if d["path"] == "data/mvtec3d_synth")
+    cache_md5 = next(o["md5"] for o in lock["outs"] if o["path"] == "data/cache")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for category in CATEGORIES:
+        versions = sorted(client.search_model_versions(f"name='bridgenet-{category}'"), key=lambda v: int(v.version))
+        first, latest = versions[0].tags, versions[-1].tags
+        assert latest["dvc.data_root.md5"] == data_md5 and latest["dvc.cache_dir.md5"] == cache_md5
+        assert first["dvc.data_root.md5"] != data_md5  # the first run's models keep their own data's hash
+

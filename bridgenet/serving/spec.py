@@ -20,6 +20,9 @@ from bridgenet.tracking.pyfunc import PyfuncSpec
 
 LOGGER = logging.getLogger(__name__)
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+# the bridgenet package itself travels in the model (code/bridgenet): it is not on PyPI, so a
+# fresh environment built from the model's requirements could not import it otherwise
+PACKAGE = Path(__file__).resolve().parents[1]
 # Distributions needed to load and run the model (bridgenet itself is not on PyPI).
 RUNTIME_DISTRIBUTIONS = (
     "mlflow",
@@ -35,6 +38,8 @@ RUNTIME_DISTRIBUTIONS = (
     "pydantic",
     "PyYAML",
     "tifffile",
+    "tqdm",
+    "faiss-cpu",
 )
 
 
@@ -94,4 +99,4 @@ def pyfunc_spec(data_cfg: DataConfig, category: str) -> PyfuncSpec:
     """The served model of ``category``: :mod:`bridgenet.serving.pyfunc_model` with its signature,
     pinned requirements and an input example from the category's data."""
     return PyfuncSpec(PYFUNC_CODE, model_signature(), pip_requirements(),
-                      example_from_data(data_cfg, category))
+                      example_from_data(data_cfg, category), code_paths=(PACKAGE,))

@@ -38,6 +38,7 @@ class PyfuncSpec:
     signature: ModelSignature
     pip_requirements: list[str]
     input_example: dict[str, np.ndarray] | None = None
+    code_paths: tuple[Path, ...] = ()  # packages copied into the model (its code/ folder)
 
 
 def log_pyfunc_model(model_path: Path | str, spec: PyfuncSpec, name: str = MODEL_NAME) -> ModelInfo:
@@ -56,6 +57,7 @@ def log_pyfunc_model(model_path: Path | str, spec: PyfuncSpec, name: str = MODEL
         signature=spec.signature,
         input_example=spec.input_example,
         pip_requirements=spec.pip_requirements,
+        code_paths=[str(p) for p in spec.code_paths] or None,
         metadata={"bridgenet_version": __version__, "model_format": "bridgenet-model/1"},
     )
 
