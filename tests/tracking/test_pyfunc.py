@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -150,6 +151,37 @@ def test_registered_model_scores_real_samples(champion, tiny):
     np.testing.assert_array_equal(out["anomalous"], out["score"] > threshold)
     single = champion.unwrap_python_model().predict(None, {"rgb": good_rgb, "xyz": good_xyz})
     assert single["score"][0] == pytest.approx(out["score"][0], abs=1e-6)
+
+
+def test_the_logged_model_loads_where_bridgenet_is_not_installed(registry, champion, tiny, tmp_path):
+    """The package travels in the model's code/ folder: a process that cannot import bridgenet
+    (no site processing, so not the editable install; run outside the checkout) loads and scores it."""
+    import json
+    import subprocess
+    import sys
+    import sysconfig
+
+    params = registry["params"]
+    local = mlflow.artifacts.download_artifacts("models:/bridgenet-bagel@champion",
+                                                tracking_uri=params.tracking.uri, dst_path=str(tmp_path / "m"))
+    assert (Path(local) / "code" / "bridgenet" / "serving" / "pyfunc_model.py").is_file()
+    rgb, xyz = real_sample(tiny)
+    np.savez(tmp_path / "sample.npz", rgb=rgb, xyz=xyz)
+    purelib, sample = sysconfig.get_paths()["purelib"], str(tmp_path / "sample.npz")
+    code = "\n".join([
+        f"import sys, json; sys.path.append({purelib!r})",
+        "try:\n    import bridgenet\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('bridgenet importable')",
+        "import numpy as np, mlflow.pyfunc",
+        f"m = mlflow.pyfunc.load_model({local!r}); s = np.load({sample!r})",
+        "out = m.predict({'rgb': s['rgb'][None], 'xyz': s['xyz'][None]})",
+        "print(json.dumps([float(out['score'][0]), sys.modules['bridgenet'].__file__]))",
+    ])
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    score, origin = json.loads(done.stdout.strip().splitlines()[-1])
+    assert origin.startswith(str(Path(local) / "code"))
+    assert score == pytest.approx(float(champion.predict({"rgb": rgb[None], "xyz": xyz[None]})["score"][0]), abs=1e-6)
 
 
 def test_malformed_input_through_pyfunc_is_invalid_parameter(champion, tiny):
