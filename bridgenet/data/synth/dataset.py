@@ -252,14 +252,21 @@ def _fit_disc(
             return defect, scan
         last = f"radius {radius * 1e3:.1f} mm, mask fraction {fraction:.4f}, on object {on_object}"
         logger.debug("%s/%s: rejected defect (%s)", params.category, name, last)
-        if fraction < lo:
-            radius = min(0.03, radius * min(1.5, np.sqrt(1.4 * lo / max(fraction, 1e-4))))
-        elif fraction > hi:
-            radius *= np.sqrt(0.7 * hi / fraction)
+        radius = _next_radius(radius, fraction, lo, hi, 0.03)
     raise RuntimeError(
         f"{params.category}: could not place a {name!r} defect covering {lo}-{hi} of "
         f"{pixels} pixels on the object in {_DEFECT_ATTEMPTS} attempts (last: {last})"
     )
+
+
+def _next_radius(radius: float, fraction: float, lo: float, hi: float, largest: float) -> float:
+    """The next try's radius (m) after a defect covered ``fraction`` of the object, aiming
+    inside [``lo``, ``hi``]: area goes with the radius squared; at most ``largest``."""
+    if fraction < lo:
+        return min(largest, radius * min(1.5, np.sqrt(1.4 * lo / max(fraction, 1e-4))))
+    if fraction > hi:
+        return radius * np.sqrt(0.7 * hi / fraction)
+    return radius
 
 
 def sample_hard_defect(
@@ -439,10 +446,7 @@ def _place_rim_chip(
             return defect, scan
         last = f"radius {radius * 1e3:.1f} mm, mask fraction {fraction:.4f}, bites {lost[pick]}"
         logger.debug("%s/rim_chip: rejected (%s)", params.category, last)
-        if fraction < lo:
-            radius = min(0.02, radius * min(1.5, np.sqrt(1.4 * lo / max(fraction, 1e-4))))
-        elif fraction > hi:
-            radius *= np.sqrt(0.7 * hi / fraction)
+        radius = _next_radius(radius, fraction, lo, hi, 0.02)
     raise RuntimeError(
         f"{params.category}: could not chip the rim over {lo}-{hi} of the object's pixels in "
         f"{_DEFECT_ATTEMPTS} attempts (last: {last})"
