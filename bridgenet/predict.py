@@ -73,8 +73,7 @@ def check_pair(rgb: np.ndarray, xyz: np.ndarray, rgb_name: str = "rgb", xyz_name
 
 def minimum_side(model: TrainedModel) -> int:
     """Smallest input side the model scores: its backbone's coarsest stride (one patch)."""
-    strides = getattr(model.network, "strides", None) or model.network.backbone.strides  # scripted or built
-    return max(strides)
+    return max(model.network.strides)
 
 
 @torch.inference_mode()

@@ -313,6 +313,11 @@ class BridgeNet(nn.Module):
         return TrainingLogits(parts[0], dict(zip(negatives, parts[1:])))
 
     @property
+    def strides(self) -> list[int]:
+        """The backbone's strides per feature level (the coarsest is the smallest input side)."""
+        return self.backbone.strides
+
+    @property
     def scorer(self) -> str:
         return self._scorer
 

@@ -55,7 +55,7 @@ def describe(model: Any) -> dict[str, Any]:
         "category": model.category,
         "scorer": model.network.scorer,
         "modalities": list(model.network.modalities),
-        "strides": list(model.network.backbone.strides),
+        "strides": list(model.network.strides),
         "threshold": float(model.threshold),
         "pixel_threshold": None if model.pixel_threshold is None else float(model.pixel_threshold),
         "foreground_fraction": float(model.foreground_fraction),
