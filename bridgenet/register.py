@@ -110,7 +110,8 @@ def input_datasets(params: Params, category: str, lineage: dict[str, str],
     under ``data.root`` with DVC's md5 of the data (when ``dvc.lock`` records one), and the
     test split with its fingerprint."""
     data_md5 = lineage.get("dvc.data_root.md5", "")
-    known = len(data_md5) == 32 and all(c in "0123456789abcdef" for c in data_md5.removesuffix(".dir"))
+    bare = data_md5.removesuffix(".dir")  # DVC marks a folder's md5 with ".dir"; data.root is one
+    known = len(bare) == 32 and all(c in "0123456789abcdef" for c in bare)
     return [
         {"name": f"{category}/train", "source": str(Path(params.data.root) / category / "train"),
          "digest": data_md5 if known else "unknown", "context": "training"},

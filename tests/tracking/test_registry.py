@@ -123,6 +123,20 @@ def test_the_registry_page_holds_what_a_reviewer_needs(registry):
     assert {"figures/roc_bagel.png", "figures/pro_bagel.png"} <= figures
 
 
+def test_the_training_input_carries_dvc_s_folder_md5_and_nothing_else_for_unknown_hashes(tiny):
+    from types import SimpleNamespace
+
+    from bridgenet.register import input_datasets
+
+    params, evaluation = tiny.params(), SimpleNamespace(data_fingerprint="f" * 64)
+    folder = "0123456789abcdef0123456789abcdef.dir"
+    train, test = input_datasets(params, "bagel", {"dvc.data_root.md5": folder}, evaluation)
+    assert train["digest"] == folder and train["context"] == "training"
+    assert test["digest"] == "f" * 64 and test["context"] == "test"
+    for tag in ("not in dvc.lock stage 'preprocess'", "no md5 recorded", ""):
+        assert input_datasets(params, "bagel", {"dvc.data_root.md5": tag}, evaluation)[0]["digest"] == "unknown"
+
+
 def _defects(params, category):
     folder = Path(params.data.root) / category / "test"
     return sorted(p.name for p in folder.iterdir() if p.name != "good")
