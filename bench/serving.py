@@ -167,10 +167,9 @@ def measure_rest(model: Path, test: Path, work: Path, n_requests: int, clients: 
                                          "xyz_tiff": [base64.b64encode(x.read_bytes()).decode()]}})
                   for r, x in pairs]
         file_bytes = [r.stat().st_size + x.stat().st_size for r, x in pairs]
-        session_local = requests.Session
 
         def post(i: int) -> tuple[float, int]:
-            with session_local() as session:
+            with requests.Session() as session:
                 start = time.perf_counter()
                 answer = session.post(f"{url}/invocations", data=bodies[i % len(bodies)],
                                       headers={"Content-Type": "application/json"}, timeout=120)
