@@ -82,14 +82,23 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def measure_cli(model: Path, test: Path, repeats: int, work: Path) -> dict[str, Any]:
-    """One-sample predict as a fresh process: with model.pt and with its TorchScript export."""
+    """One-sample predict as a fresh process: with model.pt (which carries its traced graph), with
+    its TorchScript export, and with a copy of model.pt without the graph (the network is built:
+    timm and torchvision imported)."""
+    from bridgenet.model.io import GRAPH_KEY, atomic_save, read_checkpoint
+
     rgb = min((test / "good" / "rgb").glob("*.png"))
     xyz = test / "good" / "xyz" / f"{rgb.stem}.tiff"
     scripted = work / "model.ts"
     bridgenet("export", "--model", str(model), "--format", "torchscript", "--out", str(scripted))
+    payload = read_checkpoint(model)
+    payload.pop(GRAPH_KEY, None)
+    without_graph = work / "model-without-graph.pt"
+    atomic_save(payload, without_graph)
     out: dict[str, Any] = {"sample": str(rgb.relative_to(test)),
-                           "files_bytes": rgb.stat().st_size + xyz.stat().st_size}
-    for label, path in (("model_pt", model), ("torchscript", scripted)):
+                           "files_bytes": rgb.stat().st_size + xyz.stat().st_size,
+                           "model_pt_bytes": model.stat().st_size}
+    for label, path in (("model_pt", model), ("torchscript", scripted), ("model_pt_built_network", without_graph)):
         runs = [bridgenet("predict", "--model", str(path), "--rgb", str(rgb), "--xyz", str(xyz))
                 for _ in range(repeats)]
         out[f"one_sample_wall_s_{label}"] = summary([wall for wall, _ in runs])

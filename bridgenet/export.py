@@ -12,9 +12,12 @@ The decision threshold, the scorer and the input size travel as ONNX metadata.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -93,25 +96,48 @@ def export_model(model: TrainedModel, out: Path, fmt: str = "onnx") -> Path:
     """
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r}: allowed {FORMATS}")
-    wrapper = ExportedScorer(model.network.cpu()).eval()
-    inputs = example_inputs(model, batch=2)  # two, so that the batch axis stays free
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
-    pieces, wrapper.network.backbone.cpu_batch = wrapper.network.backbone.cpu_batch, 0  # one graph for any batch
     try:
-        with torch.no_grad():
-            if fmt == "onnx":
+        if fmt == "onnx":
+            with _traceable(model) as (wrapper, inputs), torch.no_grad():
                 _export_onnx(wrapper, inputs, partial, metadata(model))
-            else:
-                traced = torch.jit.trace(wrapper, inputs, check_trace=False)
-                torch.jit.save(traced, str(partial), _extra_files={EXTRA_FILE: json.dumps(describe(model))})
+        else:
+            partial.write_bytes(traced_graph(model))
         partial.replace(out)
     finally:
-        wrapper.network.backbone.cpu_batch = pieces
         partial.unlink(missing_ok=True)
     LOGGER.info("exported %s (%s, scorer %s) to %s", model.category, fmt, model.network.scorer, out)
     return out
+
+
+def traced_graph(model: TrainedModel) -> bytes:
+    """``model`` as a TorchScript file's bytes (what ``--format torchscript`` writes): the graph
+    of :class:`ExportedScorer` with :func:`bridgenet.model.scripted.describe` as its extra file.
+    ``model.pt`` carries these bytes too, so that ``bridgenet predict`` starts without timm."""
+    buffer = io.BytesIO()
+    with _traceable(model) as (wrapper, inputs), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
+        # the grid and image size become constants on purpose (ExportedScorer.forward)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(wrapper, inputs, check_trace=False)
+        torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: json.dumps(describe(model))})
+    return buffer.getvalue()
+
+
+@contextmanager
+def _traceable(model: TrainedModel) -> Iterator[tuple[ExportedScorer, tuple[torch.Tensor, torch.Tensor]]]:
+    """The wrapper and example inputs to trace, with the backbone in one piece (one graph for any
+    batch); the network is left on the CPU, in eval mode, its batching restored."""
+    wrapper = ExportedScorer(model.network.cpu()).eval()
+    inputs = example_inputs(model, batch=2)  # two, so that the batch axis stays free
+    backbone = wrapper.network.backbone
+    pieces, backbone.cpu_batch = backbone.cpu_batch, 0
+    try:
+        yield wrapper, inputs
+    finally:
+        backbone.cpu_batch = pieces
 
 
 def _export_onnx(wrapper: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, meta: dict[str, str]) -> None:

@@ -46,14 +46,15 @@ class Prediction:
     mask: np.ndarray | None = None  # anomaly_map > the model's pixel threshold (None: model without one)
 
 
-def resolve_model(ref: str | Path, tracking_uri: str | None = None) -> TrainedModel:
-    """A model file path, or an MLflow URI (``models:/NAME@ALIAS``, ``runs:/ID/model``)."""
+def resolve_model(ref: str | Path, tracking_uri: str | None = None, graph: bool = False) -> TrainedModel:
+    """A model file path, or an MLflow URI (``models:/NAME@ALIAS``, ``runs:/ID/model``);
+    ``graph``: as the traced graph that the file carries, where it does (:func:`load_model`)."""
     text = str(ref)
     if text.startswith(MLFLOW_SCHEMES):
         from bridgenet.tracking.pyfunc import download_model_file
 
-        return load_model(download_model_file(text, tracking_uri))
-    return load_model(Path(text))
+        return load_model(download_model_file(text, tracking_uri), graph=graph)
+    return load_model(Path(text), graph=graph)
 
 
 def check_pair(rgb: np.ndarray, xyz: np.ndarray, rgb_name: str = "rgb", xyz_name: str = "xyz") -> None:
@@ -249,7 +250,7 @@ def predict_folder(
     from bridgenet.data.samples import read_rgb, read_xyz
 
     out_dir = Path(out_dir)
-    model = resolve_model(model_ref, tracking_uri)
+    model = resolve_model(model_ref, tracking_uri, graph=True)
     root = Path(*_common_parts([rgb for rgb, _ in pairs]))
     pairs = [(Path(r).resolve(), Path(x).resolve()) for r, x in pairs]
     rows = []
@@ -308,7 +309,7 @@ def predict_files(
             raise FileNotFoundError(f"input file {path} does not exist")
     rgb, xyz = read_rgb(Path(rgb_path)), read_xyz(Path(xyz_path))
     check_pair(rgb, xyz, str(rgb_path), str(xyz_path))
-    model = resolve_model(model_ref, tracking_uri)
+    model = resolve_model(model_ref, tracking_uri, graph=True)
     prediction = predict_arrays(model, rgb, xyz, on_empty_foreground)
     heatmap, mask = write_pictures(model, rgb, prediction, heatmap_path, mask_path)
     return {

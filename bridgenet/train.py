@@ -326,6 +326,19 @@ class Trainer:
         self.generator.set_state(state["generator"])
 
 
+def fast_start_graph(model: TrainedModel) -> bytes | None:
+    """The model's traced graph, saved in model.pt so that ``bridgenet predict`` starts without
+    timm; None (and a warning: predict then builds the network, a second slower) if tracing fails."""
+    from bridgenet.export import traced_graph
+
+    try:
+        return traced_graph(model)
+    except (RuntimeError, TypeError, ValueError) as err:
+        LOGGER.warning("%s: model saved without its traced graph (%s); predict will build the network",
+                       model.category, err)
+        return None
+
+
 def choose_threshold(good_scores: np.ndarray, quantile: float) -> float:
     """Decision threshold from validation good scores: their ``quantile``."""
     return float(np.quantile(good_scores, quantile))
@@ -431,7 +444,7 @@ def _train_category(
     pixel_threshold = choose_threshold(maps[good].reshape(int(good.sum()), -1).max(1), tcfg.threshold_quantile)
     model = TrainedModel(trainer.network.cpu(), params, category, threshold, final_metrics, best["epoch"],
                          foreground_fraction=foreground_fraction, pixel_threshold=pixel_threshold)
-    save_model(model, model_path, history)
+    save_model(model, model_path, history, graph=fast_start_graph(model))
     epoch_times = [h["epoch_seconds"] for h in history]
     summary = {
         "category": category,

@@ -92,6 +92,61 @@ def test_predict_with_a_torchscript_export_equals_the_model_and_imports_no_model
     assert imported == [] and score == pytest.approx(scripted["score"], abs=1e-6)
 
 
+def test_a_trained_model_file_carries_its_graph_and_predict_starts_without_model_code(trained_bagel, tiny_root):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bridgenet.data.samples import read_rgb, read_xyz
+    from bridgenet.model.io import GRAPH_KEY, load_model, read_checkpoint
+    from bridgenet.model.network import BridgeNet
+    from bridgenet.model.scripted import ScriptedNetwork
+    from bridgenet.predict import predict_arrays, predict_files
+
+    _, summary, model = trained_bagel
+    path = Path(summary["model_path"])
+    assert read_checkpoint(path)[GRAPH_KEY].numel() > 1_000_000  # the graph holds the weights too
+    assert isinstance(load_model(path).network, BridgeNet)  # to evaluate, export, resume: the network
+    assert isinstance(load_model(path, graph=True).network, ScriptedNetwork)
+    folder = tiny_root / "synth" / "bagel" / "test"
+    samples = [min((folder / kind / "rgb").iterdir()) for kind in ("good", "contamination")]
+    predicted = []
+    for rgb in samples:
+        xyz = rgb.parent.parent / "xyz" / f"{rgb.stem}.tiff"
+        built = predict_arrays(model, read_rgb(rgb), read_xyz(xyz))
+        answer = predict_files(path, rgb, xyz)  # the graph: what bridgenet predict uses
+        assert answer["score"] == pytest.approx(built.score, abs=1e-5)
+        assert answer["anomalous"] == built.anomalous and answer["scorer"] == model.network.scorer
+        predicted.append(answer["score"])
+    assert predicted[0] != pytest.approx(predicted[1], abs=1e-3)  # two samples, two scores
+    code = ("import sys, json; from bridgenet.predict import predict_files; "
+            f"r = predict_files({str(path)!r}, {str(rgb)!r}, {str(xyz)!r}); "
+            "print(json.dumps([r['score'], sorted(m for m in ('timm', 'torchvision', 'bridgenet.model.network') "
+            "if m in sys.modules)]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    score, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported == [] and score == predicted[1]
+
+
+def test_a_model_whose_graph_cannot_be_traced_is_saved_without_it(trained_bagel, tmp_path, monkeypatch, caplog):
+    import bridgenet.export
+    from bridgenet.model.io import GRAPH_KEY, load_model, read_checkpoint, save_model
+    from bridgenet.model.network import BridgeNet
+    from bridgenet.train import fast_start_graph
+
+    _, _, model = trained_bagel
+
+    def untraceable(_model):
+        raise RuntimeError("a backbone the tracer cannot follow")
+
+    monkeypatch.setattr(bridgenet.export, "traced_graph", untraceable)
+    graph = fast_start_graph(model)
+    assert graph is None and "saved without its traced graph (a backbone the tracer" in caplog.text
+    save_model(model, tmp_path / "model.pt", graph=graph)
+    assert GRAPH_KEY not in read_checkpoint(tmp_path / "model.pt")
+    assert isinstance(load_model(tmp_path / "model.pt", graph=True).network, BridgeNet)  # built instead
+
+
 def test_a_torchscript_file_that_is_not_an_export_is_refused(tmp_path):
     from bridgenet.model.io import load_model
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the network (and timm) is imported when a model is built, n
     from bridgenet.model.network import BridgeNet
 
 MODEL_FORMAT = "bridgenet-model/1"
+GRAPH_KEY = "graph"  # the TorchScript bytes of the model (fast start), where saved
 # what torch.load raises on corrupt, truncated or foreign files
 _LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError,
                 KeyError, IndexError, AttributeError, ImportError)
@@ -68,22 +69,25 @@ class TrainedModel:
         return 0.0, max(2.0 * self.threshold, 1.0)
 
 
-def save_model(model: TrainedModel, path: Path, history: list[dict[str, Any]] | None = None) -> None:
-    atomic_save(
-        {
-            "format": MODEL_FORMAT,
-            "category": model.category,
-            "params": model.params.to_dict(),
-            "state_dict": model.network.state_dict(),
-            "threshold": float(model.threshold),
-            "epoch": int(model.epoch),
-            "metrics": model.metrics,
-            "history": history or [],
-            "foreground_fraction": float(model.foreground_fraction),
-            "pixel_threshold": None if model.pixel_threshold is None else float(model.pixel_threshold),
-        },
-        path,
-    )
+def save_model(model: TrainedModel, path: Path, history: list[dict[str, Any]] | None = None,
+               graph: bytes | None = None) -> None:
+    """Write ``model`` to ``path``; ``graph``, its TorchScript bytes
+    (:func:`bridgenet.export.traced_graph`), travels along for a fast-starting predict."""
+    payload = {
+        "format": MODEL_FORMAT,
+        "category": model.category,
+        "params": model.params.to_dict(),
+        "state_dict": model.network.state_dict(),
+        "threshold": float(model.threshold),
+        "epoch": int(model.epoch),
+        "metrics": model.metrics,
+        "history": history or [],
+        "foreground_fraction": float(model.foreground_fraction),
+        "pixel_threshold": None if model.pixel_threshold is None else float(model.pixel_threshold),
+    }
+    if graph is not None:
+        payload[GRAPH_KEY] = torch.frombuffer(bytearray(graph), dtype=torch.uint8)
+    atomic_save(payload, path)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -119,16 +123,24 @@ def _first_line(exc: BaseException) -> str:
     return "content that is not plain tensors and numbers" + (f": {cause}" if cause else "")
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> TrainedModel:
+def load_model(path: Path, device: torch.device | str = "cpu", graph: bool = False) -> TrainedModel:
     """Rebuild the network from its stored params and weights (backbone included); a
-    TorchScript export (``.ts``) loads as its graph, without the model code."""
-    from bridgenet.model.scripted import SCRIPTED_SUFFIXES, load_scripted
+    TorchScript export (``.ts``) loads as its graph, without the model code.
+
+    ``graph``: a model file that carries its traced graph (every one trained since it was
+    added) loads as that graph instead, which skips importing timm and torchvision (half of a
+    one-sample predict's start-up). Its scores equal the network's to float rounding
+    (tests/test_export.py); the network is needed to train, export or move to a GPU.
+    """
+    from bridgenet.model.scripted import SCRIPTED_SUFFIXES, load_scripted, scripted_model
 
     if Path(path).suffix in SCRIPTED_SUFFIXES:
         return load_scripted(Path(path), device)
+    payload = read_checkpoint(path)
+    if graph and GRAPH_KEY in payload:
+        return scripted_model(payload[GRAPH_KEY].numpy().tobytes(), f"{path} (its {GRAPH_KEY})", device)
     from bridgenet.model.network import BridgeNet
 
-    payload = read_checkpoint(path)
     stored = payload["params"]
     if "scorer" not in stored.get("model", {}):
         # Written before the memory-bank head existed: the discriminator was its only scorer.

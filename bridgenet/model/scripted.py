@@ -8,6 +8,7 @@ its ``bridgenet.json`` extra file.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from dataclasses import dataclass
@@ -66,6 +67,16 @@ def describe(model: Any) -> dict[str, Any]:
 
 def load_scripted(path: Path, device: torch.device | str = "cpu") -> Any:
     """A TrainedModel whose network is the TorchScript export at ``path``."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ValueError(f"{path}: not a TorchScript export of bridgenet export ({err})") from None
+    return scripted_model(data, str(path), device)
+
+
+def scripted_model(data: bytes, name: str, device: torch.device | str = "cpu") -> Any:
+    """A TrainedModel from a TorchScript file's bytes (an export, or the graph inside a model.pt);
+    ``name`` says where they came from in errors."""
     from bridgenet.config import params_from_dict
     from bridgenet.model.io import TrainedModel
 
@@ -73,14 +84,14 @@ def load_scripted(path: Path, device: torch.device | str = "cpu") -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
-            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+            module = torch.jit.load(io.BytesIO(data), map_location=device, _extra_files=extra)
         meta = json.loads(extra[EXTRA_FILE] or "null")
     except (RuntimeError, ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a TorchScript export of bridgenet export ({err})") from None
+        raise ValueError(f"{name}: not a TorchScript export of bridgenet export ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != "bridgenet-scripted/1":
-        raise ValueError(f"{path}: a TorchScript file without bridgenet's {EXTRA_FILE} (export it with "
+        raise ValueError(f"{name}: a TorchScript file without bridgenet's {EXTRA_FILE} (export it with "
                          "bridgenet export --format torchscript)")
-    params = params_from_dict(meta["params"], source=f"{path} (stored params)")
+    params = params_from_dict(meta["params"], source=f"{name} (stored params)")
     network = ScriptedNetwork(module.eval(), meta["scorer"], tuple(meta["modalities"]), tuple(meta["strides"]))
     return TrainedModel(network=network, params=params, category=meta["category"], threshold=meta["threshold"],
                         epoch=meta["epoch"], foreground_fraction=meta["foreground_fraction"],

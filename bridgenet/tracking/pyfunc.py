@@ -2,9 +2,9 @@
 
 The logged model holds ``artifacts/model.pt`` (the weights, format
 ``bridgenet-model/1``), the code file that serves it (a :class:`PyfuncSpec` names it:
-:mod:`bridgenet.serving.pyfunc_model`), a tensor signature and a small input example.
-Loading it needs the ``bridgenet`` package installed (``--env-manager local`` or the
-project image).
+:mod:`bridgenet.serving.pyfunc_model`), a tensor signature, a small input example, pinned
+requirements and the ``bridgenet`` package itself (``code/``): ``mlflow models serve`` loads
+it in a fresh virtualenv built from those requirements (tests/tracking/test_server.py).
 """
 
 from __future__ import annotations

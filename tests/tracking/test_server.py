@@ -198,3 +198,61 @@ def test_served_champion_scores_a_request_and_rejects_malformed_ones(registry, t
             ), body
     finally:
         stop_process(server)
+
+
+def test_logged_model_serves_from_a_fresh_virtualenv(registry, tiny, tmp_path):
+    """``mlflow models serve`` as MLflow runs it by default (``--env-manager virtualenv``): a new
+    environment from the model's own requirements, pyenv's Python and pip, where bridgenet is not
+    installed (its code travels in the model). Several GB: the environment is removed afterwards."""
+    import shutil
+
+    env_root, work = tmp_path / "envs", tmp_path / "cwd"
+    work.mkdir()
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+        "MLFLOW_TRACKING_URI": registry["params"].tracking.uri,
+        "MLFLOW_REGISTRY_URI": registry["params"].tracking.uri,
+        "MLFLOW_ENV_ROOT": str(env_root),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/bridgenet-bagel@champion",
+               "--env-manager", "virtualenv", "--host", HOST, "--port", str(port), "--workers", "1"]
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:  # pip's output would fill a pipe nobody reads
+        server = subprocess.Popen(command, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        try:
+            wait_for_http(f"http://{HOST}:{port}/ping", server, timeout=1500)
+        except (RuntimeError, TimeoutError) as err:
+            raise AssertionError(f"{err}\n{log_path.read_text(errors='replace')[-4000:]}") from None
+        (made,) = list(env_root.iterdir())  # one new environment, built for this model
+        probe = subprocess.run(
+            [str(made / "bin" / "python"), "-c",
+             "import importlib.util, sys; print(sys.prefix, importlib.util.find_spec('bridgenet'))"],
+            cwd=work, env=env, capture_output=True, text=True, check=True)
+        prefix, found = probe.stdout.split()
+        assert Path(prefix) == made and found == "None", probe.stdout
+
+        folder = tiny.root / "data" / "bagel" / "test" / "good"
+        import base64
+
+        files = {"rgb_png": [base64.b64encode((folder / "rgb" / "000.png").read_bytes()).decode()],
+                 "xyz_tiff": [base64.b64encode((folder / "xyz" / "000.tiff").read_bytes()).decode()]}
+        answer = requests.post(f"http://{HOST}:{port}/invocations", json={"inputs": files}, timeout=300)
+        assert answer.status_code == 200, answer.text[:2000]
+        from bridgenet.predict import predict_files
+
+        local = predict_files("models:/bridgenet-bagel@champion", folder / "rgb" / "000.png",
+                              folder / "xyz" / "000.tiff", tracking_uri=registry["params"].tracking.uri)
+        served = answer.json()["predictions"]
+        assert served["score"][0] == pytest.approx(local["score"], rel=1e-5, abs=1e-6)
+        assert served["anomalous"][0] == local["anomalous"]
+        bad = requests.post(f"http://{HOST}:{port}/invocations",
+                            json={"inputs": {"rgb": [[[[0.5, 0.5, 0.5]]]], "xyz": [[[[0.0, 0.0, 0.3]]]]}},
+                            timeout=120)
+        assert bad.status_code == 400 and "rgb" in bad.json()["message"], bad.text[:500]
+    finally:
+        stop_process(server)
+        shutil.rmtree(env_root, ignore_errors=True)
