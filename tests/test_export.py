@@ -64,11 +64,23 @@ def test_torchscript_export_matches_torch(trained_bagel, test_inputs, tmp_path):
     assert json.loads(extra["bridgenet.json"])["scorer"] == model.network.scorer
 
 
-def test_predict_with_a_torchscript_export_equals_the_model_and_imports_no_model_code(
-        trained_bagel, tiny_root, tmp_path):
+def predict_in_a_new_process(model_path, rgb, xyz) -> tuple[float, list[str]]:
+    """``predict_files`` in a fresh interpreter: its score and which of timm, torchvision and
+    the network's module it imported."""
     import subprocess
     import sys
 
+    code = ("import sys, json; from bridgenet.predict import predict_files; "
+            f"r = predict_files({str(model_path)!r}, {str(rgb)!r}, {str(xyz)!r}); "
+            "print(json.dumps([r['score'], sorted(m for m in ('timm', 'torchvision', 'bridgenet.model.network') "
+            "if m in sys.modules)]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    score, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    return score, imported
+
+
+def test_predict_with_a_torchscript_export_equals_the_model_and_imports_no_model_code(
+        trained_bagel, tiny_root, tmp_path):
     from bridgenet.model.io import save_model
     from bridgenet.predict import predict_files
 
@@ -83,18 +95,11 @@ def test_predict_with_a_torchscript_export_equals_the_model_and_imports_no_model
         assert scripted["score"] == pytest.approx(built["score"], abs=1e-4)
         assert {k: scripted[k] for k in ("anomalous", "threshold", "pixel_threshold", "scorer", "category")} == {
             k: built[k] for k in ("anomalous", "threshold", "pixel_threshold", "scorer", "category")}
-    code = ("import sys, json; from bridgenet.predict import predict_files; "
-            f"r = predict_files({str(tmp_path / 'model.ts')!r}, {str(rgb)!r}, {str(xyz)!r}); "
-            "print(json.dumps([r['score'], sorted(m for m in ('timm', 'torchvision', 'bridgenet.model.network') "
-            "if m in sys.modules)]))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    score, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    score, imported = predict_in_a_new_process(tmp_path / "model.ts", rgb, xyz)
     assert imported == [] and score == pytest.approx(scripted["score"], abs=1e-6)
 
 
 def test_a_trained_model_file_carries_its_graph_and_predict_starts_without_model_code(trained_bagel, tiny_root):
-    import subprocess
-    import sys
     from pathlib import Path
 
     from bridgenet.data.samples import read_rgb, read_xyz
@@ -119,12 +124,7 @@ def test_a_trained_model_file_carries_its_graph_and_predict_starts_without_model
         assert answer["anomalous"] == built.anomalous and answer["scorer"] == model.network.scorer
         predicted.append(answer["score"])
     assert predicted[0] != pytest.approx(predicted[1], abs=1e-3)  # two samples, two scores
-    code = ("import sys, json; from bridgenet.predict import predict_files; "
-            f"r = predict_files({str(path)!r}, {str(rgb)!r}, {str(xyz)!r}); "
-            "print(json.dumps([r['score'], sorted(m for m in ('timm', 'torchvision', 'bridgenet.model.network') "
-            "if m in sys.modules)]))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    score, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    score, imported = predict_in_a_new_process(path, rgb, xyz)
     assert imported == [] and score == pytest.approx(predicted[1], abs=1e-6)  # threads: rounding
 
 
