@@ -23,6 +23,12 @@ visible depth, fused late (``bench/peers.py``), is fitted on the same goods and
 scored on the same test splits with the same metrics, once per data set and
 category (``--no-peer`` skips it; it needs the ``bench`` extra).
 
+A reference row for fusion, ``rgb & depth models / fused``, fuses the ``rgb`` and
+``depth`` models of each seed and category late: each model's image scores z-scored
+with its own validation goods' scores, the larger of the two (image AUROC only).
+It shows what the best of two separately trained single-modality models gives when
+nobody knows which modality a defect shows in.
+
 Each (configuration, seed, category) result is written as soon as it exists
 (``--work/results``), so an interrupted benchmark resumes where it stopped and
 a later call with more seeds only runs what is missing. Runs already published
@@ -152,7 +158,8 @@ def score_model(work: Path, config: str, seed: int, category: str,
     from bridgenet.config import load_params
     from bridgenet.data.batch import Batch
     from bridgenet.data.cache import load_cached_split
-    from bridgenet.evaluate import evaluate_category, load_test_split
+    from bridgenet.evaluate import defect_families, evaluate_category, load_test_split, score_split
+    from bridgenet.metrics import GOOD
     from bridgenet.model.io import load_model
     from bridgenet.train import calibrate_scores
 
@@ -161,12 +168,13 @@ def score_model(work: Path, config: str, seed: int, category: str,
     model.network.fusion_weight = params.model.fusion_weight
     # The scale as training sets it today (the validation split holds goods only), so that a
     # saved model is scored as a freshly trained one would be.
-    goods = Batch.from_split(load_cached_split(params.data.cache_dir, category, "validation", params.data))
-    calibrate_scores(model.network, goods, torch.device("cpu"), params.eval.batch_size)
+    validation = load_cached_split(params.data.cache_dir, category, "validation", params.data)
+    calibrate_scores(model.network, Batch.from_split(validation), torch.device("cpu"), params.eval.batch_size)
     scores: dict[str, dict[str, Any]] = {}
     for preset in presets:
         test_params = load_params(REPO / "params.yaml", [*data_overrides(work, preset), *CONFIGS[config]])
         split = load_test_split(test_params, category)
+        families = defect_families(split.defects)
         scores[preset] = {}
         for scorer in SCORERS:
             model.network.scorer = scorer
@@ -179,6 +187,11 @@ def score_model(work: Path, config: str, seed: int, category: str,
                 "test_seconds": time.perf_counter() - start,
                 "n_test": len(evaluation.labels),
                 "threads": torch.get_num_threads(),
+                # per test sample, for the late fusion of separate models (:func:`late_fusion_rows`)
+                "image_scores": [float(v) for v in evaluation.scores],
+                "sample_families": [families.get(d, GOOD) for d in split.defects],
+                "validation_scores": [float(v) for v in score_split(model, validation, params.eval.batch_size,
+                                                                     torch.device("cpu"))[0]],
             }
     return scores
 
@@ -228,8 +241,44 @@ def entries(runs: list[dict[str, Any]], peers: list[dict[str, Any]], preset: str
     return rows
 
 
+def late_fusion_rows(runs: list[dict[str, Any]], preset: str, scorer: str = "fused") -> list[dict[str, Any]]:
+    """The rgb-only and depth-only models of a seed and category, fused late: a reference for fusion.
+
+    Each model's image scores are z-scored with the mean and standard deviation of its
+    own scores of the validation goods (never the test split), and the larger of the two
+    is the sample's score. It shows what fusing the two separately trained single-modality
+    models would give, beside one model trained on both; image AUROC only (no maps).
+    """
+    from bridgenet.metrics import GOOD, auroc_per_defect, image_auroc
+
+    by_key = {(r["config"], r["seed"], r["category"]): r for r in runs}
+    rows = []
+    for (config, seed, category), rgb in by_key.items():
+        depth = by_key.get(("depth", seed, category))
+        if config != "rgb" or depth is None:
+            continue
+        cells = [r["scores"].get(preset, {}).get(scorer, {}) for r in (rgb, depth)]
+        if not all("image_scores" in c for c in cells) or cells[0]["sample_families"] != cells[1]["sample_families"]:
+            continue  # runs scored before per-sample scores were kept, or on different test splits
+        z = [(np.asarray(c["image_scores"]) - np.mean(c["validation_scores"]))
+             / max(float(np.std(c["validation_scores"])), 1e-6) for c in cells]
+        fused = np.maximum(*z)
+        families = cells[0]["sample_families"]
+        labels = np.asarray([f != GOOD for f in families])
+        rows.append({"variant": f"{LATE} / {scorer}", "seed": seed, "category": category,
+                     "metrics": {"image_auroc": float(image_auroc(fused, labels))},
+                     "families": {k: float(v) for k, v in auroc_per_defect(fused, families).items()},
+                     "train_seconds": rgb["train_seconds"] + depth["train_seconds"]})
+    return rows
+
+
+LATE = "rgb & depth models"  # late fusion of the two single-modality models (:func:`late_fusion_rows`)
+
+
 def variants(configs: list[str], with_peer: bool) -> list[str]:
     ours = [f"{c} / {s}" for c in configs for s in SCORERS]
+    if "rgb" in configs and "depth" in configs:
+        ours.append(f"{LATE} / fused")
     return ours + ([f"{PEER} {m}" for m in PEER_MODALITIES.values()] if with_peer else [])
 
 
@@ -333,7 +382,7 @@ def summarize(rows: list[dict[str, Any]], names: list[str], categories: list[str
             if not mine:
                 continue
             per_category[category] = {
-                **{m: mean_std([r["metrics"][m] for r in mine]) for m in METRICS},
+                **{m: mean_std([r["metrics"][m] for r in mine]) for m in METRICS if m in mine[0]["metrics"]},
                 **{f"image_auroc_{f}": mean_std([r["families"][f] for r in mine if f in r["families"]])
                    for f in FAMILIES if any(f in r["families"] for r in mine)},
                 "seconds_per_run": float(np.mean([r["train_seconds"] for r in mine])),
@@ -567,7 +616,7 @@ def main() -> None:
     runs = [r for r in loaded if "config" in r and r["config"] in args.configs and r["seed"] in args.seeds]
     peers = [] if args.no_peer else [r for r in loaded if "preset" in r and "config" not in r]
     names = variants(args.configs, bool(peers))
-    tables = {p: summarize(entries(runs, peers, p), names, categories) for p in PRESETS}
+    tables = {p: summarize(entries(runs, peers, p) + late_fusion_rows(runs, p), names, categories) for p in PRESETS}
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                "date": date.today().isoformat(),
                "command": reproduce_command(args.seeds, args.configs, args.categories)}
@@ -580,7 +629,8 @@ def main() -> None:
     text = "".join(f"## {p} data\n\n" + markdown(t, categories) + "\n" for p, t in tables.items())
     (args.out / "accuracy.md").write_text(text)
     shown = [f"{c} / {defaults.model.scorer}" for c in args.configs[:3]] + [
-        n for n in names if n.startswith("rgb+depth /") and not n.endswith(defaults.model.scorer)]
+        n for n in names if n.startswith("rgb+depth /") and not n.endswith(defaults.model.scorer)] + [
+        n for n in names if n.startswith(LATE)]
     plot_families(tables, [*shown, *(n for n in names if n == f"{PEER} rgb+depth")],
                   args.out / "accuracy_families.png")
     print(text)

@@ -8,10 +8,12 @@ import pytest
 
 from bench.accuracy import (
     CONFIGS,
+    LATE,
     PEER,
     caps_unbound,
     check_targets,
     entries,
+    late_fusion_rows,
     markdown,
     published_runs,
     readme_block,
@@ -72,6 +74,32 @@ def test_runs_and_the_peer_flatten_into_one_row_per_preset_variant_seed_and_cate
     assert hard[0]["metrics"]["image_auroc"] == 0.7 and hard[0]["seed"] == 1
     assert [r["variant"] for r in entries([run], [peer], "default")] == ["rgb / memory"]
     assert variants(["rgb"], True)[-1] == f"{PEER} rgb+depth" and len(variants(["rgb"], False)) == 3
+    assert variants(["rgb", "depth"], False)[-1] == f"{LATE} / fused"
+
+
+def _scored(config: str, seed: int, scores: list[float], validation: list[float]) -> dict:
+    families = ["good"] * 4 + ["appearance"] * 2 + ["geometric"] * 2
+    cell = {**_cell(0.5, 0.5, 0.5), "image_scores": scores, "sample_families": families,
+            "validation_scores": validation}
+    return {"config": config, "seed": seed, "category": "a", "train_seconds": 10.0, "scores": {"hard": {"fused": cell}}}
+
+
+def test_late_fusion_z_scores_each_model_on_its_own_validation_goods_and_takes_the_larger():
+    # RGB sees the appearance defects, depth the geometric ones; depth's scores are 100 x larger,
+    # so a max of the raw scores would hear depth only
+    rgb = _scored("rgb", 0, [0.1, 0.2, 0.1, 0.2, 0.9, 0.8, 0.2, 0.1], [0.1, 0.2])
+    depth = _scored("depth", 0, [10, 20, 10, 20, 20, 10, 90, 80], [10, 20])
+    rows = late_fusion_rows([rgb, depth, _scored("depth", 1, [0.0] * 8, [0.0, 1.0])], "hard")
+    assert len(rows) == 1  # the seed-1 depth model has no rgb partner
+    row = rows[0]
+    assert row["variant"] == f"{LATE} / fused" and row["seed"] == 0 and row["train_seconds"] == 20.0
+    assert row["metrics"] == {"image_auroc": 1.0}
+    assert row["families"] == {"appearance": 1.0, "geometric": 1.0}
+    table = summarize(rows, [f"{LATE} / fused"], ["a"])
+    assert "| rgb & depth models / fused | **mean** | 1.000 | – | – | – | 1.000 | 1.000 | – | 1 |" in markdown(table, ["a"])
+    # runs scored before per-sample scores were kept give no row; nor another preset
+    old = {**depth, "scores": {"hard": {"fused": _cell(0.5, 0.5, 0.5)}}}
+    assert late_fusion_rows([rgb, old], "hard") == [] and late_fusion_rows([rgb, depth], "default") == []
 
 
 def _tables(full: tuple, rgb: tuple, depth: tuple, hard_fused: float, hard_disc: float, peer: float) -> dict:
