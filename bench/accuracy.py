@@ -48,6 +48,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -519,7 +520,9 @@ def readme_block(tables: dict[str, dict[str, Any]], categories: list[str], targe
               "set and scorer; epochs and thresholds come from validation data. Cells: mean ± std over seeds of "
               "the mean over categories. Columns geometric / appearance / both: image AUROC on the defect "
               f"families that only depth, only RGB, or both can see. `{PEER}` is anomalib's, with the same "
-              "ImageNet weights, on RGB and on the visible depth, fused late (one fit; no seeds).")]
+              "ImageNet weights, on RGB and on the visible depth, fused late (one fit; no seeds). "
+              f"`{LATE} / fused` fuses our RGB-only and depth-only models of each seed late (each z-scored on "
+              "its own validation goods, the larger wins; image AUROC only).")]
     for preset, table in tables.items():
         parts.append(f"\n\n**{preset} data**\n\n" + markdown(table, categories, mean_only=True))
     parts.append("\n" + "\n".join(f"- {t}" for t in targets))
@@ -537,9 +540,18 @@ def update_readme(block: str, path: Path = REPO / "README.md") -> bool:
     return True
 
 
+_FLAT_LIST = re.compile(r"\[\s+([^\[\]{}]*?)\s+\]")
+
+
+def readable_json(payload: Any) -> str:
+    """JSON indented by two, with every list of plain values (per-sample scores) on one line."""
+    return _FLAT_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",\n")) + "]",
+                          json.dumps(payload, indent=2))
+
+
 def write_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.write_text(readable_json(payload) + "\n")
     os.replace(tmp, path)
 
 

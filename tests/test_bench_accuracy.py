@@ -16,6 +16,7 @@ from bench.accuracy import (
     late_fusion_rows,
     markdown,
     published_runs,
+    readable_json,
     readme_block,
     reproduce_command,
     seed_work_results,
@@ -176,3 +177,11 @@ def test_a_run_is_reused_under_other_bank_caps_only_where_no_cap_bound():
     pooled = {**run, "memory_caps": {"max_bank": 4096, "max_candidates": 10000}}
     assert not caps_unbound(pooled, MemoryConfig(coreset_ratio=0.1))
     assert not caps_unbound({"memory": {}}, MemoryConfig())  # no bank recorded: train again
+
+
+def test_the_summary_json_keeps_per_sample_lists_on_one_line_and_reads_back_unchanged():
+    payload = {"runs": [{"image_scores": [0.5, 1e-07, 3], "sample_families": ["good", "a, b"], "cells": []}],
+               "nested": [[1, 2], {"x": [True, None]}]}
+    text = readable_json(payload)
+    assert json.loads(text) == payload
+    assert '"image_scores": [0.5, 1e-07, 3],' in text and '"sample_families": ["good", "a, b"],' in text
