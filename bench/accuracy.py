@@ -171,6 +171,11 @@ def score_model(work: Path, config: str, seed: int, category: str,
     # saved model is scored as a freshly trained one would be.
     validation = load_cached_split(params.data.cache_dir, category, "validation", params.data)
     calibrate_scores(model.network, Batch.from_split(validation), torch.device("cpu"), params.eval.batch_size)
+    validation_scores = {}  # per scorer, for the late fusion of separate models (:func:`late_fusion_rows`)
+    for scorer in SCORERS:
+        model.network.scorer = scorer
+        image_scores = score_split(model, validation, params.eval.batch_size, torch.device("cpu"))[0]
+        validation_scores[scorer] = [float(v) for v in image_scores]
     scores: dict[str, dict[str, Any]] = {}
     for preset in presets:
         test_params = load_params(REPO / "params.yaml", [*data_overrides(work, preset), *CONFIGS[config]])
@@ -191,8 +196,7 @@ def score_model(work: Path, config: str, seed: int, category: str,
                 # per test sample, for the late fusion of separate models (:func:`late_fusion_rows`)
                 "image_scores": [float(v) for v in evaluation.scores],
                 "sample_families": [families.get(d, GOOD) for d in split.defects],
-                "validation_scores": [float(v) for v in score_split(model, validation, params.eval.batch_size,
-                                                                     torch.device("cpu"))[0]],
+                "validation_scores": validation_scores[scorer],
             }
     return scores
 
@@ -252,11 +256,12 @@ def late_fusion_rows(runs: list[dict[str, Any]], preset: str, scorer: str = "fus
     """
     from bridgenet.metrics import GOOD, auroc_per_defect, image_auroc
 
-    by_key = {(r["config"], r["seed"], r["category"]): r for r in runs}
+    depths = {(r["seed"], r["category"]): r for r in runs if r["config"] == "depth"}
     rows = []
-    for (config, seed, category), rgb in by_key.items():
-        depth = by_key.get(("depth", seed, category))
-        if config != "rgb" or depth is None:
+    for rgb in (r for r in runs if r["config"] == "rgb"):
+        seed, category = rgb["seed"], rgb["category"]
+        depth = depths.get((seed, category))
+        if depth is None:
             continue
         cells = [r["scores"].get(preset, {}).get(scorer, {}) for r in (rgb, depth)]
         if not all("image_scores" in c for c in cells) or cells[0]["sample_families"] != cells[1]["sample_families"]:
