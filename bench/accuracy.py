@@ -289,7 +289,7 @@ def variants(configs: list[str], with_peer: bool) -> list[str]:
 
 
 SCORING_KEYS = ("scorer", "fusion_weight")  # model keys that change scores, not training
-CAP_KEYS = ("max_bank", "max_candidates")  # model.memory caps: they change a run only where they bind
+CAP_KEYS = ("max_bank",)  # model.memory caps: they change a run only where they bind
 
 
 def params_digest(part: str = "all") -> str:
@@ -318,9 +318,10 @@ def params_digest(part: str = "all") -> str:
 def caps_unbound(run: dict[str, Any], memory: Any) -> bool:
     """Whether ``run``'s memory bank is the one ``memory`` (``model.memory``) would build.
 
-    It is when neither the caps the run was trained under (``memory_caps``; runs made
-    before it was recorded had no candidate pool) nor ``memory``'s bound: every bank
-    holds the uncapped share of its candidates, and no candidate pool was drawn.
+    It is when neither the cap the run was trained under nor ``memory``'s bound: every bank
+    holds the uncapped share of its candidates. Runs whose bank was chosen among a random
+    pool of the candidates (``memory_caps.max_candidates``, before the selection saw every
+    candidate) are never reused where the pool was smaller than the candidates.
     """
     info = run.get("memory") or {}
     stored_pool = (run.get("memory_caps") or {}).get("max_candidates", 0)
@@ -332,7 +333,7 @@ def caps_unbound(run: dict[str, Any], memory: Any) -> bool:
         uncapped = max(1, round(memory.coreset_ratio * candidates))
         if bank != uncapped or uncapped > memory.max_bank:
             return False
-        if any(0 < pool < candidates for pool in (memory.max_candidates, stored_pool)):
+        if 0 < stored_pool < candidates:
             return False
     return True
 

@@ -1,7 +1,8 @@
 """anomalib's PatchCore as a training-free peer on our cache, splits and metrics.
 
     python bench/peers.py --data-root ROOT --cache-dir CACHE [--categories a b]
-                          [--image-size 256] [--out bench/results/peers.json]
+                          [--image-size 256] [--depth-input model|height]
+                          [--out bench/results/peers.json]
 
 The data must already be preprocessed (``bridgenet preprocess`` with the same
 ``data.root``, ``data.cache_dir`` and ``data.image_size``; ``bench/accuracy.py``
@@ -12,7 +13,12 @@ backbone, our layers and our offline weights (``model.backbone``,
 split's good samples:
 
     rgb     the cached RGB image;
-    depth   the visible depth map in [0, 1] repeated to 3 channels.
+    depth   ``--depth-input model`` (default): the image our detector's backbone reads
+            of the visible depth (``bridgenet.model.network.DepthImage`` with
+            ``model.depth_input``, ``model.relief_sigma`` and ``model.relief_gain``,
+            fitted on the training goods), so that the comparison isolates the
+            method, not its input; ``height``: the visible depth map in [0, 1]
+            repeated to 3 channels.
 
 Both are normalised with the backbone's input statistics (``--input-stats``;
 see :data:`INPUT_STATS` for why not ImageNet's by default). Late fusion: each
@@ -21,8 +27,10 @@ standard deviation of that modality on the validation split's good samples
 (image scores, and foreground pixels of the maps); the fused score and map are
 the sums. Nothing is fitted on the test split.
 
-Metrics are ours (``bridgenet.metrics``), on maps bilinearly upsampled to the
-ground truth's resolution as ``bridgenet.evaluate`` does; anomalib's metrics
+Metrics are ours (``bridgenet.metrics``), on maps pasted back into each sample's
+crop box of the original frame (``bridgenet.data.crop.paste_maps``: resized
+bilinearly into the box, the frame outside it at the map's minimum) as
+``bridgenet.evaluate`` does; anomalib's metrics
 are not used (its AUROC squashes scores outside [0, 1] through a sigmoid).
 anomalib is an optional dependency: ``pip install -e '.[bench]'``.
 """
@@ -44,7 +52,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -52,6 +59,7 @@ sys.path.insert(0, str(REPO))
 from bridgenet import metrics
 from bridgenet.config import ModelConfig, Params, load_params
 from bridgenet.data.cache import INDEX, CachedSplit, load_cached_split
+from bridgenet.data.crop import paste_maps
 from bridgenet.evaluate import defect_families
 from bridgenet.model.backbone import WeightsUnavailableError, pretrained_state_dict
 
@@ -66,6 +74,9 @@ FAMILIES = ("geometric", "appearance", "both")
 # which is what our detector feeds the same backbone. "imagenet": anomalib's
 # PreProcessor default, whatever the backbone.
 INPUT_STATS = ("backbone", "imagenet")
+# "model": the depth image our detector reads (model.depth_input and its relief settings);
+# "height": the visible depth map itself, repeated to 3 channels.
+DEPTH_INPUTS = ("model", "height")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -79,6 +90,7 @@ class PeerSettings:
     seed: int = 0
     batch_size: int = 8
     input_stats: str = "backbone"
+    depth_input: str = "model"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.coreset_ratio <= 1.0:
@@ -89,6 +101,8 @@ class PeerSettings:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.input_stats not in INPUT_STATS:
             raise ValueError(f"input_stats must be one of {INPUT_STATS}, got {self.input_stats!r}")
+        if self.depth_input not in DEPTH_INPUTS:
+            raise ValueError(f"depth_input must be one of {DEPTH_INPUTS}, got {self.depth_input!r}")
 
 
 @contextlib.contextmanager
@@ -110,13 +124,37 @@ def seeded(seed: int) -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
-def modality_images(split: CachedSplit, modality: str) -> torch.Tensor:
-    """One modality of ``split`` as images in [0, 1], (N, 3, S, S) float32."""
+def modality_images(split: CachedSplit, modality: str, depth_image: torch.nn.Module | None = None,
+                    chunk: int = 16) -> torch.Tensor:
+    """One modality of ``split`` as images in [0, 1], (N, 3, S, S) float32.
+
+    ``depth_image``: a fitted ``DepthImage`` that turns the depth (n, 1, S, S) into the
+    image (n, 3, S, S) (run on ``chunk`` samples at a time); None repeats the height map.
+    """
     if modality == "rgb":
         return torch.from_numpy(split.rgb).permute(0, 3, 1, 2).float() / 255.0
-    if modality == "depth":
-        return torch.from_numpy(split.depth).unsqueeze(1).expand(-1, 3, -1, -1).float()
-    raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if modality != "depth":
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    depth = torch.from_numpy(split.depth).unsqueeze(1).float()
+    if depth_image is None:
+        return depth.expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        return torch.cat([depth_image(part).float() for part in depth.split(chunk)])
+
+
+def fitted_depth_image(model_cfg: ModelConfig, train_depth: np.ndarray,
+                       depth_input: str) -> torch.nn.Module | None:
+    """The depth image our detector reads, fitted on the training goods' depth (N, S, S);
+    None for ``depth_input="height"`` (the height map repeated)."""
+    if depth_input not in DEPTH_INPUTS:
+        raise ValueError(f"depth_input must be one of {DEPTH_INPUTS}, got {depth_input!r}")
+    if depth_input == "height":
+        return None
+    from bridgenet.model.network import DepthImage
+
+    depth_image = DepthImage(model_cfg.depth_input, model_cfg.relief_sigma, model_cfg.relief_gain)
+    depth_image.fit(torch.from_numpy(train_depth).unsqueeze(1).float())
+    return depth_image.eval()
 
 
 def build_patchcore(model_cfg: ModelConfig, settings: PeerSettings) -> torch.nn.Module:
@@ -181,14 +219,17 @@ def score(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> tupl
 
 
 def ground_truth_size(maps: np.ndarray, split: CachedSplit) -> np.ndarray:
-    """Maps (N, S, S) bilinearly resized to the split's ground-truth size (N, H0, W0), as evaluate does."""
+    """Maps (N, S, S) of the cached crops -> maps (N, H0, W0) of the original frames, as evaluate does.
+
+    Each map is resized bilinearly into its sample's crop box (``split.crop_boxes``, (N, 4)
+    top, left, height, width); the frame outside the box gets the map's minimum.
+    """
     sizes = {tuple(int(v) for v in s) for s in split.original_sizes}
     if len(sizes) != 1:
         raise ValueError(f"{split.category}/{split.split}: ground truths of several sizes {sorted(sizes)}")
     (height, width), = sizes
-    resized = F.interpolate(torch.from_numpy(maps).unsqueeze(1), size=(height, width), mode="bilinear",
-                            align_corners=False)
-    return resized.squeeze(1).numpy()
+    maps_t = torch.from_numpy(np.ascontiguousarray(maps)).float()
+    return paste_maps(maps_t, split.crop_boxes, (height, width)).numpy()
 
 
 def standardiser(reference: np.ndarray, what: str) -> tuple[float, float]:
@@ -236,14 +277,16 @@ def run_peer(
     the AU-PRO thresholds (``eval``); ``data_root`` / ``cache_dir`` replace its
     ``data.root`` / ``data.cache_dir``. Returns a JSON-ready dict::
 
-        {"category", "n_train", "n_validation", "n_test",
+        {"category", "n_train", "n_validation", "n_test", "depth_input",
          "rgb" / "depth": {"metrics", "families", "fit_seconds", "infer_seconds_per_sample",
                            "memory_bank", "embedding_dim"},
          "fused": {"metrics", "families"},
          "test": {"stems", "defects", "labels", "scores": {"rgb", "depth", "fused"}}}
 
     where "metrics" holds image_auroc, pixel_auroc, aupro_30, aupro_1 and
-    "families" the image AUROC per defect family. ``other_tests`` names further
+    "families" the image AUROC per defect family; "depth_input" names the depth image
+    PatchCore read (``settings.depth_input``: the model's ``relief`` or ``height``, or the
+    repeated ``height`` map). ``other_tests`` names further
     preprocessed caches whose test splits (same goods, other defects) the same fitted
     models score: ``result["other_tests"][name]`` holds their "rgb" / "depth" / "fused".
     """
@@ -270,14 +313,21 @@ def run_peer(
     other_fused: dict[str, list] = {name: [0.0, 0.0] for name in others}
     result["other_tests"] = {name: {} for name in others}
     fused_scores, fused_maps, scores_out = 0.0, 0.0, {}
+    depth_image = fitted_depth_image(params.model, splits["train"].depth[good["train"]],
+                                     settings.depth_input)
+    result["depth_input"] = settings.depth_input if depth_image is None else params.model.depth_input
+
+    def images(split: CachedSplit, modality: str) -> torch.Tensor:
+        return modality_images(split, modality, depth_image)
+
     for modality in MODALITIES:
         model = build_patchcore(params.model, settings)
-        fit_seconds = fit(model, modality_images(splits["train"], modality)[good["train"]], settings)
+        fit_seconds = fit(model, images(splits["train"], modality)[good["train"]], settings)
         validation = splits["validation"]
-        val_scores, val_maps = score(model, modality_images(validation, modality)[good["validation"]],
+        val_scores, val_maps = score(model, images(validation, modality)[good["validation"]],
                                      settings.batch_size)
         start = time.perf_counter()
-        test_scores, test_maps = score(model, modality_images(test, modality), settings.batch_size)
+        test_scores, test_maps = score(model, images(test, modality), settings.batch_size)
         infer_seconds = (time.perf_counter() - start) / len(test)
         full_maps = ground_truth_size(test_maps, test)
         result[modality] = {
@@ -291,7 +341,7 @@ def run_peer(
         fused_scores = fused_scores + (test_scores - score_mean) / score_std
         fused_maps = fused_maps + (full_maps - map_mean) / map_std
         for name, other in others.items():
-            other_scores, other_maps = score(model, modality_images(other, modality), settings.batch_size)
+            other_scores, other_maps = score(model, images(other, modality), settings.batch_size)
             other_maps = ground_truth_size(other_maps, other)
             result["other_tests"][name][modality] = evaluate(other_scores, other_maps, other,
                                                              params.eval.aupro_thresholds)
@@ -347,6 +397,8 @@ def main() -> None:
     parser.add_argument("--coreset-ratio", type=float, default=PeerSettings.coreset_ratio)
     parser.add_argument("--seed", type=int, default=PeerSettings.seed)
     parser.add_argument("--input-stats", choices=INPUT_STATS, default=PeerSettings.input_stats)
+    parser.add_argument("--depth-input", choices=DEPTH_INPUTS, default=PeerSettings.depth_input,
+                        help="model: the depth image our detector reads; height: the height map repeated")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "peers.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -357,7 +409,8 @@ def main() -> None:
     if args.image_size is not None:
         overrides.append(f"data.image_size={args.image_size}")
     params = load_params(args.params, overrides)
-    settings = PeerSettings(coreset_ratio=args.coreset_ratio, seed=args.seed, input_stats=args.input_stats)
+    settings = PeerSettings(coreset_ratio=args.coreset_ratio, seed=args.seed, input_stats=args.input_stats,
+                            depth_input=args.depth_input)
     categories = args.categories or list(params.data.categories)
     results = []
     for i, category in enumerate(categories, 1):

@@ -48,6 +48,9 @@ class DataConfig(_Section):
     ransac_sample_points: int = Field(20_000, ge=100)
     morph_kernel: int = Field(5, ge=1, le=31)
     min_component_pixels: int = Field(64, ge=0)
+    gap_kernel: int = Field(0, ge=0, le=63)  # missing points in object gaps narrower than this join it
+    crop: Literal["object", "none"] = "object"  # network input: a square around the part, or the frame
+    crop_margin: float = Field(1.15, ge=1.0, le=3.0)  # the square's side / the part's extent
 
 
 class SynthConfig(_Section):
@@ -69,7 +72,7 @@ class MemoryConfig(_Section):
 
     coreset_ratio: float = Field(0.1, gt=0, le=1)
     max_bank: int = Field(4096, ge=1, le=10_000_000)
-    max_candidates: int = Field(32_768, ge=0, le=100_000_000)  # greedy pool (seeded subset); 0 = all
+    chunk_size: int = Field(16_384, ge=256, le=100_000_000)  # first greedy pass: candidates per chunk
     projection_dim: int = Field(128, ge=0, le=4096)  # random projection for the selection; 0 = none
 
 
@@ -84,6 +87,11 @@ class ModelConfig(_Section):
     dsc_hidden: int = Field(512, ge=8, le=8192)
     modalities: tuple[Literal["rgb", "depth"], ...] = ("rgb", "depth")
     map_smoothing_sigma: float = Field(4.0, ge=0, le=32)
+    image_score: Literal["map_max", "patch_max"] = "map_max"  # the smoothed map's peak, or the top patch's
+    depth_input: Literal["relief", "height"] = "relief"  # what the backbone reads of the visible depth
+    relief_sigma: float = Field(0.05, gt=0, le=1)  # relief: Gaussian removed from the height, x input side
+    relief_gain: float = Field(1.0, gt=0, le=100)  # relief: grey levels per standard deviation of clean relief
+    memory_fusion: Literal["sum", "max"] = "sum"  # how the modalities' standardised memory scores combine
     foreground_only: bool = True
     backbone_cpu_batch: int = Field(2, ge=0, le=1024)
     scorer: Literal["discriminator", "memory", "fused"] = "fused"
@@ -397,6 +405,37 @@ def params_from_dict(raw: dict[str, Any], source: str = "<dict>", overrides: tup
         return Params.model_validate(_lists_to_tuples(raw))
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source, tuple(overrides))) from None
+
+
+# What a model's stored params meant before a key existed: (section path, key, old behaviour).
+_STORED_DEFAULTS: tuple[tuple[tuple[str, ...], str, Any], ...] = (
+    (("model",), "scorer", "discriminator"),  # before the memory-bank head
+    (("data",), "crop", "none"),  # before object-centred crops
+    (("model",), "depth_input", "height"),  # before the relief input
+    (("model",), "image_score", "patch_max"),  # before the smoothed map's peak
+    (("model",), "memory_fusion", "max"),  # before the modalities' sum
+)
+_STORED_DROPPED: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("model", "memory"), "max_candidates"),  # a bank-building setting only: the bank is stored
+)
+
+
+def upgrade_stored_params(stored: dict[str, Any]) -> dict[str, Any]:
+    """A model file's stored params as they read today: keys added since it was written get
+    the behaviour the model was built with, keys since removed (building settings) are dropped."""
+    out = copy.deepcopy(stored)
+    for path, key, value in _STORED_DEFAULTS:
+        section = out
+        for name in path:
+            section = section.setdefault(name, {})
+        section.setdefault(key, value)
+    for path, key in _STORED_DROPPED:
+        section = out
+        for name in path:
+            section = section.get(name, {}) if isinstance(section, dict) else {}
+        if isinstance(section, dict):
+            section.pop(key, None)
+    return out
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -29,6 +29,7 @@ from bridgenet import metrics, reports
 from bridgenet.config import Params
 from bridgenet.data.batch import Batch, resolve_device
 from bridgenet.data.cache import CachedSplit, load_cached_split
+from bridgenet.data.crop import crop, paste_maps
 from bridgenet.files import sha256_file, write_json
 from bridgenet.model.io import TrainedModel, load_model
 
@@ -127,6 +128,8 @@ def score_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image scores (N,), maps at network size (N, S, S) and at the ground truth's size (N, H0, W0).
 
+    The network-size maps show each sample's crop box; the others are pasted back into the frame.
+
     All ground-truth masks of one split must share a size (as in MVTec 3D-AD).
     """
     sizes = {tuple(int(v) for v in s) for s in split.original_sizes}
@@ -139,11 +142,10 @@ def score_split(
     for start in range(0, len(data), batch_size):
         part = slice(start, start + batch_size)
         result = network(data.rgb[part].to(device), data.depth[part].to(device))
-        maps = result.anomaly_map.float()
+        maps = result.anomaly_map.float().cpu()
         scores.append(result.pred_score.float().cpu())
-        small.append(maps.cpu())
-        full.append(F.interpolate(maps.unsqueeze(1), size=(height, width), mode="bilinear",
-                                  align_corners=False).squeeze(1).cpu())
+        small.append(maps)
+        full.append(paste_maps(maps, split.crop_boxes[part], (height, width)))
     return torch.cat(scores).numpy(), torch.cat(small).numpy(), torch.cat(full).numpy()
 
 
@@ -209,8 +211,8 @@ def write_category_figures(
     picks = reports.select_heatmap_samples(evaluation.scores, evaluation.labels, n)
     index = [i for i, _ in picks]
     masks = np.stack([
-        F.interpolate(torch.from_numpy(split.gt[i]).float()[None, None], size=small_maps.shape[-2:],
-                      mode="nearest")[0, 0].numpy() > 0.5
+        F.interpolate(torch.from_numpy(np.ascontiguousarray(crop(split.gt[i], split.crop_boxes[i])))
+                      .float()[None, None], size=small_maps.shape[-2:], mode="nearest")[0, 0].numpy() > 0.5
         for i in index
     ])
     sheet = out_dir / f"heatmaps_{evaluation.category}.png"

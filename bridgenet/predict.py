@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bridgenet.model.io import TrainedModel, load_model
 
@@ -86,6 +85,7 @@ def predict_arrays(
     ``on_empty_foreground`` (default: the model's ``predict.on_empty_foreground``)
     decides for an input without an object (module docstring).
     """
+    from bridgenet.data.crop import paste_maps
     from bridgenet.preprocess import network_inputs
 
     policy = on_empty_foreground or model.params.predict.on_empty_foreground
@@ -97,8 +97,8 @@ def predict_arrays(
     if min(rgb.shape[:2]) < side:
         raise ValueError(f"input is {rgb.shape[1]}x{rgb.shape[0]} pixels; the model needs at least "
                          f"{side}x{side} (its backbone's coarsest stride)")
-    rgb_small, depth, foreground = network_inputs(rgb, xyz, model.params.data,
-                                                  np.random.default_rng(0))
+    rgb_small, depth, foreground, box = network_inputs(rgb, xyz, model.params.data,
+                                                       np.random.default_rng(0))
     if not foreground.any() and model.foreground_fraction > 0:
         message = ("no object found above the support plane (part missing or sensor failure?), "
                    f"but {model.category} was trained on samples with one")
@@ -115,10 +115,9 @@ def predict_arrays(
     rgb_t = torch.from_numpy(rgb_small).permute(2, 0, 1).float().div(255.0).unsqueeze(0).to(device)
     depth_t = torch.from_numpy(depth).float().unsqueeze(0).unsqueeze(0).to(device)
     result = network(rgb_t, depth_t)
-    full = F.interpolate(result.anomaly_map.unsqueeze(1), size=rgb.shape[:2], mode="bilinear",
-                         align_corners=False)
+    full = paste_maps(result.anomaly_map.float().cpu(), np.array([box]), rgb.shape[:2])
     score = float(result.pred_score[0])
-    anomaly_map = full[0, 0].cpu().numpy()
+    anomaly_map = full[0].numpy()
     return Prediction(score, score > model.threshold, model.threshold, anomaly_map, "ok",
                       predicted_mask(model, anomaly_map))
 

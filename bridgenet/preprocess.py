@@ -2,12 +2,14 @@
 
 One compressed ``.npz`` per sample at ``{cache_dir}/{category}/{split}/{defect}/{stem}.npz``:
 
-- ``rgb`` uint8 (S, S, 3): antialiased bilinear resize of the RGB image;
+- ``rgb`` uint8 (S, S, 3): antialiased bilinear resize of the RGB image's crop box;
 - ``depth`` float32 (S, S) in [0, 1] and ``foreground`` bool (S, S): visible
   depth (:mod:`bridgenet.data.depth`), RANSAC seeded from the sample's
   ``category/split/defect/stem`` so the cache is deterministic;
 - ``gt`` bool (H0, W0) at the original resolution (all False for good samples);
 - ``original_size`` int64 (2,): (H0, W0);
+- ``crop_box`` int64 (4,): the frame's box the arrays show, (top, left, height, width)
+  (``data.crop``: a square around the part, or the whole frame);
 - ``fingerprint`` str: hash of the source files (size, mtime_ns) and of the
   settings the entry was built with (:func:`fingerprint`).
 
@@ -56,7 +58,8 @@ from bridgenet.data.cache import (
     cache_settings,
     entry_fingerprint,
 )
-from bridgenet.data.depth import visible_depth
+from bridgenet.data.crop import crop, object_box, whole_frame
+from bridgenet.data.depth import resize_depth_and_mask, visible_depth
 from bridgenet.data.readers import load_sample, scan_dataset
 from bridgenet.data.samples import DataError, Sample
 from bridgenet.files import TMP_SUFFIX, write_bytes_atomic, write_text_atomic
@@ -91,19 +94,30 @@ def fingerprint(sample: Sample, settings: dict[str, object]) -> str:
 
 def network_inputs(
     rgb: np.ndarray, xyz: np.ndarray, data_cfg: DataConfig, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int, int]]:
     """Network-ready arrays of one sample, the same for the cache and for online prediction.
 
     rgb uint8 (H, W, 3) and xyz float32 (H, W, 3) in; rgb uint8 (S, S, 3)
-    (antialiased bilinear resize), depth float32 (S, S) in [0, 1] and
-    foreground bool (S, S) out, S = ``data_cfg.image_size``.
+    (antialiased bilinear resize), depth float32 (S, S) in [0, 1], foreground bool (S, S)
+    and the frame's box they show (top, left, height, width) out, S = ``data_cfg.image_size``.
+    With ``data.crop: object`` the box is a square around the part
+    (:func:`bridgenet.data.crop.object_box`), else the whole frame.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"rgb must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
     depth, foreground = visible_depth(xyz, data_cfg, rng)
+    if data_cfg.crop == "object":
+        box = object_box(foreground, data_cfg.crop_margin)
+    else:
+        box = whole_frame(*foreground.shape)
     size = data_cfg.image_size
-    rgb_small = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))
-    return rgb_small.astype(np.uint8), depth.astype(np.float32), foreground.astype(bool)
+    if foreground.any():
+        depth, foreground = resize_depth_and_mask(crop(depth, box), crop(foreground, box), size)
+    else:
+        depth, foreground = np.zeros((size, size), np.float32), np.zeros((size, size), bool)
+    rgb_small = np.asarray(Image.fromarray(np.ascontiguousarray(crop(rgb, box))).resize(
+        (size, size), Image.Resampling.BILINEAR))
+    return rgb_small.astype(np.uint8), depth.astype(np.float32), foreground.astype(bool), box
 
 
 def preprocess_sample(sample: Sample, data_cfg: DataConfig) -> dict[str, np.ndarray]:
@@ -117,7 +131,7 @@ def preprocess_sample(sample: Sample, data_cfg: DataConfig) -> dict[str, np.ndar
             sample.gt_path, f"good sample's mask marks {int(gt.sum())} pixels as anomalous"
         )
     try:
-        rgb_small, depth, foreground = network_inputs(
+        rgb_small, depth, foreground, box = network_inputs(
             rgb, xyz, data_cfg, np.random.default_rng(sample_seed(sample))
         )
     except ValueError as exc:
@@ -128,6 +142,7 @@ def preprocess_sample(sample: Sample, data_cfg: DataConfig) -> dict[str, np.ndar
         "foreground": foreground,
         "gt": gt.astype(bool),
         "original_size": np.array([height, width], dtype=np.int64),
+        "crop_box": np.array(box, dtype=np.int64),
     }
 
 

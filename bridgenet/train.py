@@ -220,8 +220,10 @@ class Trainer:
         """Standardised clean embeddings of every training sample, computed once per run."""
         size = self.params.train.batch_size
         inputs = data.inputs()
+        self.network.depth_image.fit(data.depth)
         raw = {
-            m: torch.cat([self.network.embed(inputs[m][i:i + size]) for i in range(0, len(data), size)])
+            m: torch.cat([self.network.embed(inputs[m][i:i + size], m, standardized=False)
+                          for i in range(0, len(data), size)])
             for m in self.modalities
         }
         self.network.fit_standardization(raw)
@@ -253,7 +255,7 @@ class Trainer:
             z_clean = net.project_patches(clean, keep)
             negatives: dict[str, torch.Tensor] = {}
             if self.gaussian is not None:
-                normalized = {m: net.backbone_input(batch.inputs()[m]) for m in self.modalities}
+                normalized = {m: net.backbone_input(batch.inputs()[m], m) for m in self.modalities}
                 noisy_inputs = {m: self.gaussian.noise(x, "image", gen) for m, x in normalized.items()}
                 image_level = net.reembed(clean, noisy_inputs, self.gaussian.targets(len(batch), gen))
                 negatives["image"] = net.project_patches(image_level, keep)
@@ -267,7 +269,8 @@ class Trainer:
                 negatives["projected"] = self.gaussian.noise(z_clean, "projected", gen)
             if self.texture is not None:
                 rgb, depth, region, touched = self.texture(batch.rgb, batch.depth, batch.foreground, gen)
-                augmented = {m: net.backbone_input(x) for m, x in (("rgb", rgb), ("depth", depth))}
+                augmented = {m: net.backbone_input(x, m) for m, x in (("rgb", rgb), ("depth", depth))
+                             if m in self.modalities}
                 negatives["texture"] = net.project_patches(net.reembed(clean, augmented, touched), keep)
                 patch_labels = mask_to_grid(region, grid).flatten()[keep]
             logits = net.training_logits(z_clean, negatives)

@@ -168,10 +168,9 @@ def test_a_run_is_reused_under_other_bank_caps_only_where_no_cap_bound():
     from bridgenet.config import MemoryConfig
 
     run = {"memory": {"rgb_candidates": 9000.0, "rgb_bank": 900.0, "depth_candidates": 13126.0, "depth_bank": 1313.0}}
-    assert caps_unbound(run, MemoryConfig(coreset_ratio=0.1, max_bank=4096, max_candidates=32768))
-    # the new cap binds (1313 > 1000), the new pool binds (13126 > 10000), the stored cap bound
+    assert caps_unbound(run, MemoryConfig(coreset_ratio=0.1, max_bank=4096))
+    # the new cap binds (1313 > 1000), the stored cap bound, the stored random pool bound
     assert not caps_unbound(run, MemoryConfig(coreset_ratio=0.1, max_bank=1000))
-    assert not caps_unbound(run, MemoryConfig(coreset_ratio=0.1, max_candidates=10000))
     capped = {"memory": {**run["memory"], "depth_bank": 1000.0}}
     assert not caps_unbound(capped, MemoryConfig(coreset_ratio=0.1))
     pooled = {**run, "memory_caps": {"max_bank": 4096, "max_candidates": 10000}}

@@ -99,7 +99,10 @@ def test_first_run_writes_the_layout(root):
         assert entry["rgb"].dtype == np.uint8 and entry["rgb"].shape == (32, 32, 3)
         assert entry["depth"].dtype == np.float32 and entry["depth"].shape == (32, 32)
         assert 0 <= entry["depth"].min() and entry["depth"].max() <= 1
-        assert entry["foreground"].dtype == bool and 0.1 < entry["foreground"].mean() < 0.4
+        # the part fills most of the object-centred crop (data.crop: object)
+        assert entry["foreground"].dtype == bool and 0.4 < entry["foreground"].mean() < 0.9
+        top, left, height, width = entry["crop_box"].tolist()
+        assert height == width and 0 <= top and top + height <= SIDE and 0 <= left and left + width <= SIDE
         assert (
             entry["gt"].dtype == bool
             and entry["gt"].shape == (SIDE, SIDE)
@@ -278,7 +281,7 @@ def test_eyecandies_preprocess(tmp_path):
     write_eyecandies(root, "val", "000", False)
     write_eyecandies(root, "test_public", "000", False)
     write_eyecandies(root, "test_public", "001", True)
-    p = params(root, format="eyecandies")
+    p = params(root, format="eyecandies", crop="none")  # the frame, to check depth against the drawn box
     assert run_preprocess(p)["written"] == 4
     test = load_cached_split(p.data.cache_dir, "Confetto", "test", p.data)
     assert test.defects == ["bad", "good"] and test.labels.tolist() == [1, 0]

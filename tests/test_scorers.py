@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import binary_dilation, distance_transform_edt
 
+from bridgenet.data.crop import crop
 from bridgenet.model.io import load_model, save_model
 from bridgenet.model.network import SCORERS
 from tests.conftest import tiny_params
@@ -33,8 +34,8 @@ def test_training_builds_the_bank_from_foreground_patches_and_calibrates_every_c
     # 12 training samples on a 12 x 12 grid: the foreground rule keeps only part of the 1728 patches
     assert memory["rgb_candidates"] < 12 * 12 * 12
     calibration = summary["calibration"]
-    assert set(calibration) == {f"{c}_{s}" for c in net.components for s in ("loc", "scale")}
-    assert all(calibration[f"{c}_scale"] > 0 for c in net.components)
+    assert set(calibration) == {f"{c}_{s}" for c in net.components for s in ("loc", "scale", "weight")}
+    assert all(calibration[f"{c}_scale"] > 0 and calibration[f"{c}_weight"] == 1 for c in net.components)
 
 
 def _scores(model, split, scorer):
@@ -114,7 +115,7 @@ def test_the_memory_head_sees_a_faint_stain_where_it_is(trained):
     for intact, stained, mask in stained_pairs(params):
         maps = []
         for rgb in (intact.rgb, stained):
-            small, depth, _ = network_inputs(rgb, intact.xyz, params.data, np.random.default_rng(0))
+            small, depth, _, box = network_inputs(rgb, intact.xyz, params.data, np.random.default_rng(0))
             with torch.no_grad():
                 embeddings = net.embed_inputs({
                     "rgb": torch.from_numpy(small).permute(2, 0, 1).float().div(255).unsqueeze(0),
@@ -125,7 +126,8 @@ def test_the_memory_head_sees_a_faint_stain_where_it_is(trained):
             maps.append(distance.numpy())
         rise = maps[1] - maps[0]
         peak = np.unravel_index(np.argmax(rise), rise.shape)
-        cell = F.adaptive_max_pool2d(torch.from_numpy(mask).float()[None], tuple(grid))[0].numpy() > 0
+        shown = np.ascontiguousarray(crop(mask, box))  # the stain in the network's view
+        cell = F.adaptive_max_pool2d(torch.from_numpy(shown).float()[None], tuple(grid))[0].numpy() > 0
         inside += bool(rise.max() > 0 and binary_dilation(cell)[peak])
     assert inside >= 5
 

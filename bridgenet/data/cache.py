@@ -22,7 +22,7 @@ import numpy as np
 from bridgenet.config import DataConfig
 from bridgenet.data.samples import SPLITS
 
-CACHE_VERSION = 2  # 2: entries hold their fingerprint
+CACHE_VERSION = 3  # 2: entries hold their fingerprint; 3: and their crop box
 SETTING_KEYS = (
     "format",
     "eyecandies_rgb",
@@ -32,6 +32,9 @@ SETTING_KEYS = (
     "ransac_sample_points",
     "morph_kernel",
     "min_component_pixels",
+    "gap_kernel",
+    "crop",
+    "crop_margin",
 )
 INDEX_COLUMNS = (
     "category",
@@ -71,7 +74,9 @@ class CachedSplit:
 
     rgb uint8 (N, S, S, 3), depth float32 (N, S, S) in [0, 1], foreground bool
     (N, S, S), labels int64 (N,), defects/stems lists of N strings, gt a list of
-    N bool (H0, W0) masks at original resolution, original_sizes int64 (N, 2).
+    N bool (H0, W0) masks at original resolution, original_sizes int64 (N, 2),
+    crop_boxes int64 (N, 4): the box of the original frame each sample's arrays show
+    (top, left, height, width).
     """
 
     category: str
@@ -84,6 +89,7 @@ class CachedSplit:
     stems: list[str]
     gt: list[np.ndarray]
     original_sizes: np.ndarray
+    crop_boxes: np.ndarray
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -92,7 +98,7 @@ class CachedSplit:
         """sha256 over the sample names, labels and network inputs: names the data scored."""
         digest = hashlib.sha256()
         digest.update(json.dumps([self.category, self.defects, self.stems]).encode())
-        for array in (self.labels, self.rgb, self.depth):
+        for array in (self.labels, self.rgb, self.depth, self.crop_boxes):
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 
@@ -139,7 +145,7 @@ def load_cached_split(
     if not rows:
         raise ValueError(f"{folder}: no cached sample of split {split!r}")
     arrays: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("rgb", "depth", "foreground", "gt", "original_size")
+        k: [] for k in ("rgb", "depth", "foreground", "gt", "original_size", "crop_box")
     }
     listed = manifest.get("entries", {})
     mismatched = []
@@ -181,4 +187,5 @@ def load_cached_split(
         stems=[row["stem"] for row in rows],
         gt=arrays["gt"],
         original_sizes=np.stack(arrays["original_size"]).astype(np.int64, copy=False),
+        crop_boxes=np.stack(arrays["crop_box"]).astype(np.int64, copy=False),
     )

@@ -159,19 +159,23 @@ def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
 
 
 def clean_foreground(
-    raw: np.ndarray, valid: np.ndarray, morph_kernel: int, min_component_pixels: int
+    raw: np.ndarray, valid: np.ndarray, morph_kernel: int, min_component_pixels: int, gap_kernel: int = 0
 ) -> np.ndarray:
-    """Opening, closing, small-blob removal and hole filling of a (H, W) bool mask.
+    """Opening, closing, small-blob removal, hole and gap filling of a (H, W) bool mask.
 
     An enclosed background region is filled when more than half of its pixels
-    are missing points (``~valid``), see the module docstring. The work is done
-    on the bounding box of ``raw`` plus a margin wider than the kernel, which
+    are missing points (``~valid``), see the module docstring. With ``gap_kernel``
+    > 1, missing points in a gap narrower than it between parts of the object (the
+    shadow a real structured-light sensor casts at a step, such as a cable gland's
+    flange) join the object too: the pixels that a closing with that square adds,
+    where no point was measured. Measured table points never join. The work is
+    done on the bounding box of ``raw`` plus a margin wider than the kernels, which
     gives the same result as on the whole image.
     """
     out = np.zeros(raw.shape, dtype=bool)
     if not raw.any():
         return out
-    box = _bounding_box(raw, morph_kernel + 1)
+    box = _bounding_box(raw, max(morph_kernel, gap_kernel) + 1)
     mask = np.ascontiguousarray(raw[box], dtype=bool)
     if morph_kernel > 1:
         mask = _dilate(_erode(mask, morph_kernel), morph_kernel)
@@ -192,6 +196,9 @@ def clean_foreground(
         fill[0] = False
         fill[border] = False
         mask |= fill[background]
+    if gap_kernel > 1 and mask.any():
+        closed = _erode(_dilate(mask, gap_kernel), gap_kernel)
+        mask |= closed & ~valid[box]
     out[box] = mask
     return out
 
@@ -265,10 +272,34 @@ def extract_visible_depth(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Visible depth of xyz (H, W, 3): depth (S, S) float32 in [0, 1], foreground (S, S) bool.
 
-    S = ``image_size``. Steps and conventions are in the module docstring.
+    S = ``image_size``: the whole frame resized (:func:`frame_visible_depth`, then step 5).
+    Steps and conventions are in the module docstring.
     """
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
+    depth, foreground = frame_visible_depth(
+        xyz, plane_distance=plane_distance, ransac_iterations=ransac_iterations,
+        ransac_sample_points=ransac_sample_points, morph_kernel=morph_kernel,
+        min_component_pixels=min_component_pixels, rng=rng,
+    )
+    if not foreground.any():
+        return np.zeros((image_size, image_size), np.float32), np.zeros((image_size, image_size), bool)
+    return resize_depth_and_mask(depth, foreground, image_size)
+
+
+def frame_visible_depth(
+    xyz: np.ndarray,
+    *,
+    plane_distance: float,
+    ransac_iterations: int,
+    ransac_sample_points: int,
+    morph_kernel: int,
+    min_component_pixels: int,
+    rng: np.random.Generator,
+    gap_kernel: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1-4 of the module docstring at the frame's own resolution: depth (H, W) float32
+    in [0, 1] and foreground (H, W) bool (both empty, with a warning, where no object is found)."""
     if plane_distance <= 0:
         raise ValueError(f"plane_distance must be > 0, got {plane_distance}")
     valid = valid_points(xyz)
@@ -285,7 +316,7 @@ def extract_visible_depth(
     with np.errstate(invalid="ignore", over="ignore"):
         height = signed_plane_distance(xyz, plane)
         raw = valid & (height > plane_distance)
-    foreground = clean_foreground(raw, valid, morph_kernel, min_component_pixels)
+    foreground = clean_foreground(raw, valid, morph_kernel, min_component_pixels, gap_kernel)
     if not foreground.any():
         LOGGER.warning(
             "no object found above the support plane (%d valid points, %d above it before "
@@ -293,26 +324,23 @@ def extract_visible_depth(
             count,
             int(raw.sum()),
         )
-        return np.zeros((image_size, image_size), np.float32), np.zeros(
-            (image_size, image_size), bool
-        )
+        return np.zeros(valid.shape, np.float32), foreground
     source = foreground & raw
     depth = normalise_height(height, source)
-    depth = fill_depth_holes(depth, source, foreground)
-    return resize_depth_and_mask(depth, foreground, image_size)
+    return fill_depth_holes(depth, source, foreground), foreground
 
 
 def visible_depth(
     xyz: np.ndarray, data_cfg: DataConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`extract_visible_depth` with the settings of a ``data:`` config section."""
-    return extract_visible_depth(
+    """:func:`frame_visible_depth` with the settings of a ``data:`` config section (frame resolution)."""
+    return frame_visible_depth(
         xyz,
-        image_size=data_cfg.image_size,
         plane_distance=data_cfg.plane_distance,
         ransac_iterations=data_cfg.ransac_iterations,
         ransac_sample_points=data_cfg.ransac_sample_points,
         morph_kernel=data_cfg.morph_kernel,
         min_component_pixels=data_cfg.min_component_pixels,
         rng=rng,
+        gap_kernel=data_cfg.gap_kernel,
     )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bridgenet.config import Params, params_from_dict
+from bridgenet.config import Params, params_from_dict, upgrade_stored_params
 from bridgenet.files import TMP_SUFFIX, atomic_path
 
 if TYPE_CHECKING:  # the network (and timm) is imported when a model is built, not to load a scripted one
@@ -141,15 +141,15 @@ def load_model(path: Path, device: torch.device | str = "cpu", graph: bool = Fal
         return scripted_model(payload[GRAPH_KEY].numpy().tobytes(), f"{path} (its {GRAPH_KEY})", device)
     from bridgenet.model.network import BridgeNet
 
-    stored = payload["params"]
-    if "scorer" not in stored.get("model", {}):
-        # Written before the memory-bank head existed: the discriminator was its only scorer.
-        stored = {**stored, "model": {**stored.get("model", {}), "scorer": "discriminator"}}
-    params = params_from_dict(stored, source=f"{path} (stored params)")
+    params = params_from_dict(upgrade_stored_params(payload["params"]), source=f"{path} (stored params)")
     network = BridgeNet(params.model, weights="none", announce_random=False)
     missing, unexpected = network.load_state_dict(payload["state_dict"], strict=False)
     added = {k for k in missing if k.startswith("memory.") or k in ("score_loc", "score_scale")}
-    if unexpected or set(missing) - added or (added and params.model.scorer != "discriminator"):
+    # before the components' weights existed every component counted (the buffer's ones)
+    harmless_weight = {"score_weight"}
+    # models from before the relief input read the height map and carry no relief scale
+    harmless = {"depth_image.relief_scale"} if params.model.depth_input == "height" else set()
+    if unexpected or set(missing) - added - harmless - harmless_weight or (added and params.model.scorer != "discriminator"):
         raise ValueError(f"{path}: weights do not fit the stored model params "
                          f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
     network.to(device).eval()

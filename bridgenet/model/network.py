@@ -3,18 +3,20 @@
 Data flow for a batch of B images of side S (stride-8 grid of side s = S / 8):
 
     rgb (B, 3, S, S), depth (B, 1, S, S)            inputs in [0, 1]
+    -> depth as an image: its local relief           (B, 3, S, S) (``DepthImage``, ``depth_input``)
     -> embed(): backbone + PatchAdapter, shared      (B, D, s, s) per modality
     -> concatenate modalities per patch              (B * s * s, M * D)
     -> projection (trainable linear)                 (B * s * s, M * D)
     -> discriminator MLP -> logit per patch          (B * s * s,)
     -> patches off the (dilated) foreground, depth == 0, scored lowest (``foreground_only``)
-    -> image score = max patch score; anomaly map = patch scores upsampled and smoothed
+    -> anomaly map = patch scores upsampled and smoothed; image score = the map's peak
 
 The patch score depends on ``model.scorer``:
 
     discriminator   sigmoid of the discriminator's logit, in [0, 1] (the paper's head)
     memory          per modality, the distance to the nearest clean training patch
-                    (:mod:`bridgenet.model.memory`), standardised; the larger of the modalities
+                    (:mod:`bridgenet.model.memory`), standardised; the modalities summed
+                    (``memory_fusion: sum``) or the larger taken (``max``)
     fused           fusion_weight * standardised logit + (1 - fusion_weight) * memory score
 
 "Standardised" means (x - loc) / scale with statistics of that component on the scored
@@ -24,6 +26,7 @@ patches of the validation goods (:meth:`BridgeNet.calibrate`): 0 is the mean cle
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +37,7 @@ from bridgenet.config import ModelConfig
 from bridgenet.model.backbone import Backbone
 from bridgenet.model.memory import MemoryBank
 
+LOGGER = logging.getLogger(__name__)
 MODALITIES = ("rgb", "depth")
 SCORERS = ("discriminator", "memory", "fused")
 
@@ -144,8 +148,8 @@ class Projection(nn.Module):
         return self.layers(x)
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of (B, H, W) maps, reflect padding."""
+def gaussian_blur(maps: torch.Tensor, sigma: float, padding: str = "reflect") -> torch.Tensor:
+    """Separable Gaussian smoothing of (B, H, W) maps; ``padding`` ``reflect`` or ``zeros``."""
     if sigma <= 0:
         return maps
     radius = max(1, round(4 * sigma))
@@ -153,9 +157,55 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
     out = maps.unsqueeze(1)
+    if padding == "zeros":
+        out = F.conv2d(out, kernel.view(1, 1, 1, -1), padding=(0, radius))
+        out = F.conv2d(out, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+        return out.squeeze(1)
     out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
     out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
     return out.squeeze(1)
+
+
+class DepthImage(nn.Module):
+    """Visible depth (B, 1, S, S) in [0, 1] (0 off the object) -> the image the backbone reads (B, 3, S, S).
+
+    ``height``: the depth map itself, repeated (the paper's input). Its grey levels span
+    the object's whole height, so on a real part the thread, a dent or a bend changes them
+    by a few levels in 255. ``relief``: the local relief, height minus its Gaussian blur
+    (``sigma`` x S, normalised over the object only so the outline does not leak in),
+    shown as ``0.5 + gain * relief / relief_scale`` on the object and 0 off it.
+    ``relief_scale`` is the standard deviation of the relief on clean training objects
+    (:meth:`fit`), so the grey levels mean the same on every category. One backbone and
+    one adapter still serve both modalities.
+    """
+
+    def __init__(self, kind: str, sigma: float, gain: float) -> None:
+        super().__init__()
+        self.kind, self.sigma, self.gain = kind, sigma, gain
+        self.register_buffer("relief_scale", torch.ones(()))
+
+    def relief(self, depth: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) depth -> (B, 1, S, S) local relief on the object, 0 off it."""
+        on = (depth > 0).to(depth.dtype)[:, 0]
+        sigma = self.sigma * int(depth.shape[-1])  # a constant for tracers: exports are of one input size
+        smooth = gaussian_blur(depth[:, 0] * on, sigma, "zeros") / gaussian_blur(on, sigma, "zeros").clamp_min(1e-3)
+        return ((depth[:, 0] - smooth) * on).unsqueeze(1)
+
+    @torch.no_grad()
+    def fit(self, depth: torch.Tensor) -> None:
+        """Set ``relief_scale`` from clean training depth maps (N, 1, S, S)."""
+        if self.kind != "relief":
+            return
+        values = torch.cat([self.relief(depth[i:i + 8])[depth[i:i + 8] > 0] for i in range(0, len(depth), 8)])
+        if values.numel() > 1:
+            self.relief_scale.fill_(float(values.float().std().clamp_min(1e-6)))
+
+    def forward(self, depth: torch.Tensor) -> torch.Tensor:
+        if self.kind == "height":
+            return depth.expand(-1, 3, -1, -1)
+        on = (depth > 0).to(depth.dtype)
+        shown = (0.5 + self.gain * self.relief(depth) / self.relief_scale).clamp(0, 1) * on
+        return shown.expand(-1, 3, -1, -1)
 
 
 def foreground_patches(depth: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -183,6 +233,9 @@ class BridgeNet(nn.Module):
         self.projection = Projection(fused, cfg.pre_proj_layers)
         self.discriminator = Discriminator(fused, cfg.dsc_hidden, cfg.dsc_layers)
         self.smoothing_sigma = cfg.map_smoothing_sigma
+        self.image_score = cfg.image_score
+        self.memory_fusion = cfg.memory_fusion
+        self.depth_image = DepthImage(cfg.depth_input, cfg.relief_sigma, cfg.relief_gain)
         self.foreground_only = cfg.foreground_only
         self.scorer = cfg.scorer
         self.fusion_weight = cfg.fusion_weight
@@ -191,6 +244,8 @@ class BridgeNet(nn.Module):
         self.components = ("discriminator", *(f"memory_{m}" for m in self.modalities))
         self.register_buffer("score_loc", torch.zeros(len(self.components)))
         self.register_buffer("score_scale", torch.ones(len(self.components)))
+        # 0 for a component that does not vary on clean parts (:meth:`calibrate`), else 1.
+        self.register_buffer("score_weight", torch.ones(len(self.components)))
         # Per-modality channel statistics of clean training embeddings, so that the
         # Gaussian generator's noise scales are relative to the features' spread.
         for m in self.modalities:
@@ -250,14 +305,17 @@ class BridgeNet(nn.Module):
             "discriminator": list(self.discriminator.parameters()),
         }
 
-    @staticmethod
-    def as_three_channels(images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) depth becomes (B, 3, H, W) so the RGB backbone reads it."""
-        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    def backbone_input(self, images: torch.Tensor, modality: str) -> torch.Tensor:
+        """One modality's images in [0, 1] -> normalised backbone input (B, 3, H, W).
 
-    def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1], (B, 1 or 3, H, W) -> normalised backbone input (B, 3, H, W)."""
-        return self.backbone.normalize(self.as_three_channels(images))
+        rgb (B, 3, H, W) (a grey (B, 1, H, W) image is repeated); depth (B, 1, H, W) becomes
+        the image of :class:`DepthImage`.
+        """
+        if modality == "depth":
+            images = self.depth_image(images)
+        elif images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return self.backbone.normalize(images)
 
     def embed_normalized(self, x: torch.Tensor, modality: str | None = None) -> torch.Tensor:
         """Normalised backbone input (B, 3, H, W) -> patch embeddings (B, D, H/8, W/8).
@@ -268,9 +326,10 @@ class BridgeNet(nn.Module):
             embedding = self.adapter(self.backbone(x))
         return embedding if modality is None else self.standardize(modality, embedding)
 
-    def embed(self, images: torch.Tensor, modality: str | None = None) -> torch.Tensor:
-        """One modality, images in [0, 1] -> patch embeddings (B, D, H/8, W/8)."""
-        return self.embed_normalized(self.backbone_input(images), modality)
+    def embed(self, images: torch.Tensor, modality: str, standardized: bool = True) -> torch.Tensor:
+        """One modality's images in [0, 1] -> patch embeddings (B, D, H/8, W/8), standardised
+        with that modality's statistics unless ``standardized`` is False."""
+        return self.embed_normalized(self.backbone_input(images, modality), modality if standardized else None)
 
     def embed_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: self.embed(inputs[m], m) for m in self.modalities}
@@ -348,15 +407,18 @@ class BridgeNet(nn.Module):
 
     def standardized(self, name: str, values: torch.Tensor) -> torch.Tensor:
         i = self.components.index(name)
-        return (values - self.score_loc[i]) / self.score_scale[i]
+        return (values - self.score_loc[i]) / self.score_scale[i] * self.score_weight[i]
 
     def combine(self, components: dict[str, torch.Tensor], scorer: str) -> torch.Tensor:
         """The patch score of ``scorer`` from :meth:`patch_components` output."""
         if scorer == "discriminator":
             return torch.sigmoid(components["discriminator"])
-        # The worse-looking modality speaks: a defect that only one modality sees is not diluted.
+        # Standardised, each modality's 1 is "as high as a clean part's worst patch". Summed, a
+        # patch that both modalities find unusual outranks one that either finds unusual alone
+        # (real scans: a glint in RGB or a sensor hole in depth is seldom both).
         memory = torch.stack([self.standardized(f"memory_{m}", components[f"memory_{m}"])
-                              for m in self.modalities]).amax(0)
+                              for m in self.modalities])
+        memory = memory.sum(0) if self.memory_fusion == "sum" else memory.amax(0)
         if scorer == "memory":
             return memory
         w = self.fusion_weight
@@ -377,6 +439,11 @@ class BridgeNet(nn.Module):
         a clean image's highest patch lies on average. So 1 means "as high as the worst patch
         of a typical good part" in every component, whatever the shape of its tail: a
         modality with many outlying clean patches does not drown the others when fused.
+
+        A component whose clean peaks sit within float rounding of its mean (the memory
+        distances of a modality that shows nothing, such as depth where every point cloud is
+        a flat stand-in) carries no information: its weight is set to 0, so it adds nothing
+        instead of rounding noise blown up by a tiny scale.
         """
         out = {}
         n = int(sample.max()) + 1
@@ -385,9 +452,17 @@ class BridgeNet(nn.Module):
             values = values.float()
             loc = values.mean()
             peaks = torch.full((n,), -torch.inf, device=values.device).scatter_reduce(0, sample, values, "amax")
+            spread = peaks.mean() - loc
+            # distances in the standardised embedding grow with sqrt(width); logits are plain numbers
+            floor = 1e-3 * (self.adapter.embed_dim ** 0.5 if name.startswith("memory_") else 1.0)
             self.score_loc[i] = loc
-            self.score_scale[i] = (peaks.mean() - loc).clamp_min(1e-6)
+            self.score_scale[i] = spread.clamp_min(1e-6)
+            self.score_weight[i] = float(spread > floor)
+            if spread <= floor:
+                LOGGER.warning("score component %s does not vary on clean validation parts (spread %.3g): "
+                               "it is left out of the score", name, float(spread))
             out[f"{name}_loc"], out[f"{name}_scale"] = float(self.score_loc[i]), float(self.score_scale[i])
+            out[f"{name}_weight"] = float(self.score_weight[i])
         return out
 
     def forward(self, rgb: torch.Tensor, depth: torch.Tensor, scorer: str | None = None) -> AnomalyResult:
@@ -412,12 +487,15 @@ class BridgeNet(nn.Module):
         """Patch scores (B, h, w), ``inf`` on the patches not scored -> image scores and S x S maps.
 
         The patches not scored get the sample's lowest score (0 for the discriminator's
-        probabilities); maps are upsampled bilinearly and smoothed; the image score is
-        the highest patch.
+        probabilities); maps are upsampled bilinearly and smoothed. The image score is the
+        smoothed map's peak (``image_score: map_max``): one hot patch on a good part (a glint,
+        a sensor hole) is spread over its neighbours and falls, while a defect spanning a few
+        patches keeps its level; ``patch_max`` takes the highest patch as it is.
         """
         lowest = scores.flatten(1).amin(1).view(-1, 1, 1)
         fill = torch.zeros_like(lowest) if scorer == "discriminator" else lowest  # sigmoid(-inf) = 0
         scores = torch.where(torch.isinf(scores), fill, scores)
         maps = F.interpolate(scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
         maps = gaussian_blur(maps.squeeze(1), self.smoothing_sigma)
-        return AnomalyResult(pred_score=scores.flatten(1).amax(dim=1), anomaly_map=maps)
+        peak = maps if self.image_score == "map_max" else scores
+        return AnomalyResult(pred_score=peak.flatten(1).amax(dim=1), anomaly_map=maps)

@@ -77,7 +77,7 @@ def load_scripted(path: Path, device: torch.device | str = "cpu") -> Any:
 def scripted_model(data: bytes, name: str, device: torch.device | str = "cpu") -> Any:
     """A TrainedModel from a TorchScript file's bytes (an export, or the graph inside a model.pt);
     ``name`` says where they came from in errors."""
-    from bridgenet.config import params_from_dict
+    from bridgenet.config import params_from_dict, upgrade_stored_params
     from bridgenet.model.io import TrainedModel
 
     extra = {EXTRA_FILE: ""}
@@ -91,7 +91,7 @@ def scripted_model(data: bytes, name: str, device: torch.device | str = "cpu") -
     if not isinstance(meta, dict) or meta.get("format") != "bridgenet-scripted/1":
         raise ValueError(f"{name}: a TorchScript file without bridgenet's {EXTRA_FILE} (export it with "
                          "bridgenet export --format torchscript)")
-    params = params_from_dict(meta["params"], source=f"{name} (stored params)")
+    params = params_from_dict(upgrade_stored_params(meta["params"]), source=f"{name} (stored params)")
     network = ScriptedNetwork(module.eval(), meta["scorer"], tuple(meta["modalities"]), tuple(meta["strides"]))
     return TrainedModel(network=network, params=params, category=meta["category"], threshold=meta["threshold"],
                         epoch=meta["epoch"], foreground_fraction=meta["foreground_fraction"],

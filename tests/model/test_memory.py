@@ -42,20 +42,33 @@ def test_every_dropped_row_lies_within_the_radius_of_a_kept_one(projection_dim):
     assert coreset.radius < float(torch.cdist(space, space).max()) / 4
 
 
-def test_a_candidate_pool_keeps_the_coverage_guarantee_over_every_row():
-    """Selection among a seeded subset of rows; the radius still covers the rows outside it."""
-    rows = clustered_rows(n=2000)
-    coreset = greedy_coreset(rows, 40, 0, torch.Generator().manual_seed(0), max_candidates=300)
-    again = greedy_coreset(rows, 40, 0, torch.Generator().manual_seed(0), max_candidates=300)
+@pytest.mark.parametrize("projection_dim", [0, 8])
+def test_the_two_pass_selection_covers_every_candidate(projection_dim):
+    """Chunked first pass, greedy second pass: every row, in no chunk's favour, lies within the
+    returned radius of a kept row, and that radius is close to one exact greedy pass's."""
+    rows = clustered_rows(n=3000)
+    coreset = greedy_coreset(rows, 40, projection_dim, torch.Generator().manual_seed(0), chunk_size=500)
+    again = greedy_coreset(rows, 40, projection_dim, torch.Generator().manual_seed(0), chunk_size=500)
     assert torch.equal(coreset.indices, again.indices) and coreset.radius == again.radius
-    whole = greedy_coreset(rows, 40, 0, torch.Generator().manual_seed(0))
-    assert not torch.equal(coreset.indices.sort().values, whole.indices.sort().values)
     assert len(set(coreset.indices.tolist())) == 40
-    dropped = torch.ones(len(rows), dtype=torch.bool)
-    dropped[coreset.indices] = False
-    nearest = torch.cdist(rows[dropped], rows[coreset.indices]).amin(1)
+    space = rows
+    if projection_dim:
+        space = rows @ random_projection(rows.shape[1], projection_dim, torch.Generator().manual_seed(0))
+    nearest = torch.cdist(space, space[coreset.indices]).amin(1)
+    assert float(nearest.max()) <= coreset.radius * (1 + 1e-4)
     assert float(nearest.max()) == pytest.approx(coreset.radius, rel=1e-4)
-    assert coreset.radius < float(torch.cdist(rows, rows).max()) / 4  # every cluster still has a kept row
+    single = greedy_coreset(rows, 40, projection_dim, torch.Generator().manual_seed(0))
+    assert coreset.radius <= 1.5 * single.radius
+    assert coreset.radius < float(torch.cdist(space, space).max()) / 4  # every cluster has a kept row
+
+
+def test_the_two_pass_selection_sees_rows_that_a_random_pool_would_miss():
+    """A small cluster of 20 rows among 5,000: the selection keeps one of them whatever the chunking."""
+    gen = torch.Generator().manual_seed(5)
+    rows = torch.cat([torch.randn(4980, 16, generator=gen), torch.randn(20, 16, generator=gen) * 0.1 + 30])
+    coreset = greedy_coreset(rows, 10, 0, torch.Generator().manual_seed(1), chunk_size=1000)
+    assert (coreset.indices >= 4980).any()
+    assert coreset.radius < 15
 
 
 def test_coreset_keeps_everything_when_asked_for_more_rows_than_there_are():

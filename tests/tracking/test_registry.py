@@ -143,16 +143,16 @@ def _defects(params, category):
 
 
 # ---------------------------------------------------------------- the gate
-def discriminator_copy(source: Path, target: Path) -> Path:
-    """``source``'s model.pt and train summary in ``target``, set to score with the discriminator alone."""
+def scorer_copy(source: Path, target: Path, scorer: str = "memory") -> Path:
+    """``source``'s model.pt and train summary in ``target``, set to score with ``scorer`` alone."""
     import shutil
 
     from bridgenet.config import apply_overrides, params_from_dict
     from bridgenet.model.io import load_model, read_checkpoint, save_model
 
     model = load_model(source / "model.pt")
-    model.params = params_from_dict(apply_overrides(model.params.to_dict(), ["model.scorer=discriminator"]))
-    model.network.scorer = "discriminator"
+    model.params = params_from_dict(apply_overrides(model.params.to_dict(), [f"model.scorer={scorer}"]))
+    model.network.scorer = scorer
     target.mkdir(parents=True)
     save_model(model, target / "model.pt", read_checkpoint(source / "model.pt")["history"])
     for extra in source.glob("*.json"):
@@ -169,10 +169,10 @@ def test_promotion_gate_keeps_the_better_model(tiny, good_models, constant_model
         f"eval.reports_dir={tmp_path / 'reports'}",
     ]
     constant = tiny.params(*store, f"train.models_dir={constant_models}")
-    # The gate's logic against the constant discriminator: the good model scored the same way
-    # (on 13 test samples a 2-epoch tiny model's fused image score is no better than chance).
-    good_disc = discriminator_copy(good_models / "bagel", tmp_path / "models_disc" / "bagel")
-    good = tiny.params(*store, f"train.models_dir={good_disc.parent}")
+    # The gate's logic against the constant discriminator: the good model scored by its memory
+    # head (on 13 test samples a 2-epoch tiny model's discriminator is no better than chance).
+    good_memory = scorer_copy(good_models / "bagel", tmp_path / "models_memory" / "bagel")
+    good = tiny.params(*store, f"train.models_dir={good_memory.parent}")
     client = MlflowClient(good.tracking.uri, good.tracking.uri)
     report_path = tmp_path / "reports" / "promotion_bagel.json"
 

@@ -77,7 +77,7 @@ def pipeline(params) -> dict:
 
 def test_one_pipeline_run_scores_each_model_on_each_split_once(tiny, good_models, constant_models,
                                                                tmp_path, monkeypatch):
-    from tests.tracking.test_registry import discriminator_copy
+    from tests.tracking.test_registry import scorer_copy
 
     spy = ScoringSpy(monkeypatch)
     store = [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"eval.reports_dir={tmp_path / 'reports'}"]
@@ -98,7 +98,7 @@ def test_one_pipeline_run_scores_each_model_on_each_split_once(tiny, good_models
     lines = index.read_text().splitlines(keepends=True)
     dropped = next(i for i, line in enumerate(lines) if ",test," in line)
     index.write_text("".join(lines[:dropped] + lines[dropped + 1:]))
-    disc = discriminator_copy(good_models / "bagel", tmp_path / "c" / "bagel").parent
+    disc = scorer_copy(good_models / "bagel", tmp_path / "c" / "bagel").parent
     third = pipeline(tiny.params(*store, f"data.cache_dir={cache}", f"train.models_dir={disc}"))
     calls = spy.take()
     assert sorted(calls.values()) == [1, 1] and len({split for _, split in calls}) == 1

@@ -1,0 +1,251 @@
+"""The real-data benchmark's bookkeeping: summary over seeds, targets, reuse rule, folder names, peer maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.peers import PeerSettings, fitted_depth_image, ground_truth_size, modality_images
+from bench.real import (
+    PEER,
+    PUBLISHED_SOURCE,
+    base_params,
+    bench_digest,
+    cache_dir,
+    check_targets,
+    current_record,
+    find_categories,
+    markdown,
+    model_dir,
+    params_digest,
+    peer_digest,
+    peer_rows,
+    run_params,
+    run_path,
+    run_rows,
+    summarize,
+    variants,
+    write_json,
+)
+from bridgenet.data.cache import CachedSplit
+
+DEFECTS = ("bent", "cut")
+
+
+def _cell(image: float, aupro: float, defects: dict[str, float], fpr: float = 0.1) -> dict:
+    return {"metrics": {"image_auroc": image, "image_ap": image, "pixel_auroc": 0.99, "aupro_30": aupro,
+                        "aupro_1": 0.5},
+            "per_defect": defects, "at_threshold": {"fpr": fpr, "recall": 0.8}}
+
+
+def _run(config: str, seed: int, category: str, image: float, aupro: float = 0.99,
+         defects: dict[str, float] | None = None) -> dict:
+    """A run record whose every scorer scored ``image`` / ``aupro``."""
+    defects = defects if defects is not None else {d: image for d in DEFECTS}
+    return {"config": config, "seed": seed, "category": category, "train_seconds": 100.0 + seed,
+            "scores": {s: _cell(image, aupro, defects) for s in ("discriminator", "memory", "fused")}}
+
+
+def _peer(seed: int, category: str, image: float, aupro: float) -> dict:
+    cells = {m: {"metrics": _cell(image, aupro, {})["metrics"], "per_defect": {d: image for d in DEFECTS}}
+             for m in ("rgb", "depth", "fused")}
+    return {"seed": seed, "category": category, "modalities": cells,
+            "fit_seconds": {"rgb": 10.0, "depth": 20.0, "fused": 30.0}}
+
+
+def _table(runs: list[dict], peers: list[dict], categories: list[str]) -> dict:
+    rows = [r for run in runs for r in run_rows(run)] + [r for p in peers for r in peer_rows(p)]
+    return summarize(rows, variants(["rgb+depth", "rgb", "depth"], True), categories)
+
+
+def test_mean_and_std_over_seeds_per_defect_and_over_categories():
+    runs = [_run("rgb+depth", 0, "a", 0.90, defects={"bent": 0.8, "cut": 1.0}),
+            _run("rgb+depth", 1, "a", 1.00, defects={"bent": 1.0, "cut": 1.0}),
+            _run("rgb+depth", 0, "b", 0.80, defects={"hole": 0.7}),
+            _run("rgb+depth", 1, "b", 0.80, defects={"hole": 0.9})]
+    table = _table(runs, [_peer(0, "a", 0.7, 0.9)], ["a", "b"])
+    full = table["rgb+depth / fused"]
+    cell = full["categories"]["a"]["image_auroc"]
+    assert cell == pytest.approx({"mean": 0.95, "std": 0.05, "n": 2})
+    assert full["categories"]["a"]["defect:bent"] == pytest.approx({"mean": 0.9, "std": 0.1, "n": 2})
+    assert "defect:hole" not in full["categories"]["a"] and "defect:hole" in full["categories"]["b"]
+    assert full["categories"]["a"]["fpr"]["mean"] == pytest.approx(0.1)
+    assert full["categories"]["a"]["train_seconds"]["mean"] == pytest.approx(100.5)
+    # the mean category: per seed (0.9 + 0.8) / 2 and (1.0 + 0.8) / 2, then over seeds
+    assert full["mean"]["image_auroc"] == pytest.approx({"mean": 0.875, "std": 0.025, "n": 2})
+    # the worst defect type of each run: seed 0 (0.8, 0.7), seed 1 (1.0, 0.9)
+    assert full["mean"]["worst_defect"]["mean"] == pytest.approx((0.75 + 0.95) / 2)
+    assert "rgb / fused" not in table  # nothing ran
+    peer = table[f"{PEER} fused"]
+    assert peer["categories"]["a"]["train_seconds"]["mean"] == 30.0 and "fpr" not in peer["categories"]["a"]
+    assert peer["seeds_complete"] == []  # no seed holds category b
+
+
+def _passing(category: str = "a") -> tuple[list[dict], list[dict]]:
+    runs = [_run("rgb+depth", s, category, 0.97 + 0.01 * s, 0.985) for s in (0, 1)]
+    runs += [_run("rgb", s, category, 0.9) for s in (0, 1)] + [_run("depth", s, category, 0.85) for s in (0, 1)]
+    return runs, [_peer(s, category, 0.9, 0.95) for s in (0, 1)]
+
+
+def test_targets_pass_on_good_runs():
+    lines = check_targets(_table(*_passing(), ["a"]), ["a"])
+    assert len(lines) == 7 and all(line.startswith("PASS: a: ") for line in lines), lines
+    assert "image AUROC 0.975 ± 0.005 over 2 seed(s)" in lines[0]
+    assert "bent 0.975, cut 0.975" in lines[2]
+
+
+def test_targets_fail_on_spread_weak_defects_a_better_peer_and_a_weak_depth_model():
+    runs, peers = _passing()
+    runs[1] = _run("rgb+depth", 1, "a", 1.0, 0.985, defects={"bent": 1.0, "cut": 0.8})  # std 0.015, cut 0.9
+    runs[-1] = _run("depth", 1, "a", 0.6)  # depth mean 0.725
+    peers = [_peer(s, "a", 0.9, 0.99) for s in (0, 1)]  # AU-PRO ahead of ours
+    lines = check_targets(_table(runs, peers, ["a"]), ["a"])
+    failed = [line for line in lines if line.startswith("FAIL")]
+    assert len(failed) == 4, lines
+    assert "std <= 0.01" in failed[0] and "every defect type" in failed[1]
+    assert "AU-PRO@0.3" in failed[2] and "PatchCore fused" in failed[2] and "depth / fused" in failed[3]
+    assert "bent 0.985, cut 0.885" in failed[1]
+
+
+def test_targets_skip_what_did_not_run_and_ours_must_lead_rgb_strictly():
+    runs = [_run("rgb+depth", 0, "a", 0.96), _run("rgb", 0, "a", 0.96)]
+    lines = check_targets(_table(runs, [], ["a", "b"]), ["a", "b"])
+    assert any(line.startswith("FAIL: a: rgb+depth / fused image AUROC 0.960 ahead of rgb") for line in lines)
+    assert sum(line.startswith("SKIP: a:") for line in lines) == 3  # peer twice, depth once
+    assert lines[-1] == "SKIP: b: no rgb+depth / fused run, no target checked"
+
+
+def test_the_markdown_shows_defect_columns_published_figures_and_targets():
+    table = _table(*_passing("cable_gland"), ["cable_gland"])
+    machine = {"command": "python bench/real.py --data-root R", "cpu": "cpu", "cores": 2, "torch": "2",
+               "date": "2026-01-01"}
+    text = markdown(table, ["cable_gland"], check_targets(table, ["cable_gland"]), machine)
+    assert "| variant | image AUROC | image AP | pixel AUROC | AU-PRO@0.3 | AU-PRO@0.01 | bent | cut |" in text
+    assert f"| PatchCore (RGB only) | {PUBLISHED_SOURCE} | 0.880 |" in text
+    assert f"| BTF (RGB + FPFH) | {PUBLISHED_SOURCE} | 0.770 |" in text
+    assert "| rgb+depth / fused | measured here | 0.975 ± 0.005 |" in text
+    assert "## mean over categories" in text and "- PASS: cable_gland:" in text
+
+
+def test_a_result_is_reused_only_under_the_params_it_was_made_with(tmp_path):
+    root, work = tmp_path / "root", tmp_path / "work"
+    base = base_params(root, [])
+    params = run_params(base, work, "cable_gland", "rgb+depth", 0)
+    path = run_path(work, bench_digest(base), "rgb+depth", 0, "cable_gland")
+    write_json(path, {**_run("rgb+depth", 0, "cable_gland", 0.9), "params_digest": params_digest(params)})
+    assert current_record(path, params_digest(params))["seed"] == 0
+
+    other_sets = run_params(base_params(root, ["train.epochs=5"]), work, "cable_gland", "rgb+depth", 0)
+    other_seed = run_params(base, work, "cable_gland", "rgb+depth", 1)
+    other_config = run_params(base, work, "cable_gland", "rgb", 0)
+    for other in (other_sets, other_seed, other_config):
+        assert params_digest(other) != params_digest(params)
+        assert current_record(path, params_digest(other)) is None
+    assert current_record(tmp_path / "missing.json", params_digest(params)) is None
+    path.write_text("{not json")
+    assert current_record(path, params_digest(params)) is None
+
+
+def test_runs_read_the_configuration_seed_cache_and_category_the_bench_sets(tmp_path):
+    base = base_params(tmp_path / "root", ["train.epochs=3", "model.embed_dim=64"])
+    params = run_params(base, tmp_path / "work", "cable_gland", "depth", 2)
+    assert params.data.root == str((tmp_path / "root").resolve()) and params.data.categories == ("cable_gland",)
+    assert params.model.modalities == ("depth",) and params.train.seed == 2 and params.train.epochs == 3
+    assert params.model.embed_dim == 64 and params.train.device == "cpu"
+    assert Path(params.data.cache_dir) == cache_dir(tmp_path / "work", base)
+    assert base_params(tmp_path, ["train.device=auto"]).train.device == "auto"
+
+
+def test_cache_and_model_folders_follow_the_settings(tmp_path):
+    work = tmp_path / "work"
+    plain, other_epochs = base_params(tmp_path, []), base_params(tmp_path, ["train.epochs=5"])
+    bigger = base_params(tmp_path, ["data.image_size=320"])
+    assert cache_dir(work, plain) == cache_dir(work, other_epochs)  # training settings share a cache
+    assert cache_dir(work, bigger) != cache_dir(work, plain) and cache_dir(work, bigger).name.startswith("320px-")
+    assert cache_dir(work, base_params(tmp_path / "elsewhere", [])) != cache_dir(work, plain)
+    digests = {bench_digest(p) for p in (plain, other_epochs, bigger)}
+    assert len(digests) == 3
+    assert model_dir(work, bench_digest(plain), "rgb", 1, "cable_gland") == (
+        work / "models" / bench_digest(plain) / "rgb" / "seed1" / "cable_gland")
+    # the peer's result depends on the data and its own settings, not on our training settings
+    params = run_params(plain, work, "c", "rgb+depth", 0)
+    assert peer_digest(params, {"seed": 0}) == peer_digest(run_params(other_epochs, work, "c", "rgb+depth", 0),
+                                                           {"seed": 0})
+    assert peer_digest(params, {"seed": 0}) != peer_digest(params, {"seed": 1})
+    assert peer_digest(params, {"seed": 0}) != peer_digest(run_params(bigger, work, "c", "rgb+depth", 0),
+                                                           {"seed": 0})
+
+
+def test_categories_are_the_folders_with_a_train_folder(tmp_path):
+    for name in ("cable_gland", "bagel"):
+        (tmp_path / name / "train").mkdir(parents=True)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "license.txt").write_text("")
+    assert find_categories(tmp_path) == ["bagel", "cable_gland"]
+    with pytest.raises(ValueError, match="notes"):
+        find_categories(tmp_path / "notes")
+    with pytest.raises(ValueError, match="not a folder"):
+        find_categories(tmp_path / "missing")
+
+
+def test_results_are_strict_json_with_nan_as_null(tmp_path):
+    path = write_json(tmp_path / "r" / "x.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": "x"})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": "x"}
+    assert not list((tmp_path / "r").glob("*.tmp"))
+
+
+# ----------------------------------------------------------------------------- bench/peers.py
+def _split(maps_size: int, boxes: list[tuple[int, int, int, int]], frame: tuple[int, int]) -> CachedSplit:
+    n, s = len(boxes), maps_size
+    return CachedSplit(
+        category="c", split="test", rgb=np.zeros((n, s, s, 3), np.uint8), depth=np.zeros((n, s, s), np.float32),
+        foreground=np.zeros((n, s, s), bool), labels=np.zeros(n, np.int64), defects=["good"] * n,
+        stems=[f"{i:03d}" for i in range(n)], gt=[np.zeros(frame, bool) for _ in range(n)],
+        original_sizes=np.array([frame] * n, np.int64), crop_boxes=np.array(boxes, np.int64))
+
+
+def test_a_map_of_a_cropped_sample_lands_in_its_box():
+    maps = np.zeros((2, 8, 8), np.float32)
+    maps[0, :4, :4] = 1.0  # top-left quarter of the first crop
+    maps[1] += 2.0
+    maps[1, 4:, 4:] = 5.0  # bottom-right quarter of the second
+    split = _split(8, [(10, 20, 16, 16), (0, 0, 40, 60)], (40, 60))
+    full = ground_truth_size(maps, split)
+    assert full.shape == (2, 40, 60)
+    # resized bilinearly 8 -> 16 into the box at (10, 20): its top-left quarter is the 1s (one
+    # blended row and column at the quarter's edge), the rest of the box 0
+    assert np.all(full[0, 10:17, 20:27] == 1.0) and np.all(full[0, 19:26, 29:36] == 0.0)
+    assert 0.0 < full[0, 17, 22] < 1.0
+    outside = np.ones((40, 60), bool)
+    outside[10:26, 20:36] = False
+    assert np.all(full[0][outside] == 0.0)  # the map's minimum
+    assert full[0, 12, 22] == 1.0 and full[0, 5, 5] == 0.0
+    assert np.allclose(full[1, 25:, 35:], 5.0) and np.allclose(full[1, :15, :25], 2.0)  # whole-frame box
+
+
+def test_the_peer_reads_the_depth_image_of_the_model_or_the_height_map():
+    params = base_params(Path("/nonexistent"), ["model.depth_input=relief"])
+    rng = np.random.default_rng(0)
+    depth = np.zeros((3, 32, 32), np.float32)
+    depth[:, 8:24, 8:24] = 0.5 + 0.05 * rng.random((3, 16, 16), dtype=np.float32)
+    split = _split(32, [(0, 0, 32, 32)] * 3, (32, 32))
+    split = CachedSplit(**{**split.__dict__, "depth": depth})
+    depth_image = fitted_depth_image(params.model, depth, "model")
+    from bridgenet.model.network import DepthImage
+
+    expected = DepthImage("relief", params.model.relief_sigma, params.model.relief_gain)
+    expected.fit(torch.from_numpy(depth).unsqueeze(1))
+    images = modality_images(split, "depth", depth_image, chunk=2)
+    assert images.shape == (3, 3, 32, 32) and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    torch.testing.assert_close(images, expected(torch.from_numpy(depth).unsqueeze(1)))
+    assert float(images[:, :, :8].abs().max()) == 0.0  # off the object
+    assert fitted_depth_image(params.model, depth, "height") is None
+    height = modality_images(split, "depth")
+    torch.testing.assert_close(height, torch.from_numpy(depth).unsqueeze(1).expand(-1, 3, -1, -1))
+    assert PeerSettings().depth_input == "model"
+    with pytest.raises(ValueError, match="depth_input"):
+        PeerSettings(depth_input="relief")
