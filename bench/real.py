@@ -135,11 +135,24 @@ def cache_dir(work: Path, params: Params) -> Path:
     return Path(work) / "cache" / f"{params.data.image_size}px-{digest(_bench_data(params))[:10]}"
 
 
+# model keys that change how a trained model scores, not what training makes: a change to
+# them scores the saved models again instead of training them again
+SCORING_KEYS = ("scorer", "fusion_weight", "image_score", "memory_fusion", "map_smoothing_sigma")
+
+
+def _training_part(raw: dict[str, Any]) -> dict[str, Any]:
+    raw = json.loads(json.dumps(raw, default=str))
+    for key in SCORING_KEYS:
+        raw["model"].pop(key, None)
+    return raw
+
+
 def bench_digest(params: Params) -> str:
-    """Names the benchmark's params (params.yaml + --set + root) in model and result folders."""
+    """Names the benchmark's training params (params.yaml + --set + root, less the scoring keys)
+    in model and result folders."""
     raw = params.to_dict()
     raw["data"] = _bench_data(params)
-    return digest(raw)[:12]
+    return digest(_training_part(raw))[:12]
 
 
 def run_params(base: Params, work: Path, category: str, config: str, seed: int) -> Params:
@@ -159,6 +172,21 @@ def run_params(base: Params, work: Path, category: str, config: str, seed: int) 
 def params_digest(params: Params) -> str:
     """Digest of every resolved parameter of a run: a result is reused only under the same one."""
     return digest(params.to_dict())
+
+
+def train_digest(params: Params) -> str:
+    """Digest of the parameters that shape training: a saved model is scored again, not trained
+    again, while it is unchanged."""
+    return digest(_training_part(params.to_dict()))
+
+
+def apply_scoring(model: Any, params: Params) -> None:
+    """Set the scoring keys of ``params`` on a loaded model's network."""
+    network = model.network
+    network.fusion_weight = params.model.fusion_weight
+    network.image_score = params.model.image_score
+    network.memory_fusion = params.model.memory_fusion
+    network.smoothing_sigma = params.model.map_smoothing_sigma
 
 
 def peer_digest(params: Params, settings: dict[str, Any]) -> str:
@@ -230,6 +258,20 @@ def current_record(path: Path, expected_digest: str) -> dict[str, Any] | None:
     return record
 
 
+def stored_training(path: Path, params: Params) -> dict[str, Any] | None:
+    """The record at ``path`` when its model was trained under ``params``' training part and is
+    still on disk (so that only its scores need making again), else None."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or record.get("train_digest") != train_digest(params):
+        return None
+    return record if Path(record.get("model", "")).is_file() else None
+
+
 # ----------------------------------------------------------------------------- our runs
 def validation_threshold(model: Any, params: Params, category: str, device: Any) -> float:
     """Training's threshold rule under the network's current scorer: ``train.threshold_quantile``
@@ -257,7 +299,8 @@ def scorer_cell(evaluation: Any, threshold_source: str, seconds: float) -> dict[
 
 
 def score_run(params: Params, path: Path, category: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Score the model saved at ``path`` on the test split once per scorer.
+    """Score the model saved at ``path`` on the test split once per scorer, with the scoring keys
+    of ``params`` (:data:`SCORING_KEYS`; a saved model may have been trained under others).
 
     Returns ({scorer: :func:`scorer_cell`}, {"stems", "defects", "labels"} of the test split).
     """
@@ -267,13 +310,15 @@ def score_run(params: Params, path: Path, category: str) -> tuple[dict[str, Any]
 
     device = resolve_device(params.train.device)
     model = load_model(path)
+    same_scoring = all(getattr(model.params.model, k) == getattr(params.model, k) for k in SCORING_KEYS)
+    apply_scoring(model, params)
     split = load_test_split(params, category)
     trained_scorer, trained_threshold = model.network.scorer, model.threshold
     cells = {}
     for scorer in SCORERS:
         start = time.perf_counter()
         model.network.scorer = scorer
-        own = scorer == trained_scorer
+        own = scorer == trained_scorer and same_scoring
         model.threshold = trained_threshold if own else validation_threshold(model, params, category, device)
         evaluation, _ = evaluate_category(params, model, split, device)
         cells[scorer] = scorer_cell(evaluation, "model" if own else "validation goods",
@@ -292,6 +337,7 @@ def train_and_score(params: Params, out_dir: Path, config: str, seed: int, categ
     scores, test = score_run(params, out_dir / "model.pt", category)
     return {
         "config": config, "seed": seed, "category": category, "params_digest": params_digest(params),
+        "train_digest": train_digest(params),
         "model": str(out_dir / "model.pt"), "train_seconds": train_seconds,
         "best_epoch": summary["best_epoch"], "epochs": summary["epochs"],
         "seconds_per_epoch": summary["seconds_per_epoch"], "setup_seconds": summary["setup_seconds"],
@@ -613,6 +659,15 @@ def run_jobs(args: argparse.Namespace, base: Params, work: Path) -> Iterator[str
         path = run_path(work, bench, config, seed, category)
         if current_record(path, params_digest(params)) is not None:
             yield f"{tag}: done before ({path})"
+            continue
+        saved = stored_training(path, params)
+        if saved is not None:
+            yield f"{tag}: scoring the saved model again (only scoring keys changed)"
+            saved["scores"], saved["test"] = score_run(params, Path(saved["model"]), category)
+            saved["params_digest"] = params_digest(params)
+            write_json(path, saved)
+            for scorer, cell in saved["scores"].items():
+                yield headline(f"{config} / {scorer}", cell)
             continue
         yield f"{tag}: training"
         record = train_and_score(params, model_dir(work, bench, config, seed, category), config, seed, category)

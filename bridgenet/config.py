@@ -48,7 +48,6 @@ class DataConfig(_Section):
     ransac_sample_points: int = Field(20_000, ge=100)
     morph_kernel: int = Field(5, ge=1, le=31)
     min_component_pixels: int = Field(64, ge=0)
-    gap_kernel: int = Field(0, ge=0, le=63)  # missing points in object gaps narrower than this join it
     crop: Literal["object", "none"] = "object"  # network input: a square around the part, or the frame
     crop_margin: float = Field(1.15, ge=1.0, le=3.0)  # the square's side / the part's extent
 

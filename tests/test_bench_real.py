@@ -27,7 +27,9 @@ from bench.real import (
     run_params,
     run_path,
     run_rows,
+    stored_training,
     summarize,
+    train_digest,
     variants,
     write_json,
 )
@@ -148,6 +150,25 @@ def test_a_result_is_reused_only_under_the_params_it_was_made_with(tmp_path):
     assert current_record(tmp_path / "missing.json", params_digest(params)) is None
     path.write_text("{not json")
     assert current_record(path, params_digest(params)) is None
+
+
+def test_a_change_of_scoring_keys_rescores_the_saved_model_and_any_other_change_retrains(tmp_path):
+    root, work = tmp_path / "root", tmp_path / "work"
+    base = base_params(root, [])
+    params = run_params(base, work, "cable_gland", "rgb+depth", 0)
+    model = tmp_path / "model.pt"
+    path = run_path(work, bench_digest(base), "rgb+depth", 0, "cable_gland")
+    write_json(path, {**_run("rgb+depth", 0, "cable_gland", 0.9), "params_digest": params_digest(params),
+                      "train_digest": train_digest(params), "model": str(model)})
+    rescored = base_params(root, ["model.fusion_weight=0.25", "model.memory_fusion=max"])
+    assert bench_digest(rescored) == bench_digest(base)  # the same model folder
+    other = run_params(rescored, work, "cable_gland", "rgb+depth", 0)
+    assert current_record(path, params_digest(other)) is None  # its scores are not current
+    assert stored_training(path, other) is None  # ... and the model file is gone
+    model.write_bytes(b"saved")
+    assert stored_training(path, other)["seed"] == 0
+    retrained = run_params(base_params(root, ["train.epochs=3"]), work, "cable_gland", "rgb+depth", 0)
+    assert stored_training(path, retrained) is None
 
 
 def test_runs_read_the_configuration_seed_cache_and_category_the_bench_sets(tmp_path):

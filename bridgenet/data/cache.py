@@ -32,7 +32,6 @@ SETTING_KEYS = (
     "ransac_sample_points",
     "morph_kernel",
     "min_component_pixels",
-    "gap_kernel",
     "crop",
     "crop_margin",
 )

@@ -159,23 +159,19 @@ def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
 
 
 def clean_foreground(
-    raw: np.ndarray, valid: np.ndarray, morph_kernel: int, min_component_pixels: int, gap_kernel: int = 0
+    raw: np.ndarray, valid: np.ndarray, morph_kernel: int, min_component_pixels: int
 ) -> np.ndarray:
-    """Opening, closing, small-blob removal, hole and gap filling of a (H, W) bool mask.
+    """Opening, closing, small-blob removal and hole filling of a (H, W) bool mask.
 
     An enclosed background region is filled when more than half of its pixels
-    are missing points (``~valid``), see the module docstring. With ``gap_kernel``
-    > 1, missing points in a gap narrower than it between parts of the object (the
-    shadow a real structured-light sensor casts at a step, such as a cable gland's
-    flange) join the object too: the pixels that a closing with that square adds,
-    where no point was measured. Measured table points never join. The work is
-    done on the bounding box of ``raw`` plus a margin wider than the kernels, which
+    are missing points (``~valid``), see the module docstring. The work is done
+    on the bounding box of ``raw`` plus a margin wider than the kernel, which
     gives the same result as on the whole image.
     """
     out = np.zeros(raw.shape, dtype=bool)
     if not raw.any():
         return out
-    box = _bounding_box(raw, max(morph_kernel, gap_kernel) + 1)
+    box = _bounding_box(raw, morph_kernel + 1)
     mask = np.ascontiguousarray(raw[box], dtype=bool)
     if morph_kernel > 1:
         mask = _dilate(_erode(mask, morph_kernel), morph_kernel)
@@ -196,9 +192,6 @@ def clean_foreground(
         fill[0] = False
         fill[border] = False
         mask |= fill[background]
-    if gap_kernel > 1 and mask.any():
-        closed = _erode(_dilate(mask, gap_kernel), gap_kernel)
-        mask |= closed & ~valid[box]
     out[box] = mask
     return out
 
@@ -296,7 +289,6 @@ def frame_visible_depth(
     morph_kernel: int,
     min_component_pixels: int,
     rng: np.random.Generator,
-    gap_kernel: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Steps 1-4 of the module docstring at the frame's own resolution: depth (H, W) float32
     in [0, 1] and foreground (H, W) bool (both empty, with a warning, where no object is found)."""
@@ -316,7 +308,7 @@ def frame_visible_depth(
     with np.errstate(invalid="ignore", over="ignore"):
         height = signed_plane_distance(xyz, plane)
         raw = valid & (height > plane_distance)
-    foreground = clean_foreground(raw, valid, morph_kernel, min_component_pixels, gap_kernel)
+    foreground = clean_foreground(raw, valid, morph_kernel, min_component_pixels)
     if not foreground.any():
         LOGGER.warning(
             "no object found above the support plane (%d valid points, %d above it before "
@@ -342,5 +334,4 @@ def visible_depth(
         morph_kernel=data_cfg.morph_kernel,
         min_component_pixels=data_cfg.min_component_pixels,
         rng=rng,
-        gap_kernel=data_cfg.gap_kernel,
     )
