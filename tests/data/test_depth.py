@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from scipy import ndimage
 import pytest
 
 from bridgenet.data.depth import (
@@ -171,3 +172,33 @@ def test_fill_depth_holes_copies_nearest_source():
     filled = fill_depth_holes(depth, source, foreground)
     np.testing.assert_allclose(filled[:, 1], 0.25)
     np.testing.assert_allclose(filled[:, 3], 0.75)
+
+
+def test_a_noisy_holed_tilted_scan_gives_a_clean_foreground():
+    """As a real structured-light scan looks (MVTec 3D-AD's cable gland): a tilted table with half
+    of its points missing at random, 0.3 mm noise, flying points at the part's outline, sensor holes
+    inside the part, and a thread (1 mm ridges) on it. The foreground is the part, whole, and
+    nothing of the table."""
+    rng = np.random.default_rng(3)
+    heights = np.zeros((SIZE, SIZE))
+    part = np.zeros((SIZE, SIZE), bool)
+    part[30:100, 35:90] = True
+    heights[part] = 0.03
+    heights[30:100:6, 35:90] += 0.001  # the thread
+    xyz = scene(heights, noise=3e-4, seed=4)
+    table = ~part
+    xyz[table & (rng.random((SIZE, SIZE)) < 0.5)] = 0  # speckled table: half its points missing
+    outline = part ^ ndimage.binary_erosion(part, iterations=2)
+    flying = outline & (rng.random((SIZE, SIZE)) < 0.3)
+    xyz[flying] *= rng.uniform(1.0, 1.05, (int(flying.sum()), 1)).astype(np.float32)  # edge points pushed back
+    xyz[50:56, 50:58] = 0  # holes inside the part
+    xyz[80:83, 60:75] = 0
+    depth, foreground = run(xyz)
+    overlap = (foreground & part).sum() / (foreground | part).sum()
+    assert overlap > 0.97
+    assert foreground[50:56, 50:58].all() and foreground[80:83, 60:75].all()  # holes are part of it
+    assert not foreground[ndimage.binary_dilation(part, iterations=3) == 0].any()  # no table blob
+    inner = ndimage.binary_erosion(part, iterations=4)
+    assert depth[inner].min() > 0.85  # heights normalised by the part, holes filled from neighbours
+    ridge, groove = depth[60, 40:85].mean(), depth[62, 40:85].mean()
+    assert ridge > groove + 0.01  # the 1 mm thread is still in the depth map
