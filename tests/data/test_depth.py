@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from scipy import ndimage
 import pytest
+from scipy import ndimage
 
 from bridgenet.data.depth import (
     clean_foreground,
