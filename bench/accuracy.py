@@ -151,8 +151,8 @@ def score_model(work: Path, config: str, seed: int, category: str,
                 presets: tuple[str, ...] = PRESETS) -> dict[str, dict[str, Any]]:
     """Score the saved model of a run on each preset's test split with each scorer.
 
-    The scoring keys of params.yaml (``model.fusion_weight``) apply, so a change to them
-    re-scores saved models without training them again.
+    The scoring keys of params.yaml (:data:`SCORING_KEYS` but ``scorer``) apply, so a change
+    to them re-scores saved models without training them again.
     """
     import torch
 
@@ -167,6 +167,9 @@ def score_model(work: Path, config: str, seed: int, category: str,
     params = load_params(REPO / "params.yaml", [*base_overrides(work), *CONFIGS[config]])
     model = load_model(model_dir(work, config, seed, category) / "model.pt")
     model.network.fusion_weight = params.model.fusion_weight
+    model.network.image_score = params.model.image_score
+    model.network.memory_fusion = params.model.memory_fusion
+    model.network.smoothing_sigma = params.model.map_smoothing_sigma
     # The scale as training sets it today (the validation split holds goods only), so that a
     # saved model is scored as a freshly trained one would be.
     validation = load_cached_split(params.data.cache_dir, category, "validation", params.data)
@@ -288,7 +291,7 @@ def variants(configs: list[str], with_peer: bool) -> list[str]:
     return ours + ([f"{PEER} {m}" for m in PEER_MODALITIES.values()] if with_peer else [])
 
 
-SCORING_KEYS = ("scorer", "fusion_weight")  # model keys that change scores, not training
+SCORING_KEYS = ("scorer", "fusion_weight", "image_score", "memory_fusion", "map_smoothing_sigma")  # scores, not training
 CAP_KEYS = ("max_bank",)  # model.memory caps: they change a run only where they bind
 
 
