@@ -91,7 +91,8 @@ def comparison_table(
         theirs = None if champion is None else champion.get(key)
         change = None
         if theirs is not None and not (math.isnan(float(mine)) or math.isnan(float(theirs))):
-            change = f"{float(mine) - float(theirs):+.3f}"
+            difference = float(mine) - float(theirs)
+            change = f"{int(difference):+d}" if key in _COUNT_KEYS else f"{difference:+.3f}"
         value = int(mine) if key in _COUNT_KEYS else mine
         other = int(theirs) if key in _COUNT_KEYS and theirs is not None else theirs
         rows.append([key, number_text(value), number_text(other), change or DASH,
@@ -107,12 +108,13 @@ def decision_line(decision: Mapping[str, Any], champion_version: str | None, gat
     if not gated:
         verdict = "would be promoted" if decision["promote"] else "would NOT be promoted"
         return f"Challenger, not gated yet: against {against} it {verdict}. Reason: {reason}."
-    stamp = f" on {when}" if when else ""
+    stamp = f" on {when.replace('T', ' ').replace('Z', ' UTC')}" if when else ""
     if outcome == "promoted":
         return f"PROMOTED{stamp}: v{version} is the champion (was: {against}). Reason: {reason}."
     if outcome == "unchanged":
         return f"UNCHANGED{stamp}: v{version} is already the champion."
-    return f"REJECTED{stamp}: v{version} stays challenger, the champion is still {against}. Reason: {reason}."
+    kept = f"v{champion_version} stays the champion" if champion_version else "there is no champion"
+    return f"REJECTED{stamp}: v{version} stays challenger, {kept}. Reason: {reason}."
 
 
 def decision_markdown(report: Mapping[str, Any]) -> str:
@@ -132,6 +134,17 @@ def with_decision(description: str, decision_text: str) -> str:
     at = description.find(CARD_HEADING)
     card = description[at:] if at >= 0 else description
     return f"{decision_text.rstrip()}\n\n{card.lstrip()}"
+
+
+def gate_limits(promotion: Any) -> str:
+    """The gate's absolute limits in one sentence (``promotion``: a :class:`bridgenet.config.PromotionConfig`)."""
+    names = {"fpr_at_threshold": "FPR", "recall_at_threshold": "recall", "image_auroc": "image AUROC",
+             "aupro_30": "AU-PRO@0.3"}
+    limits = [f"{names.get(k, k)} ≤ {v:g}" for k, v in promotion.caps().items()]
+    limits += [f"{names.get(k, k)} ≥ {v:g}" for k, v in promotion.floors().items()]
+    tolerances = ", ".join(f"{k} {v:g}" for k, v in promotion.tolerances.items())
+    return (f"Gate: {', '.join(limits) or 'no absolute limits'}; largest loss against the champion: "
+            f"{tolerances}.")
 
 
 def per_defect_rows(evaluation: Any) -> list[list[str]]:
@@ -178,7 +191,8 @@ def model_card_markdown(
     champion_version, champ = champion if champion else (None, None)
     threshold = number_text(evaluation.threshold)  # the model file's: what it deploys
     n_good, n_bad = at["fp"] + at["tn"], at["tp"] + at["fn"]
-    promotion = params.promotion
+    commit = lineage.get("git.commit", "")
+    commit = commit[:12] if commit[:12].isalnum() else "unknown"
     lines = [
         decision_line(gate, champion_version, False, str(version.version)),
         "",
@@ -189,17 +203,16 @@ def model_card_markdown(
         "",
         f"## The deployed decision on the test split (threshold {threshold})",
         "",
-        *_table(["image AUROC", "AU-PRO@0.3", "FPR (false rejects)", "recall", "precision"],
-                [[number_text(metrics["image_auroc"]), number_text(metrics["aupro_30"]),
-                  f"{number_text(at['fpr'])} ({at['fp']} of {n_good} good)",
-                  f"{number_text(at['recall'])} ({at['tp']} of {n_bad} defective)", number_text(at["precision"])]]),
+        f"- **false rejects: {at['fp']} of {n_good} good parts** (FPR {number_text(at['fpr'])})",
+        (f"- **defects found: {at['tp']} of {n_bad} defective parts** (recall {number_text(at['recall'])}), "
+        f"precision {number_text(at['precision'])}"),
+        f"- image AUROC {number_text(metrics['image_auroc'])}, AU-PRO@0.3 {number_text(metrics['aupro_30'])}",
         "",
         *_table(["", "flagged defective", "passed as good"],
                 [[f"defective parts ({n_bad})", f"TP {at['tp']}", f"FN {at['fn']}"],
                  [f"good parts ({n_good})", f"FP {at['fp']}", f"TN {at['tn']}"]]),
         "",
-        (f"Gate: FPR at most {promotion.max_fpr_at_threshold:g}, recall at least "
-        f"{promotion.min_recall_at_threshold:g}, image AUROC at least {promotion.min_image_auroc:g}."),
+        gate_limits(params.promotion),
         "",
         "## Against the champion (same test split)",
         "",
@@ -219,9 +232,9 @@ def model_card_markdown(
         f"- training data: `{data['train_path']}`, sha256 `{data['train_digest']}`",
         (f"- test split: `{data['test_name']}` (`{data['test_path']}`, {n_good + n_bad} parts), "
         f"fingerprint `{evaluation.data_fingerprint}`"),
-        (f"- git `{lineage.get('git.commit', DASH)[:12]}` (dirty: {lineage.get('git.dirty', DASH)}); "
+        (f"- git `{commit}` (dirty: {lineage.get('git.dirty', DASH)}); "
         f"DVC md5 of `{params.data.root}`: `{lineage.get('dvc.data_root.md5', lineage.get('dvc.lock', DASH))}`"),
-        (f"- `{m.backbone}` layers {list(m.layers)}, modalities {list(m.modalities)}, scorer `{m.scorer}`, "
+        (f"- `{m.backbone}` layers {list(m.layers)}, {' + '.join(m.modalities)}, scorer `{m.scorer}`, "
         f"{summary.get('epochs', len(summary.get('history') or []))} epochs, selected epoch "
         f"{summary.get('best_epoch')}; threshold = {params.train.threshold_quantile} quantile of "
         "validation goods"),

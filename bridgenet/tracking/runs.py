@@ -448,7 +448,8 @@ test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
     status = "FAILED"
     try:
         call_tracking(cfg, mlflow.start_run, run_id=run_id, nested=mlflow.active_run() is not None)
-        # the model first: MLflow links the metrics already in the run at its step to it
+        # before any metric: MLflow links every metric already logged at the model's step (epoch 0's)
+        # to it; the selected epoch's and the test metrics are linked to it explicitly below
         info = call_tracking(cfg, pyfunc_module.log_pyfunc_model, model_path, pyfunc,
                              registered_name(params, category))
         for dataset in datasets:
