@@ -2,7 +2,7 @@
 
 Starts ``mlflow server`` on a tracking store (a free port on 127.0.0.1), opens the pages in
 headless Chromium and writes PNGs (palette-reduced, so that they stay small enough for the
-README). With ``--demo DIR`` it first makes a small registry in DIR, as the tests do: a tiny
+README), and says how many images each page shows and which did not load. With ``--demo DIR`` it first makes a small registry in DIR, as the tests do: a tiny
 synthetic bagel set, a model trained twice (two seeds), each registered and gated, so that
 version 2 is compared with the champion version 1.
 
@@ -112,29 +112,103 @@ def browser() -> str:
         if found:
             return found
     raise FileNotFoundError(f"no headless browser found (looked for {', '.join(BROWSERS)}); "
-                            "install one: apt-get install -y chromium")
+                            "install one: apt-get install -y chromium (make screenshots-deps)")
 
 
-def screenshot(url: str, out: Path, width: int, height: int, wait_ms: int) -> Path:
-    """``url`` rendered by headless Chromium at ``width`` x ``height``, saved as a palette PNG at ``out``."""
+class Page:
+    """One headless Chromium tab driven over the DevTools protocol (``websockets``, a Prefect dependency)."""
+
+    def __init__(self, width: int, height: int, profile: Path) -> None:
+        self.process = subprocess.Popen(
+            [browser(), "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        endpoint = None
+        for line in self.process.stderr:  # "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"
+            if line.startswith("DevTools listening on "):
+                endpoint = line.split()[-1]
+                break
+        if endpoint is None:
+            raise RuntimeError(f"chromium exited ({self.process.wait()}) without a DevTools endpoint")
+        port = endpoint.split(":")[2].split("/")[0]
+        tab = next(t for t in requests.get(f"http://{HOST}:{port}/json/list", timeout=10).json()
+                   if t["type"] == "page")
+        from websockets.sync.client import connect
+
+        self.socket = connect(tab["webSocketDebuggerUrl"], max_size=None)
+        self.calls = 0
+        self.call("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
+    def call(self, method: str, params: dict | None = None) -> dict:
+        import json
+
+        self.calls += 1
+        self.socket.send(json.dumps({"id": self.calls, "method": method, "params": params or {}}))
+        while True:  # events come in between; the answer carries our id
+            message = json.loads(self.socket.recv(timeout=120))
+            if message.get("id") == self.calls:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def evaluate(self, expression: str) -> object:
+        return self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.evaluate(expression):
+                return True
+            time.sleep(0.5)
+        return False
+
+    def close(self) -> None:
+        self.socket.close()
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+# The UI opens its assistant panel beside every page on a local server; a reviewer closes it.
+CLOSE_ASSISTANT = ("document.querySelector('[data-component-id=\"mlflow.assistant.chat_panel.close\"]')"
+                   "?.click() ?? 'no panel'")
+IMAGES_LOADED = "Array.from(document.images).every(i => i.complete)"
+BROKEN_IMAGES = ("Array.from(document.images).filter(i => i.complete && i.naturalWidth === 0)"
+                 ".map(i => i.getAttribute('src'))")
+
+
+def screenshot(url: str, out: Path, width: int, height: int, ready_text: str, timeout: float) -> dict:
+    """``url`` in headless Chromium (``width`` x ``height``) once ``ready_text`` shows and its images
+    loaded, saved as a palette PNG at ``out``; returns what was checked (images, broken ones)."""
+    import base64
+    import io
+
     from PIL import Image
 
     with tempfile.TemporaryDirectory(prefix="registry-shot-") as tmp:
-        raw = Path(tmp) / "raw.png"
-        command = [browser(), "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                   f"--user-data-dir={Path(tmp) / 'profile'}", f"--window-size={width},{height}",
-                   f"--virtual-time-budget={wait_ms}", f"--screenshot={raw}", url]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-        if not raw.is_file():
-            raise RuntimeError(f"chromium wrote no screenshot of {url} (exit {done.returncode}): "
-                               f"{done.stderr[-2000:]}")
-        image = Image.open(raw).convert("RGB")
+        page = Page(width, height, Path(tmp) / "profile")
+        try:
+            page.call("Page.enable")
+            page.call("Page.navigate", {"url": url})
+            if not page.wait_for(f"document.body && document.body.innerText.includes({ready_text!r})", timeout):
+                raise TimeoutError(f"{url}: {ready_text!r} did not show within {timeout} s")
+            page.evaluate(CLOSE_ASSISTANT)
+            page.wait_for(IMAGES_LOADED, timeout)
+            time.sleep(1.0)  # layout settles once the panel is gone
+            checked = {"images": page.evaluate("document.images.length"), "broken": page.evaluate(BROKEN_IMAGES)}
+            data = page.call("Page.captureScreenshot", {"format": "png"})["data"]
+        finally:
+            page.close()
+    image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
     out.parent.mkdir(parents=True, exist_ok=True)
     colours = 256
     while True:
         image.quantize(colours, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
         if out.stat().st_size <= MAX_BYTES or colours <= 32:
-            return out
+            return checked
         colours //= 2
 
 
@@ -147,8 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", default="2", help="version whose page is captured")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for the PNGs")
     parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=3000, help="version page height (the model page: 1000)")
-    parser.add_argument("--wait-ms", type=int, default=20000, help="virtual time the page gets to load")
+    parser.add_argument("--height", type=int, default=2300, help="version page height (the model page: 1300)")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds a page gets to load")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -160,12 +234,14 @@ def main(argv: list[str] | None = None) -> None:
         base = f"http://{HOST}:{port}"
         pages = {
             f"registry_version_{args.model}_v{args.version}.png":
-                (f"{base}/#/models/{args.model}/versions/{args.version}", args.height),
-            f"registry_model_{args.model}.png": (f"{base}/#/models/{args.model}", 1000),
+                (f"{base}/#/models/{args.model}/versions/{args.version}", args.height, "Model card"),
+            f"registry_model_{args.model}.png": (f"{base}/#/models/{args.model}", 1300, "Version 1"),
         }
-        for name, (url, height) in pages.items():
-            path = screenshot(url, args.out / name, args.width, height, args.wait_ms)
-            print(f"{path} ({path.stat().st_size // 1000} kB) <- {url}")
+        for name, (url, height, ready) in pages.items():
+            path = args.out / name
+            checked = screenshot(url, path, args.width, height, ready, args.timeout)
+            print(f"{path} ({path.stat().st_size // 1000} kB) <- {url}: {checked['images']} images, "
+                  f"broken: {checked['broken'] or 'none'}")
     finally:
         stop_server(server)
 
