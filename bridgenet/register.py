@@ -156,6 +156,7 @@ def _register_logged(
         log_model_card,
         model_card_markdown,
         registered_model_description,
+        ui_url,
     )
 
     version = registry.register_challenger(
@@ -186,17 +187,19 @@ def _register_logged(
     if preview is not None:
         card_figures["Generated anomalies (validation)"] = f"figures/{preview.name}"
     train, test = datasets
-    card = model_card_markdown(
-        params, category, version, {"id": logged.run_id, "name": logged.name, "user": logged.user},
-        summary, evaluation, lineage,
-        {"train_path": train["source"], "train_digest": train["digest"], "test_name": test["name"],
-         "test_path": test["source"]},
-        gate,
-        (champion_eval.version, gate_metrics(champion_eval.evaluation)) if champion_eval else None,
-        card_figures,
-    )
-    card_uri = log_model_card(params, category, version, logged.run_id, card)
-    registry.set_version_description(params, version.name, version.version, card)
+    def card(figure_base: str) -> str:
+        return model_card_markdown(
+            params, category, version, {"id": logged.run_id, "name": logged.name, "user": logged.user},
+            summary, evaluation, lineage,
+            {"train_path": train["source"], "train_digest": train["digest"], "test_name": test["name"],
+             "test_path": test["source"]},
+            gate,
+            (champion_eval.version, gate_metrics(champion_eval.evaluation)) if champion_eval else None,
+            card_figures, figure_base,
+        )
+
+    card_uri = log_model_card(params, category, version, logged.run_id, card(ui_url(params)))
+    registry.set_version_description(params, version.name, version.version, card(""))
     return {
         "category": category,
         "run_id": logged.run_id,

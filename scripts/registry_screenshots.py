@@ -223,11 +223,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=2300, help="version page height (the model page: 1300)")
     parser.add_argument("--timeout", type=float, default=120, help="seconds a page gets to load")
+    parser.add_argument("--port", type=int, default=0,
+                        help="server port (default: a free one; tracking.ui_port, 5000, makes the "
+                             "absolute image links of model_card.md resolve too)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     store = args.store or make_demo_registry(args.demo.resolve())
-    port = free_port()
+    port = args.port or free_port()
     log = Path(tempfile.gettempdir()) / f"registry-screenshots-server-{port}.log"
     server = start_server(store, port, log)
     try:

@@ -47,10 +47,20 @@ def number_text(value: Any, digits: int = 3) -> str:
     return f"{number:.{digits}f}"
 
 
-def artifact_url(run_id: str, path: str) -> str:
-    """URL of a run's artifact as MLflow's UI serves it (relative to the UI's root, so it holds
-    under a ``--static-prefix`` too): ``get-artifact?path=...&run_uuid=...``."""
-    return f"get-artifact?path={quote(path, safe='')}&run_uuid={quote(run_id, safe='')}"
+def artifact_url(run_id: str, path: str, base: str = "") -> str:
+    """URL of a run's artifact as MLflow's UI serves it: ``get-artifact?path=...&run_uuid=...``,
+    relative to the UI's root (``base`` empty: it holds under any host and ``--static-prefix``)
+    or under ``base`` (``http://host:port/``)."""
+    return f"{base}get-artifact?path={quote(path, safe='')}&run_uuid={quote(run_id, safe='')}"
+
+
+def ui_url(params: Params) -> str:
+    """Where the project's MLflow UI answers (ending in ``/``): the tracking server itself, or
+    ``mlflow ui`` on ``tracking.host:tracking.ui_port`` (as ``bridgenet summary`` says to run it)."""
+    uri = params.tracking.uri
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/") + "/"
+    return f"http://{params.tracking.host}:{params.tracking.ui_port}/"
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -174,6 +184,7 @@ def model_card_markdown(
     gate: Mapping[str, Any],
     champion: tuple[str, Mapping[str, float]] | None,
     figures: Mapping[str, str],
+    figure_base: str = "",
 ) -> str:
     """The model card (Markdown) of one registered version, a decision-line preview on top.
 
@@ -182,7 +193,10 @@ def model_card_markdown(
     ``data``: ``train_path``, ``train_digest``, ``test_name``, ``test_path``. ``gate``: the
     gate's decision for this version now (:func:`bridgenet.promote.decide`); ``champion``:
     (version, its gate metrics on the same test split) or None. ``figures``: title -> the
-    artifact path in the run (``figures/roc_bagel.png``).
+    artifact path in the run (``figures/roc_bagel.png``), linked under ``figure_base``
+    (:func:`artifact_url`): empty for the version's description, which the registry page
+    renders relative to the UI; :func:`ui_url` for ``model_card.md``, whose viewer in the
+    UI shows only images with an absolute URL.
     """
     name = model_name(params, category)
     m = params.model
@@ -225,7 +239,7 @@ def model_card_markdown(
     ]
     lines += ["## Curves and figures", ""]
     for title, path in figures.items():
-        lines += [f"**{title}**", "", f"![{title}]({artifact_url(run['id'], path)})", ""]
+        lines += [f"**{title}**", "", f"![{title}]({artifact_url(run['id'], path, figure_base)})", ""]
     lines += [
         "## Data and model",
         "",

@@ -452,7 +452,8 @@ test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
         # to it; the selected epoch's and the test metrics are linked to it explicitly below
         info = call_tracking(cfg, pyfunc_module.log_pyfunc_model, model_path, pyfunc,
                              registered_name(params, category))
-        for dataset in datasets:
+        # the test split first: the run page shows the first input and "+1" for the others
+        for dataset in sorted(datasets, key=lambda d: d["context"] != "test"):
             call_tracking(cfg, mlflow.log_input, _meta_dataset(dataset), context=dataset["context"],
                           tags={"sha256": str(dataset["digest"])})
         test_set = next((d for d in datasets if d["context"] == "test"), None)
@@ -537,6 +538,10 @@ def run_name(category: str, lineage: Mapping[str, str], when: float | None = Non
     return f"{category} {stamp} {short}{dirty}"
 
 
+def _rounded(value: Any) -> Any:
+    return f"{value:.3f}" if _finite(value) else value
+
+
 def run_description(category: str, model: str, summary: Mapping[str, Any],
                     datasets: Sequence[Mapping[str, str]]) -> str:
     """The run's description (its page's first text): what it holds and where its data came from."""
@@ -546,7 +551,7 @@ def run_description(category: str, model: str, summary: Mapping[str, Any],
         f"{summary.get('epochs', len(summary.get('history') or []))} epochs (metrics per epoch, step = epoch), "
         f"the model file of the selected epoch {summary.get('best_epoch')} as logged model "
         f"`{model}` with its validation and test metrics, test metrics (`test_*`, "
-        f"`test_at_threshold_*` at the deployed threshold {summary.get('threshold')}), figures and the "
+        f"`test_at_threshold_*` at the deployed threshold {_rounded(summary.get('threshold'))}), figures and the "
         f"model card (`model_card.md`). Data: {data}."
     )
 

@@ -130,8 +130,11 @@ def test_registered_version_has_aliases_lineage_metrics_and_card(registry):
         ).read_text()
         assert card.startswith("Challenger, not gated yet: against no champion yet it would be promoted")
         assert f"# Model card: bridgenet-{category}, version 1" in card
+        description = version.description
         for name in ("heatmaps", "training_curves", "roc", "pro", "defect_auroc"):
-            assert f"get-artifact?path=figures%2F{name}_{category}.png&run_uuid={result['run_id']})" in card
+            # the file's viewer shows images with an absolute URL only: the UI's (tracking.host:ui_port)
+            link = f"get-artifact?path=figures%2F{name}_{category}.png&run_uuid={result['run_id']})"
+            assert f"](http://127.0.0.1:5000/{link}" in card and f"]({link}" in description
         for defect in _defects(params, category):
             assert f"| {defect} |" in card
         model = client.get_registered_model(f"bridgenet-{category}")

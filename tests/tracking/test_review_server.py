@@ -98,6 +98,20 @@ def test_every_image_of_a_version_description_is_a_png_the_server_serves(reviewe
             assert answer.headers["Content-Type"].startswith("image/png"), url
 
 
+def test_the_model_card_file_links_its_images_on_the_server(reviewed):
+    """model_card.md: the UI's file viewer shows only absolute image URLs; a tracking server is its own UI."""
+    import mlflow
+
+    client = MlflowClient(reviewed["uri"], reviewed["uri"])
+    tag = client.get_model_version("bridgenet-bagel", "1").tags["model_card"]
+    card = Path(mlflow.artifacts.download_artifacts(tag, tracking_uri=reviewed["uri"])).read_text()
+    urls = images_of(card)
+    assert len(urls) >= 5 and all(url.startswith(f"{reviewed['uri']}/get-artifact?") for url in urls), urls
+    for url in urls:
+        answer = requests.get(url, timeout=30)
+        assert answer.status_code == 200 and answer.content.startswith(PNG_MAGIC), url
+
+
 def test_the_card_holds_the_counts_and_rates_at_the_deployed_threshold(reviewed):
     client = MlflowClient(reviewed["uri"], reviewed["uri"])
     run_id = reviewed["first"]["run_id"]
