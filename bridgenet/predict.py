@@ -46,7 +46,7 @@ class Prediction:
 
 
 def resolve_model(ref: str | Path, tracking_uri: str | None = None, graph: bool = False) -> TrainedModel:
-    """A model file path, or an MLflow URI (``models:/NAME@ALIAS``, ``runs:/ID/model``);
+    """A model file path, or an MLflow URI (``models:/NAME@ALIAS``, ``runs:/ID/<prefix>-<category>``);
     ``graph``: as the traced graph that the file carries, where it does (:func:`load_model`)."""
     text = str(ref)
     if text.startswith(MLFLOW_SCHEMES):

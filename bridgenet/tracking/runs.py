@@ -328,16 +328,13 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def epoch_metrics(history: list[Mapping[str, Any]], timestamp_ms: int, selected_epoch: int | None = None,
-                  model_id: str | None = None) -> list[Metric]:
-    """One MLflow metric per numeric history entry, ``step`` = epoch (losses and validation metrics);
-    those of ``selected_epoch`` (the one the model file holds) belong to logged model ``model_id``."""
+def epoch_metrics(history: list[Mapping[str, Any]], timestamp_ms: int) -> list[Metric]:
+    """One MLflow metric per numeric history entry, ``step`` = epoch (losses and validation metrics)."""
     out = []
     for record in history:
         step = int(record["epoch"])
-        owner = model_id if step == selected_epoch else None
         out.extend(
-            Metric(key, float(value), timestamp_ms, step, model_id=owner)
+            Metric(key, float(value), timestamp_ms, step)
             for key, value in record.items()
             if key != "epoch" and _finite(value)
         )
@@ -406,8 +403,9 @@ test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
     the PNG ``figures`` (name -> path, e.g. the heatmap sheet) and ``preview_path``
     under ``figures/``; the ``records`` files (the stored evaluation) under
     ``evaluation/``; lineage tags; the pyfunc model, named ``<registry.prefix>-<category>``,
-    built from ``model_path`` as ``pyfunc`` describes it and holding the selected epoch's
-    validation metrics and the test metrics (with the test data set); the ``datasets`` it
+    built from ``model_path`` as ``pyfunc`` describes it and holding the model file's
+    validation metrics (``best_*``: the selected epoch, scored as the file scores), its
+    threshold and the test metrics (with the test data set); the ``datasets`` it
     read (``name``, ``source``, ``digest``, ``context``: training or test; the full digest
     as the input's ``sha256`` tag) as the run's inputs; the user and the command as the
     run's source; a readable name (:func:`run_name`) and a description.
@@ -449,7 +447,7 @@ test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
     try:
         call_tracking(cfg, mlflow.start_run, run_id=run_id, nested=mlflow.active_run() is not None)
         # before any metric: MLflow links every metric already logged at the model's step (epoch 0's)
-        # to it; the selected epoch's and the test metrics are linked to it explicitly below
+        # to it; the model file's validation metrics and the test metrics are linked to it below
         info = call_tracking(cfg, pyfunc_module.log_pyfunc_model, model_path, pyfunc,
                              registered_name(params, category))
         # the test split first: the run page shows the first input and "+1" for the others
@@ -472,10 +470,9 @@ test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
                 if k in summary
             }
         )
-        selected = summary.get("best_epoch")
-        metrics = epoch_metrics(list(summary.get("history") or []), now,
-                                None if selected is None else int(selected), info.model_id)
-        metrics += [Metric(k, float(v), now, 0) for k, v in scalars.items() if _finite(v)]
+        metrics = epoch_metrics(list(summary.get("history") or []), now)
+        # the model file's own numbers (the selected epoch, scored as the file scores): the model's too
+        metrics += [Metric(k, float(v), now, 0, model_id=info.model_id) for k, v in scalars.items() if _finite(v)]
         metrics += evaluation_metrics(evaluation, now, info.model_id, test_set)
         logged_params = trained_params or params
         flat = [Param(k, _param_value(v)) for k, v in sorted(logged_params.flat().items())]
