@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := libusb-1.0-0 git
 
-.PHONY: setup run test test-fast lint system-deps clean
+.PHONY: setup run test test-fast lint system-deps screenshots-deps clean
 
 setup: system-deps $(STAMP)
 
@@ -44,8 +44,17 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check bridgenet flows tests bench
+	$(BIN)/ruff check bridgenet flows tests bench scripts
 	$(BIN)/hadolint Dockerfile
+
+# Optional: headless Chromium for scripts/registry_screenshots.py (the README's registry pictures).
+screenshots-deps:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "run: sudo apt-get install -y chromium" >&2; exit 1; \
+	  fi; }
 
 clean:
 	rm -rf data models reports mlruns mlartifacts mlflow.db

@@ -142,10 +142,25 @@ def train(params: Params, category: tuple[str, ...], resume: bool) -> None:
 @with_params
 @fail_cleanly
 def evaluate(params: Params, category: tuple[str, ...]) -> None:
-    """Score the test split of each category and write reports (metrics.json, curves, heatmaps)."""
+    """Score the test split of each category and write reports (metrics.json, curves, heatmaps).
+
+    The trained model.pt is scored as it was trained: a --set of one of its training or scoring
+    settings (model.*, anomalies.*, train.* but device and models_dir) to another value is refused.
+    """
     from bridgenet import stages
+    from bridgenet.evaluate import model_path, overrides_not_applied
 
     runs = _runs(params, category)
+    overrides = click.get_current_context().params.get("overrides", ())
+    for run in runs:
+        refused = overrides_not_applied(run.params, run.category, overrides)
+        if refused:
+            path = model_path(run.params, run.category)
+            lines = [f"--set {key}: {mine} cannot apply, {path} was trained with {key}={theirs}"
+                     for key, (mine, theirs) in refused.items()]
+            raise click.UsageError(
+                "; ".join(lines) + ". evaluate scores the model file as it was trained and calibrated; "
+                f"train it with the new setting first (bridgenet train -c {run.category} --set ...)")
     for run in runs:
         stages.evaluate(run)
     doc = stages.report(params, [run.category for run in runs])

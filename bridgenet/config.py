@@ -230,14 +230,26 @@ class PromotionConfig(_Section):
     # not even the first model of a category (0 = no floor)
     min_image_auroc: float = Field(0.5, ge=0, le=1)
     min_aupro_30: float = Field(0.0, ge=0, le=1)
+    # the deployed decision on the test split (the model's validation threshold): the share of
+    # good parts it rejects (false rejects: scrap) and the share of defective parts it finds
+    max_fpr_at_threshold: float = Field(0.2, ge=0, le=1)  # 1 = no cap
+    min_recall_at_threshold: float = Field(0.5, ge=0, le=1)  # 0 = no floor
 
     def floors(self) -> dict[str, float]:
-        return {k: v for k, v in {"image_auroc": self.min_image_auroc, "aupro_30": self.min_aupro_30}.items() if v > 0}
+        """Minima a challenger must reach (those set above 0)."""
+        floors = {"image_auroc": self.min_image_auroc, "aupro_30": self.min_aupro_30,
+                  "recall_at_threshold": self.min_recall_at_threshold}
+        return {k: v for k, v in floors.items() if v > 0}
+
+    def caps(self) -> dict[str, float]:
+        """Maxima a challenger must stay under (those set below 1)."""
+        return {k: v for k, v in {"fpr_at_threshold": self.max_fpr_at_threshold}.items() if v < 1}
 
     @field_validator("tolerances")
     @classmethod
     def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
-        known = {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro_30", "aupro_1"}
+        known = {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro_30", "aupro_1",
+                 "fpr_at_threshold", "recall_at_threshold", "precision_at_threshold"}
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; allowed: {sorted(known)}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,43 @@ def keep_evaluation(params: Params, evaluation: CategoryEvaluation) -> Path:
     path = _store_path(params, evaluation.category, evaluation.model_fingerprint,
                        evaluation.data_fingerprint)
     return save_evaluation(evaluation, path)
+
+
+TRAINED_SECTIONS = ("model", "anomalies", "train")  # what a model file carries of how it was made
+_READ_AT_EVALUATION = {("train", "device"), ("train", "models_dir")}  # ... but evaluate reads these
+
+
+def overrides_not_applied(params: Params, category: str, overrides: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+    """The ``--set`` keys that evaluating ``category`` cannot apply, with (given, the model's) values.
+
+    Evaluation scores ``<train.models_dir>/<category>/model.pt`` as it was trained and
+    calibrated: its ``model``, ``anomalies`` and ``train`` settings (but ``train.device`` and
+    ``train.models_dir``) are the file's. An override of one of them to another value than the
+    file's would be silently ignored; they are listed so that the caller refuses them. Empty
+    when the model file does not exist (evaluation then fails on its own, naming it).
+    """
+    from bridgenet.config import params_from_dict, parse_override, upgrade_stored_params
+    from bridgenet.model.io import read_checkpoint
+
+    path = model_path(params, category)
+    keys = [parse_override(text)[0] for text in overrides]
+    keys = [k for k in keys if k[0] in TRAINED_SECTIONS and tuple(k[:2]) not in _READ_AT_EVALUATION]
+    if not keys or not path.is_file():
+        return {}
+    stored = params_from_dict(upgrade_stored_params(read_checkpoint(path)["params"]),
+                              source=f"{path} (stored params)").to_dict()
+    given, refused = params.to_dict(), {}
+    for key in keys:
+        mine, theirs = _at(given, key), _at(stored, key)
+        if mine != theirs:
+            refused[".".join(key)] = (mine, theirs)
+    return refused
+
+
+def _at(tree: Any, key: Sequence[str]) -> Any:
+    for part in key:
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 def category_figures(params: Params, category: str) -> dict[str, Path]:

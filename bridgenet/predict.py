@@ -46,14 +46,33 @@ class Prediction:
 
 
 def resolve_model(ref: str | Path, tracking_uri: str | None = None, graph: bool = False) -> TrainedModel:
-    """A model file path, or an MLflow URI (``models:/NAME@ALIAS``, ``runs:/ID/model``);
+    """A model file path, or an MLflow URI (``models:/NAME@ALIAS``, ``runs:/ID/<prefix>-<category>``);
     ``graph``: as the traced graph that the file carries, where it does (:func:`load_model`)."""
     text = str(ref)
     if text.startswith(MLFLOW_SCHEMES):
         from bridgenet.tracking.pyfunc import download_model_file
 
         return load_model(download_model_file(text, tracking_uri), graph=graph)
-    return load_model(Path(text), graph=graph)
+    try:
+        return load_model(Path(text), graph=graph)
+    except KeyError as missing:  # a file of the right format without a model's entries
+        raise not_a_model_error(Path(text), missing) from None
+
+
+def not_a_model_error(path: Path, missing: KeyError) -> ValueError:
+    """Why ``path`` (a BridgeNet file that lacks entry ``missing``) is not a model, and what to pass."""
+    from bridgenet.model.io import read_checkpoint
+
+    payload = read_checkpoint(path)
+    if "trainer" in payload:  # train writes it beside model.pt to resume training (train --resume)
+        category = payload.get("category", "<category>")
+        return ValueError(
+            f"{path} is a training checkpoint (the last epoch's training state, for `bridgenet train "
+            f"--resume`), not a model; pass the model file beside it, {path.parent / 'model.pt'} (the "
+            f"selected epoch, with its threshold), or a registered model such as "
+            f"models:/bridgenet-{category}@champion")
+    return ValueError(f"{path}: not a complete BridgeNet model file (no {missing} entry); rebuild it with "
+                      "`bridgenet train` or fetch it again")
 
 
 def check_pair(rgb: np.ndarray, xyz: np.ndarray, rgb_name: str = "rgb", xyz_name: str = "xyz") -> None:

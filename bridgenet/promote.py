@@ -1,8 +1,9 @@
 """Promote stage: the promotion gate, challenger against champion on the same, current test data.
 
-:func:`compare_metrics` is the decision, a pure comparison of two evaluations under
-``promotion.tolerances``: the challenger is promoted when there is no champion or
-when no gated metric is lower than the champion's by more than its tolerance.
+:func:`decide` is the decision, a pure comparison of two evaluations (:func:`compare_metrics`):
+the challenger is promoted when it is within the absolute floors and caps of ``promotion``
+(AUROC, AU-PRO, and the FPR and recall of the deployed threshold) and there is no champion
+or no gated metric is worse than the champion's by more than its tolerance.
 :func:`promote_category` applies it to a category's registered versions: each
 version's evaluation on the current test split is read from where it was stored
 (:func:`evaluation_of_version`), so a model is scored again only when its stored
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridgenet.config import Params
+from bridgenet.config import Params, PromotionConfig
 from bridgenet.data.cache import CachedSplit
 from bridgenet.evaluate import (
     EVALUATION_FILE,
@@ -37,32 +38,58 @@ MODEL_FINGERPRINT_TAG = "model.sha256"  # tag of a registered version: sha256 of
 EVALUATION_ARTIFACT = f"evaluation/{EVALUATION_FILE}"  # the stored evaluation in a version's run
 
 
+THRESHOLD_METRICS = ("fpr", "recall", "precision")  # of the deployed decision, gated as <name>_at_threshold
+LOWER_IS_BETTER = frozenset({"fpr_at_threshold"})  # for these a rise, not a drop, is the loss
+
+
+def gate_metrics(evaluation: CategoryEvaluation) -> dict[str, float]:
+    """What the gate reads of an evaluation: its test metrics, and the FPR, recall and precision of
+    the deployed decision (the model's own validation threshold) as ``<name>_at_threshold``."""
+    at = evaluation.at_threshold()
+    return {**evaluation.metrics, **{f"{k}_at_threshold": float(at[k]) for k in THRESHOLD_METRICS}}
+
+
 def compare_metrics(
     challenger: Mapping[str, float],
     champion: Mapping[str, float] | None,
     tolerances: Mapping[str, float],
     floors: Mapping[str, float] | None = None,
+    caps: Mapping[str, float] | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The promotion decision on metrics computed on the same data.
 
     Never promote a challenger below one of ``floors`` (absolute minima, e.g.
-    ``{"image_auroc": 0.5}``; an undefined metric is below any floor), not even the
-    first model. Otherwise promote when there is no champion, or when no metric of
-    ``tolerances`` drops (champion - challenger) by more than its tolerance. A
-    metric the challenger leaves undefined (nan) while the champion has it blocks
-    promotion; one undefined for both is skipped (the data cannot measure it).
-    Returns ``{"promote", "reason", "metrics": {name: {challenger, champion,
-    drop, tolerance, passed}}, "floors": {name: {challenger, floor, passed}}}``.
+    ``{"image_auroc": 0.5}``) or above one of ``caps`` (absolute maxima, e.g.
+    ``{"fpr_at_threshold": 0.2}``); an undefined metric fails both. That holds for the
+    first model too. Otherwise promote when there is no champion, or when no metric of
+    ``tolerances`` loses (champion - challenger, or the rise for :data:`LOWER_IS_BETTER`
+    metrics) more than its tolerance. A metric the challenger leaves undefined (nan) while
+    the champion has it blocks promotion; one undefined for both is skipped (the data
+    cannot measure it). ``notes`` adds a word to a failing limit's reason (e.g. the counts).
+    Returns ``{"promote", "reason", "metrics": {name: {challenger, champion, drop,
+    tolerance, passed}}, "floors": {name: {challenger, floor, passed}}, "caps": {name:
+    {challenger, cap, passed}}}``.
     """
-    floor_rows = {key: {"challenger": float(challenger[key]), "floor": float(low),
-                        "passed": not math.isnan(float(challenger[key])) and float(challenger[key]) >= low}
-                  for key, low in (floors or {}).items()}
-    below = [f"{key} {row['challenger']:.4f} is below the floor {row['floor']}"
-             for key, row in floor_rows.items() if not row["passed"]]
+    notes = notes or {}
+
+    def limit_rows(limits: Mapping[str, float] | None, kind: str) -> dict[str, dict[str, Any]]:
+        rows = {}
+        for key, bound in (limits or {}).items():
+            value = float(challenger[key])
+            inside = value >= bound if kind == "floor" else value <= bound
+            rows[key] = {"challenger": value, kind: float(bound), "passed": not math.isnan(value) and inside}
+        return rows
+
+    floor_rows, cap_rows = limit_rows(floors, "floor"), limit_rows(caps, "cap")
+    broken = [f"{key} {row['challenger']:.4f} is below the floor {row['floor']}{notes.get(key, '')}"
+              for key, row in floor_rows.items() if not row["passed"]]
+    broken += [f"{key} {row['challenger']:.4f} is above the cap {row['cap']}{notes.get(key, '')}"
+               for key, row in cap_rows.items() if not row["passed"]]
     decision = _against_champion(challenger, champion, tolerances)
-    decision["floors"] = floor_rows
-    if below:
-        decision.update(promote=False, reason="; ".join(below))
+    decision.update(floors=floor_rows, caps=cap_rows)
+    if broken:
+        decision.update(promote=False, reason="; ".join(broken))
     return decision
 
 
@@ -92,12 +119,11 @@ def _against_champion(
         elif math.isnan(old):
             passed, drop = True, None
         else:
-            drop = old - new
+            drop = new - old if key in LOWER_IS_BETTER else old - new
             passed = drop <= tol
             if not passed:
-                failures.append(
-                    f"{key} dropped by {drop:.4f} ({old:.4f} -> {new:.4f}; tolerance {tol})"
-                )
+                moved = "rose" if key in LOWER_IS_BETTER else "dropped"
+                failures.append(f"{key} {moved} by {drop:.4f} ({old:.4f} -> {new:.4f}; tolerance {tol})")
         rows[key] = {
             "challenger": new,
             "champion": old,
@@ -109,8 +135,33 @@ def _against_champion(
         return {"promote": False, "reason": "; ".join(failures), "metrics": rows}
     reason = "no gated metric dropped by more than its tolerance"
     if skipped:
-        reason += f" (undefined on this data for both: {skipped})"
+        reason += f" (undefined on this data for both: {', '.join(skipped)})"
     return {"promote": True, "reason": reason, "metrics": rows}
+
+
+def decide(
+    challenger: CategoryEvaluation, champion: CategoryEvaluation | None, promotion: PromotionConfig,
+    challenger_is_champion: bool = False,
+) -> dict[str, Any]:
+    """The gate's decision between two evaluations on the same test split (no I/O).
+
+    ``outcome`` is ``promoted``, ``rejected``, or ``unchanged`` when the challenger already
+    holds the champion alias (``challenger_is_champion``; ``champion`` is then None). The
+    rest is :func:`compare_metrics`'s document under ``promotion``'s tolerances, floors and caps.
+    """
+    new = gate_metrics(challenger)
+    tolerances = dict(promotion.tolerances)
+    if challenger_is_champion:
+        same = compare_metrics(new, new, tolerances)
+        return {**same, "promote": False, "outcome": "unchanged",
+                "reason": "this version is already the champion", "floors": {}, "caps": {}}
+    at = challenger.at_threshold()
+    notes = {"fpr_at_threshold": f" ({at['fp']} of {at['fp'] + at['tn']} good test parts rejected)",
+             "recall_at_threshold": f" ({at['tp']} of {at['tp'] + at['fn']} defective test parts found)"}
+    decision = compare_metrics(new, None if champion is None else gate_metrics(champion), tolerances,
+                               promotion.floors(), promotion.caps(), notes)
+    decision["outcome"] = "promoted" if decision["promote"] else "rejected"
+    return decision
 
 
 @dataclass
@@ -167,11 +218,15 @@ def promote_category(params: Params, category: str) -> dict[str, Any]:
     """Promotion gate of ``category``: challenger vs champion on the current test split.
 
     ``params`` are the category's resolved params (:func:`bridgenet.stages.resolve`).
-    Writes the decision and the compared numbers as tags on the challenger version
-    (``promotion.*``) and, when it is promoted, on the replaced champion; writes
-    ``<eval.reports_dir>/promotion_<category>.json``; returns the same document.
-    Raises ValueError when the category has no challenger. A rejected challenger is
-    a normal outcome (``decision == "rejected"``), not an error.
+    In this order: :func:`decide`; write ``<eval.reports_dir>/promotion_<category>.json``
+    (``applied: false``); tag the challenger (``promotion.decision``, ``promotion.reason``)
+    and put the decision on top of its description, mark a replaced champion
+    (``promotion.superseded_by``); move the champion alias last, then mark the report
+    ``applied``. A failure before the alias moved leaves the old champion in place (a
+    retry decides again, on the same numbers), writes the failure into the report, tries
+    to tag it on the challenger, and is raised. Returns the report. Raises ValueError when
+    the category has no challenger. A rejected challenger is a normal outcome
+    (``decision == "rejected"``), not an error.
     """
     from bridgenet.tracking import registry
     from bridgenet.tracking.runs import configure_tracking
@@ -191,98 +246,89 @@ def promote_category(params: Params, category: str) -> dict[str, Any]:
     old = None
     if champion is not None and champion.version != challenger.version:
         old = evaluation_of_version(params, category, champion, split)
-    tolerances = dict(params.promotion.tolerances)
-    if champion is not None and old is None:
-        decision = {
-            "promote": False,
-            "reason": f"version {challenger.version} is already the champion",
-            "metrics": compare_metrics(new.evaluation.metrics, new.evaluation.metrics, tolerances)["metrics"],
-        }
-        outcome = "unchanged"
-    else:
-        decision = compare_metrics(new.evaluation.metrics, old.evaluation.metrics if old else None, tolerances,
-                                   params.promotion.floors())
-        outcome = "promoted" if decision["promote"] else "rejected"
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if outcome == "promoted":
-        registry.set_alias(params, category, reg.champion_alias, challenger.version)
-    fingerprint = new.evaluation.data_fingerprint
-    report = {
-        "category": category,
-        "model_name": name,
-        "decision": outcome,
-        "promoted": outcome == "promoted",
-        "reason": decision["reason"],
-        "time": when,
-        "tracking_uri": cfg.uri,
-        "tolerances": tolerances,
-        "floors": decision.get("floors", {}),
-        "compared": decision["metrics"],
-        "challenger": {"version": new.version, "run_id": new.run_id, "metrics": dict(new.evaluation.metrics)},
-        "champion_before": None
-        if champion is None
-        else {
-            "version": str(champion.version),
-            "run_id": (old or new).run_id,
-            "metrics": dict((old or new).evaluation.metrics),
-        },
-        "champion_after": str(challenger.version)
-        if outcome == "promoted"
-        else (str(champion.version) if champion else None),
-        "test_data": {
-            "cache_dir": params.data.cache_dir,
-            "n_test": len(split),
-            "n_anomalous": int(split.labels.sum()),
-            "fingerprint": fingerprint,
-        },
-    }
-    tags = {
-        "promotion.decision": outcome,
-        "promotion.reason": decision["reason"],
-        "promotion.time": when,
-        "promotion.test_data": fingerprint,
-        "promotion.compared_with": str(champion.version) if champion else "none",
-    }
-    for key, row in decision["metrics"].items():
-        tags[f"promotion.challenger.{key}"] = registry.metric_text(row["challenger"])
-        tags[f"promotion.champion.{key}"] = registry.metric_text(row["champion"])
-    registry.set_version_tags(params, name, challenger.version, tags)
-    registry.set_version_description(params, name, challenger.version, _with_decision(
-        registry.version_description(params, name, challenger.version), report))
-    if outcome == "promoted" and champion is not None:
-        registry.set_version_tags(
-            params,
-            name,
-            champion.version,
-            {
-                "promotion.superseded_by": challenger.version,
-                "promotion.superseded_at": when,
-                **{
-                    f"promotion.superseded.{k}": registry.metric_text(r["champion"])
-                    for k, r in decision["metrics"].items()
-                },
-            },
-        )
-    path = write_json(Path(params.eval.reports_dir) / f"promotion_{category}.json", report)
+    decision = decide(new.evaluation, old.evaluation if old else None, params.promotion,
+                      challenger_is_champion=champion is not None and old is None)
+    report = promotion_report(params, category, decision, new, old, champion, len(split), int(split.labels.sum()))
+    path = Path(params.eval.reports_dir) / f"promotion_{category}.json"
+    write_json(path, report)  # the decision and its reasons are kept before the registry is touched
+    try:
+        _record_decision(params, name, report)
+        if report["decision"] == "promoted":  # last: the champion moves once the registry says why
+            registry.set_alias(params, category, reg.champion_alias, challenger.version)
+    except Exception as exc:  # recorded, then raised: the old champion stays until a retry succeeds
+        report["failure"] = f"{type(exc).__name__}: {exc}"[:2000]
+        write_json(path, report)
+        _note_failure(params, name, report)
+        raise
+    report.update(applied=True, champion_after=report["champion_planned"])
+    write_json(path, report)
     report["report_path"] = str(path)
-    LOGGER.info("%s: challenger v%s %s (%s)", name, challenger.version, outcome, decision["reason"])
+    LOGGER.info("%s: challenger v%s %s (%s)", name, challenger.version, report["decision"], report["reason"])
     return report
 
 
-def _with_decision(description: str, report: Mapping[str, Any]) -> str:
-    """The version's description with the latest promotion decision and its reasons (replacing an earlier one)."""
-    # the decision goes first (the store cuts long descriptions at the end), above the card
-    card = description.split(_DECISION_END, 1)[1] if description.startswith(_DECISION_HEADING) else description
-    rows = "\n".join(f"| {key} | {row['challenger']} | {row['champion']} | {row['tolerance']} | {row['passed']} |"
-                     for key, row in report["compared"].items())
-    floors = "".join(f"\n- floor {key} {row['floor']}: {'met' if row['passed'] else 'NOT met'}"
-                     for key, row in report.get("floors", {}).items())
-    text = (f"{_DECISION_HEADING}\n\n**{report['decision']}** ({report['time']}, against "
-            f"{'champion v' + report['champion_before']['version'] if report['champion_before'] else 'no champion'}"
-            f"): {report['reason']}{floors}\n\n| metric | this version | champion | tolerance | passed |\n"
-            f"|---|---|---|---|---|\n{rows}\n")
-    return f"{text}{_DECISION_END}{card.lstrip()}"
+def promotion_report(
+    params: Params, category: str, decision: Mapping[str, Any], new: VersionEvaluation,
+    old: VersionEvaluation | None, champion: Any, n_test: int, n_anomalous: int,
+) -> dict[str, Any]:
+    """The JSON-able record of one gate decision (``reports/promotion_<category>.json``)."""
+    from bridgenet.tracking import registry
+
+    outcome = decision["outcome"]
+    before = None if champion is None else str(champion.version)
+    compared = old or (new if champion is not None else None)
+    return {
+        "category": category,
+        "model_name": registry.model_name(params, category),
+        "decision": outcome,
+        "promoted": outcome == "promoted",
+        "reason": decision["reason"],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tracking_uri": params.tracking.uri,
+        "applied": False,  # true once tags, description and alias are written
+        "failure": None,
+        "tolerances": dict(params.promotion.tolerances),
+        "floors": decision["floors"],
+        "caps": decision["caps"],
+        "compared": decision["metrics"],
+        "challenger": {"version": new.version, "run_id": new.run_id, "metrics": gate_metrics(new.evaluation),
+                       "at_threshold": new.evaluation.at_threshold(), "threshold": new.evaluation.threshold},
+        "champion_before": None if compared is None else {
+            "version": before, "run_id": compared.run_id, "metrics": gate_metrics(compared.evaluation),
+            "at_threshold": compared.evaluation.at_threshold()},
+        "champion_after": before,
+        "champion_planned": new.version if outcome == "promoted" else before,
+        "test_data": {"cache_dir": params.data.cache_dir, "n_test": n_test, "n_anomalous": n_anomalous,
+                      "fingerprint": new.evaluation.data_fingerprint},
+    }
 
 
-_DECISION_HEADING = "## Promotion decision"
-_DECISION_END = "\n---\n\n"
+def _record_decision(params: Params, name: str, report: Mapping[str, Any]) -> None:
+    """The decision as tags and on top of the challenger's description; the replaced champion marked."""
+    from bridgenet.tracking import registry
+    from bridgenet.tracking.model_card import decision_markdown, with_decision
+
+    version = report["challenger"]["version"]
+    registry.set_version_tags(params, name, version, {"promotion.decision": report["decision"],
+                                                      "promotion.reason": report["reason"]})
+    registry.set_version_description(params, name, version, with_decision(
+        registry.version_description(params, name, version), decision_markdown(report)))
+    before = report["champion_before"]
+    if report["decision"] == "promoted" and before is not None:
+        registry.set_version_tags(params, name, before["version"], {"promotion.superseded_by": version})
+
+
+def _note_failure(params: Params, name: str, report: Mapping[str, Any]) -> None:
+    """Best effort: say on the challenger that its decision was not applied, and why."""
+    from mlflow.exceptions import MlflowException
+
+    from bridgenet.tracking import registry
+    from bridgenet.tracking.runs import TrackingUnavailableError
+
+    try:
+        registry.set_version_tags(params, name, report["challenger"]["version"], {
+            "promotion.decision": f"{report['decision']}, not applied",
+            "promotion.reason": f"{report['reason']} (not applied: {report['failure']})"})
+    except (MlflowException, TrackingUnavailableError, OSError) as exc:
+        LOGGER.error("%s v%s: could not tag the failed promotion either (%s); see its report",
+                      name, report["challenger"]["version"], exc)

@@ -3,10 +3,11 @@
 Per category: take the evaluate stage's stored evaluation of ``models/<cat>/model.pt``
 on the current test split (scoring it only when there is none for this model and
 data), log one MLflow run (params, per-epoch curves from ``train_summary.json``, test
-metrics, the evaluate stage's figures, the stored evaluation, the pyfunc model),
-register it as a new version of ``<registry.prefix>-<cat>`` with the challenger alias
-and lineage tags, and log a model card comparing it with the current champion on the
-same data. When a step after the run fails (registration, alias, card), the run is
+metrics, the evaluate stage's figures, the stored evaluation, the pyfunc model, the
+training data and test split as inputs), register it as a new version of
+``<registry.prefix>-<cat>`` with the challenger alias and a few tags, describe the
+registered model, and log a model card (:mod:`bridgenet.tracking.model_card`) that says
+what the gate would decide against the current champion on the same data. When a step after the run fails (registration, alias, card), the run is
 marked FAILED with the reason, so a finished run always means a registered version; a
 version already created is kept.
 """
@@ -31,7 +32,7 @@ from bridgenet.evaluate import (
     stored_evaluation,
 )
 from bridgenet.files import sha256_file
-from bridgenet.promote import MODEL_FINGERPRINT_TAG, compare_metrics, evaluation_of_version
+from bridgenet.promote import MODEL_FINGERPRINT_TAG, decide, evaluation_of_version, gate_metrics
 
 LOGGER = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def register_category(
     lineage = lineage if lineage is not None else lineage_tags(repo_root, params)
     split = load_test_split(params, category)
     evaluation = trained_evaluation(params, category, split)
+    datasets = input_datasets(params, category, training_data_digest(params, category), evaluation)
     figures = category_figures(params, category)
     with tempfile.TemporaryDirectory(prefix=f"bridgenet-register-{category}-") as tmp:
         out = Path(tmp)
@@ -93,29 +95,38 @@ def register_category(
             params, category, summary, evaluation, figures, path, pyfunc_spec(params.data, category),
             preview_path=preview, repo_root=repo_root, trained_params=model.params, lineage=lineage,
             records=[category_dir(params, category) / EVALUATION_FILE],
-            datasets=input_datasets(params, category, lineage, evaluation),
+            datasets=datasets,
         )
     try:
         return _register_logged(params, category, model, summary, evaluation, figures, preview,
-                                split, lineage, logged)
+                                split, lineage, datasets, logged)
     except BaseException as exc:
         end_run_as(params, logged.run_id, "FAILED",
                    f"registration failed after the run was logged: {type(exc).__name__}: {exc}")
         raise
 
 
-def input_datasets(params: Params, category: str, lineage: dict[str, str],
+def training_data_digest(params: Params, category: str) -> str:
+    """sha256 of ``<data.root>/<category>`` (:func:`bridgenet.tracking.lineage.folder_digest`),
+    or ``unknown (...)`` saying why when the folder is not there (a registry fed from the cache)."""
+    from bridgenet.tracking.lineage import folder_digest
+
+    try:
+        return folder_digest(Path(params.data.root) / category)
+    except FileNotFoundError as exc:
+        LOGGER.warning("%s: training data digest unknown: %s", category, exc)
+        return f"unknown ({exc})"
+
+
+def input_datasets(params: Params, category: str, train_digest: str,
                    evaluation: CategoryEvaluation) -> list[dict[str, str]]:
     """The data the model was trained and tested on, as the run's inputs: the category's folder
-    under ``data.root`` with DVC's md5 of the data (when ``dvc.lock`` records one), and the
-    test split with its fingerprint."""
-    data_md5 = lineage.get("dvc.data_root.md5", "")
-    bare = data_md5.removesuffix(".dir")  # DVC marks a folder's md5 with ".dir"; data.root is one
-    known = len(bare) == 32 and all(c in "0123456789abcdef" for c in bare)
+    under ``data.root`` with its digest (:func:`training_data_digest`), and the test split
+    with its fingerprint (the preprocessed test samples the evaluation scored)."""
+    folder = Path(params.data.root) / category
     return [
-        {"name": f"{category}/train", "source": str(Path(params.data.root) / category / "train"),
-         "digest": data_md5 if known else "unknown", "context": "training"},
-        {"name": f"{category}/test", "source": str(Path(params.data.root) / category / "test"),
+        {"name": f"{category}/train", "source": str(folder), "digest": train_digest, "context": "training"},
+        {"name": f"{category}/test", "source": str(folder / "test"),
          "digest": evaluation.data_fingerprint or "unknown", "context": "test"},
     ]
 
@@ -136,48 +147,63 @@ def _register_logged(
     preview: Path | None,
     split: CachedSplit,
     lineage: dict[str, str],
+    datasets: list[dict[str, str]],
     logged: Any,
 ) -> dict[str, Any]:
-    """Register the logged run's model as challenger and log its model card."""
+    """Register the logged run's model as challenger, describe the registered model, log the model card."""
     from bridgenet.tracking import registry
-    from bridgenet.tracking.model_card import log_model_card, model_card_markdown
+    from bridgenet.tracking.model_card import (
+        log_model_card,
+        model_card_markdown,
+        registered_model_description,
+        ui_url,
+    )
 
     version = registry.register_challenger(
-        params, category, logged.model_uri, logged.run_id, evaluation.metrics, lineage,
-        extra_tags={
-            "threshold": model.threshold,
-            "best_epoch": model.epoch,
-            "model_id": logged.model_id,
-            MODEL_FINGERPRINT_TAG: evaluation.model_fingerprint,
-        },
+        params, category, logged.model_uri, logged.run_id, gate_metrics(evaluation), lineage,
+        extra_tags={"threshold": registry.metric_text(model.threshold),
+                    MODEL_FINGERPRINT_TAG: evaluation.model_fingerprint},
     )
+    promotion = params.promotion
+    registry.describe_registered_model(params, category, registered_model_description(params, category), {
+        "category": category,
+        "data": str(Path(params.data.root) / category),
+        "modalities": "+".join(params.model.modalities),
+        "gate": f"FPR <= {promotion.max_fpr_at_threshold:g}, recall >= {promotion.min_recall_at_threshold:g}, "
+                f"image AUROC >= {promotion.min_image_auroc:g}",
+    })
     champion = registry.alias_version(params, category, params.registry.champion_alias)
     champion_eval = None
     if champion is not None and champion.version != version.version:
         champion_eval = evaluation_of_version(params, category, champion, split)
-    comparison = (
-        compare_metrics(evaluation.metrics, champion_eval.evaluation.metrics, params.promotion.tolerances,
-                        params.promotion.floors())
-        if champion_eval
-        else None
-    )
+    gate = decide(evaluation, champion_eval.evaluation if champion_eval else None, promotion)
     card_figures = {
-        "Heatmaps (best and worst scored test samples)": f"figures/{figures['heatmaps'].name}",
-        "Training curves": f"figures/{figures['training_curves'].name}",
+        "ROC curve (test)": f"figures/{figures['roc'].name}",
+        "PRO curve (test)": f"figures/{figures['pro'].name}",
+        "Heatmaps: best and worst scored test parts": f"figures/{figures['heatmaps'].name}",
         "Image AUROC per defect type": f"figures/{figures['defect_auroc'].name}",
+        "Training curves": f"figures/{figures['training_curves'].name}",
     }
     if preview is not None:
         card_figures["Generated anomalies (validation)"] = f"figures/{preview.name}"
-    card = model_card_markdown(
-        params, category, version, logged.run_id, summary, evaluation, lineage, comparison,
-        (champion_eval.version, champion_eval.evaluation.metrics) if champion_eval else None,
-        card_figures,
-    )
-    card_uri = log_model_card(params, category, version, logged.run_id, card)
-    registry.set_version_description(params, version.name, version.version, card)
+    train, test = datasets
+    def card(figure_base: str) -> str:
+        return model_card_markdown(
+            params, category, version, {"id": logged.run_id, "name": logged.name, "user": logged.user},
+            summary, evaluation, lineage,
+            {"train_path": train["source"], "train_digest": train["digest"], "test_name": test["name"],
+             "test_path": test["source"]},
+            gate,
+            (champion_eval.version, gate_metrics(champion_eval.evaluation)) if champion_eval else None,
+            card_figures, figure_base,
+        )
+
+    card_uri = log_model_card(params, category, version, logged.run_id, card(ui_url(params)))
+    registry.set_version_description(params, version.name, version.version, card(""))
     return {
         "category": category,
         "run_id": logged.run_id,
+        "run_name": logged.name,
         "model_uri": logged.model_uri,
         "model_name": version.name,
         "version": str(version.version),
@@ -185,5 +211,5 @@ def _register_logged(
         "model_card": card_uri,
         "metrics": {k: float(v) for k, v in evaluation.metrics.items()},
         "champion_version": str(champion.version) if champion else None,
-        "would_promote": None if comparison is None else bool(comparison["promote"]),
+        "would_promote": None if champion_eval is None else bool(gate["promote"]),
     }

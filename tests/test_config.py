@@ -84,6 +84,20 @@ def test_cross_field_rules():
         params_from_dict({"promotion": {"tolerances": {"image_auroc": 0.1}}})
 
 
+def test_the_threshold_limits_of_the_gate_are_shares_and_off_at_their_ends():
+    with pytest.raises(ConfigError, match=r"promotion.max_fpr_at_threshold: got 1.5; .*less than or equal to 1"):
+        params_from_dict({"promotion": {"max_fpr_at_threshold": 1.5}})
+    with pytest.raises(ConfigError, match=r"promotion.min_recall_at_threshold: got -0.1"):
+        params_from_dict({"promotion": {"min_recall_at_threshold": -0.1}})
+    with pytest.raises(ConfigError, match=r"promotion.tolerances: .*unknown metrics \['fpr'\]"):
+        params_from_dict({"promotion": {"tolerances": {"image_auroc": 0.1, "aupro_30": 0.1, "fpr": 0.1}}})
+    project = load_params(Path(__file__).resolve().parents[1] / "params.yaml").promotion
+    assert project.caps() == {"fpr_at_threshold": 0.2}
+    assert project.floors() == {"image_auroc": 0.5, "recall_at_threshold": 0.5}
+    off = params_from_dict({"promotion": {"max_fpr_at_threshold": 1, "min_recall_at_threshold": 0}}).promotion
+    assert off.caps() == {} and "recall_at_threshold" not in off.floors()
+
+
 def test_int_is_accepted_for_a_float():
     assert params_from_dict({"train": {"lr_discriminator": 1}}).train.lr_discriminator == 1.0
 

@@ -1,12 +1,14 @@
-"""Lineage tags: where a model came from (git commit, DVC md5 of its data).
+"""Lineage: where a model came from (git commit, DVC md5 of its data, a digest of its category's folder).
 
 The md5 values are read from ``dvc.lock`` (stage ``preprocess``: its dependency
 ``data.root`` and its output ``data.cache_dir``); without a ``dvc.lock`` a tag
-says so instead of failing.
+says so instead of failing. DVC hashes the whole ``data.root``, the same for every
+category; :func:`folder_digest` names one category's data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -42,6 +44,22 @@ def _lock_key(repo_root: Path, path: str) -> str:
         except ValueError:
             return candidate.as_posix().rstrip("/")
     return Path(os.path.normpath(candidate)).as_posix().rstrip("/")
+
+
+def folder_digest(folder: Path | str) -> str:
+    """sha256 over every file under ``folder``, in path order: its path relative to ``folder``,
+    its size and its content. Raises FileNotFoundError naming a missing or empty folder."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"data folder {folder} does not exist or holds no file")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def dvc_data_hashes(repo_root: Path, params: Params) -> dict[str, str]:

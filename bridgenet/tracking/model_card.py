@@ -1,129 +1,265 @@
-"""The model card of a registered version (Markdown), logged with its run.
+"""The model card of a registered version (Markdown), and the gate's decision written above it.
 
-Holds provenance (run, git commit, DVC md5 of the data), the test metrics next
-to the current champion's on the same data, image AUROC per defect type and
-family, and the run's figures (heatmap sheet, training curves, ...).
+The card reads top-down as a reviewer decides: one plain line with the decision (or, before
+the gate ran, what it would decide), the deployed threshold's confusion counts, FPR, recall
+and precision beside AUROC and AU-PRO, the comparison with the champion, image AUROC and
+hits per defect type, the ROC and PRO curves and the other figures, the data (the training
+folder's digest, the test split's name and full fingerprint), the model, and a checklist.
+
+Figures are linked through the tracking server's ``get-artifact`` endpoint with the run's id
+(:func:`artifact_url`), the URL form MLflow's UI itself uses for artifact previews, so they
+show inline on the registry's version page served by ``mlflow ui`` or ``mlflow server``.
+The same text is logged as the run's ``model_card.md`` and is the version's description,
+which MLflow cuts at :data:`bridgenet.tracking.registry.DESCRIPTION_LIMIT` characters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
+import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 
 from bridgenet.config import Params
 from bridgenet.metrics import METRIC_KEYS
-from bridgenet.tracking.registry import metric_text, model_name, set_version_tags
+from bridgenet.tracking.registry import model_name, set_version_tags
 from bridgenet.tracking.runs import call_tracking, tracking_client
 
 MODEL_CARD = "model_card.md"
+CARD_HEADING = "# Model card: "  # everything above it in a description is the decision
+DASH = "–"
+THRESHOLD_KEYS = ("fpr_at_threshold", "recall_at_threshold", "precision_at_threshold")
+_COUNT_KEYS = {"n_test", "n_anomalous"}
 
 
-def _row(cells: list[str]) -> str:
+def number_text(value: Any, digits: int = 3) -> str:
+    """A number for a reader: ``digits`` decimals, integers as they are, a dash when undefined."""
+    if value is None or isinstance(value, bool):
+        return DASH
+    number = float(value)
+    if math.isnan(number):
+        return DASH
+    if number.is_integer() and isinstance(value, (int, np.integer)):
+        return str(int(number))
+    return f"{number:.{digits}f}"
+
+
+def artifact_url(run_id: str, path: str, base: str = "") -> str:
+    """URL of a run's artifact as MLflow's UI serves it: ``get-artifact?path=...&run_uuid=...``,
+    relative to the UI's root (``base`` empty: it holds under any host and ``--static-prefix``)
+    or under ``base`` (``http://host:port/``)."""
+    return f"{base}get-artifact?path={quote(path, safe='')}&run_uuid={quote(run_id, safe='')}"
+
+
+def ui_url(params: Params) -> str:
+    """Where the project's MLflow UI answers (ending in ``/``): the tracking server itself, or
+    ``mlflow ui`` on ``tracking.host:tracking.ui_port`` (as ``bridgenet summary`` says to run it)."""
+    uri = params.tracking.uri
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/") + "/"
+    return f"http://{params.tracking.host}:{params.tracking.ui_port}/"
+
+
+def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [_row(head), _row(["---"] * len(head)), *(_row(r) for r in rows)]
+
+
+def _gate_cell(key: str, decision: Mapping[str, Any]) -> str:
+    """What the gate asks of ``key`` and whether it holds (✓ / ✗), or empty when not gated."""
+    parts = []
+    if key in decision.get("metrics", {}):
+        row = decision["metrics"][key]
+        parts.append(f"{'✓' if row['passed'] else '✗'} tolerance {row['tolerance']:g}")
+    if key in decision.get("floors", {}):
+        row = decision["floors"][key]
+        parts.append(f"{'✓' if row['passed'] else '✗'} floor {row['floor']:g}")
+    if key in decision.get("caps", {}):
+        row = decision["caps"][key]
+        parts.append(f"{'✓' if row['passed'] else '✗'} cap {row['cap']:g}")
+    return "; ".join(parts)
+
+
+def comparison_table(
+    metrics: Mapping[str, float], champion: Mapping[str, float] | None, champion_version: str | None,
+    decision: Mapping[str, Any] | None,
+) -> list[str]:
+    """Every test metric and the threshold's rates: this version, the champion, the change and the gate."""
+    head = ["metric", "this version", f"champion v{champion_version}" if champion_version else "champion",
+            "change", "gate"]
+    rows = []
+    for key in (*METRIC_KEYS[:7], *THRESHOLD_KEYS, *sorted(_COUNT_KEYS)):
+        if key not in metrics:
+            continue
+        mine = metrics[key]
+        theirs = None if champion is None else champion.get(key)
+        change = None
+        if theirs is not None and not (math.isnan(float(mine)) or math.isnan(float(theirs))):
+            difference = float(mine) - float(theirs)
+            change = f"{int(difference):+d}" if key in _COUNT_KEYS else f"{difference:+.3f}"
+        value = int(mine) if key in _COUNT_KEYS else mine
+        other = int(theirs) if key in _COUNT_KEYS and theirs is not None else theirs
+        rows.append([key, number_text(value), number_text(other), change or DASH,
+                     _gate_cell(key, decision or {})])
+    return _table(head, rows)
+
+
+def decision_line(decision: Mapping[str, Any], champion_version: str | None, gated: bool,
+                  version: str, when: str = "") -> str:
+    """The decision in one plain line (no Markdown: lists show a description's first characters)."""
+    outcome, reason = decision.get("outcome") or ("promoted" if decision["promote"] else "rejected"), decision["reason"]
+    against = f"champion v{champion_version}" if champion_version else "no champion yet"
+    if not gated:
+        verdict = "would be promoted" if decision["promote"] else "would NOT be promoted"
+        return f"Challenger, not gated yet: against {against} it {verdict}. Reason: {reason}."
+    stamp = f" on {when.replace('T', ' ').replace('Z', ' UTC')}" if when else ""
+    if outcome == "promoted":
+        return f"PROMOTED{stamp}: v{version} is the champion (was: {against}). Reason: {reason}."
+    if outcome == "unchanged":
+        return f"UNCHANGED{stamp}: v{version} is already the champion."
+    kept = f"v{champion_version} stays the champion" if champion_version else "there is no champion"
+    return f"REJECTED{stamp}: v{version} stays challenger, {kept}. Reason: {reason}."
+
+
+def decision_markdown(report: Mapping[str, Any]) -> str:
+    """The top of a version's description after the gate ran (``report`` as :mod:`bridgenet.promote` writes it)."""
+    before = report.get("champion_before") or {}
+    version = str(report["challenger"]["version"])
+    line = decision_line({"outcome": report["decision"], "promote": report["promoted"], "reason": report["reason"]},
+                         before.get("version"), True, version, report.get("time", ""))
+    at = report["challenger"].get("at_threshold") or {}
+    counts = (f"At the threshold: {at['fp']} of {at['fp'] + at['tn']} good test parts rejected, "
+              f"{at['tp']} of {at['tp'] + at['fn']} defective ones found." if at else "")
+    return f"{line} {counts}".rstrip() + "\n\n"
+
+
+def with_decision(description: str, decision_text: str) -> str:
+    """``description`` with ``decision_text`` on top, in place of whatever stood above the card."""
+    at = description.find(CARD_HEADING)
+    card = description[at:] if at >= 0 else description
+    return f"{decision_text.rstrip()}\n\n{card.lstrip()}"
+
+
+def gate_limits(promotion: Any) -> str:
+    """The gate's absolute limits in one sentence (``promotion``: a :class:`bridgenet.config.PromotionConfig`)."""
+    names = {"fpr_at_threshold": "FPR", "recall_at_threshold": "recall", "image_auroc": "image AUROC",
+             "aupro_30": "AU-PRO@0.3"}
+    limits = [f"{names.get(k, k)} ≤ {v:g}" for k, v in promotion.caps().items()]
+    limits += [f"{names.get(k, k)} ≥ {v:g}" for k, v in promotion.floors().items()]
+    tolerances = ", ".join(f"{k} {v:g}" for k, v in promotion.tolerances.items())
+    return (f"Gate: {', '.join(limits) or 'no absolute limits'}; largest loss against the champion: "
+            f"{tolerances}.")
+
+
+def per_defect_rows(evaluation: Any) -> list[list[str]]:
+    """Defect type, family, image AUROC and how many of its parts the deployed threshold flags."""
+    families = (getattr(evaluation, "extras", None) or {}).get("families", {})
+    defects = np.asarray(evaluation.defects)
+    decided = np.asarray(evaluation.decisions)
+    rows = []
+    for defect in sorted((set(evaluation.per_defect) | set(defects.tolist())) - {"good"}):
+        mask = defects == defect
+        flagged = f"{int(decided[mask].sum())} of {int(mask.sum())}"
+        rows.append([defect, families.get(defect, DASH), number_text(evaluation.per_defect.get(defect)), flagged])
+    good = defects == "good"
+    rows.append(["good (for reference)", DASH, DASH, f"{int(decided[good].sum())} of {int(good.sum())} rejected"])
+    return rows
 
 
 def model_card_markdown(
     params: Params,
     category: str,
     version: ModelVersion,
-    run_id: str,
+    run: Mapping[str, str],
     summary: Mapping[str, Any],
     evaluation: Any,
     lineage: Mapping[str, str],
-    comparison: Mapping[str, Any] | None,
+    data: Mapping[str, str],
+    gate: Mapping[str, Any],
     champion: tuple[str, Mapping[str, float]] | None,
     figures: Mapping[str, str],
+    figure_base: str = "",
 ) -> str:
-    """The model card (Markdown) of one registered version.
+    """The model card (Markdown) of one registered version, a decision-line preview on top.
 
-    ``evaluation`` has ``metrics``, ``per_defect``, ``per_family``, ``threshold`` and
-    ``extras`` (a :class:`bridgenet.evaluate.CategoryEvaluation`); ``champion`` is the
-    current champion's (version, metrics on the same data), ``comparison`` the
-    promotion decision between the two. ``figures`` maps a title to a path relative
-    to the card (the card and a ``figures/`` folder are artifacts of the same run).
+    ``run``: the run's ``id``, ``name`` and ``user``. ``evaluation``: a
+    :class:`bridgenet.evaluate.CategoryEvaluation` (its ``at_threshold()`` gives the counts).
+    ``data``: ``train_path``, ``train_digest``, ``test_name``, ``test_path``. ``gate``: the
+    gate's decision for this version now (:func:`bridgenet.promote.decide`); ``champion``:
+    (version, its gate metrics on the same test split) or None. ``figures``: title -> the
+    artifact path in the run (``figures/roc_bagel.png``), linked under ``figure_base``
+    (:func:`artifact_url`): empty for the version's description, which the registry page
+    renders relative to the UI; :func:`ui_url` for ``model_card.md``, whose viewer in the
+    UI shows only images with an absolute URL.
     """
     name = model_name(params, category)
     m = params.model
-    git = f"`{lineage.get('git.commit', 'unknown')}` (dirty: {lineage.get('git.dirty', 'unknown')})"
-    data_md5 = lineage.get("dvc.data_root.md5", lineage.get("dvc.lock"))
-    cache_md5 = lineage.get("dvc.cache_dir.md5", lineage.get("dvc.lock"))
-    epochs = summary.get("epochs", len(summary.get("history") or []))
-    threshold = metric_text(summary.get("threshold", evaluation.threshold))
+    at = evaluation.at_threshold()
+    metrics = {**evaluation.metrics, **{f"{k}_at_threshold": at[k] for k in ("fpr", "recall", "precision")}}
+    champion_version, champ = champion if champion else (None, None)
+    threshold = number_text(evaluation.threshold)  # the model file's: what it deploys
+    n_good, n_bad = at["fp"] + at["tn"], at["tp"] + at["fn"]
+    commit = lineage.get("git.commit", "")
+    commit = commit[:12] if commit[:12].isalnum() else "unknown"
     lines = [
-        f"# Model card: {name}, version {version.version}",
+        decision_line(gate, champion_version, False, str(version.version)),
         "",
-        f"BridgeNet anomaly detector (RGB + point cloud) for the **{category}** category, "
-        + "trained on defect-free samples only.",
+        f"{CARD_HEADING}{name}, version {version.version}",
         "",
-        "## Provenance",
+        (f"Anomaly detector for **{category}** parts (RGB + point cloud, trained on good parts only); "
+        f"registered by {run.get('user', DASH)} from run `{run.get('name', run['id'])}`."),
         "",
-        f"- MLflow run: `{run_id}`; model: `{version.source}`",
-        f"- git commit: {git}",
-        f"- data (`{params.data.root}`) md5: `{data_md5}`",
-        f"- preprocessed cache (`{params.data.cache_dir}`) md5: `{cache_md5}`",
-        f"- backbone `{m.backbone}` (layers {list(m.layers)}), embed {m.embed_dim}, "
-        + f"modalities {list(m.modalities)}, input {params.data.image_size} px",
-        f"- scorer `{m.scorer}`" + (f" (discriminator weight {m.fusion_weight})" if m.scorer == "fused" else "")
-        + f"; memory bank: coreset ratio {m.memory.coreset_ratio}, at most {m.memory.max_bank} per modality",
-        f"- trained {epochs} epochs, selected epoch {summary.get('best_epoch')} on the validation "
-        + f"split; decision threshold {threshold}",
+        f"## The deployed decision on the test split (threshold {threshold})",
         "",
-        "## Test metrics",
+        f"- **false rejects: {at['fp']} of {n_good} good parts** (FPR {number_text(at['fpr'])})",
+        (f"- **defects found: {at['tp']} of {n_bad} defective parts** (recall {number_text(at['recall'])}), "
+        f"precision {number_text(at['precision'])}"),
+        f"- image AUROC {number_text(metrics['image_auroc'])}, AU-PRO@0.3 {number_text(metrics['aupro_30'])}",
+        "",
+        *_table(["", "flagged defective", "passed as good"],
+                [[f"defective parts ({n_bad})", f"TP {at['tp']}", f"FN {at['fn']}"],
+                 [f"good parts ({n_good})", f"FP {at['fp']}", f"TN {at['tn']}"]]),
+        "",
+        gate_limits(params.promotion),
+        "",
+        "## Against the champion (same test split)",
+        "",
+        *comparison_table(metrics, champ, champion_version, gate),
+        "",
+        "## Per defect type",
+        "",
+        *_table(["defect type", "family", "image AUROC", "flagged at threshold"], per_defect_rows(evaluation)),
         "",
     ]
-    champion_version, champ_metrics = champion if champion else (None, None)
-    head = ["metric", f"v{version.version} (this)"]
-    if champion:
-        head += [f"champion v{champion_version}", "change", "tolerance"]
-    lines += [_row(head), _row(["---"] * len(head))]
-    tolerances = params.promotion.tolerances
-    for key in METRIC_KEYS:
-        cells = [key, metric_text(evaluation.metrics.get(key))]
-        if champ_metrics:
-            change = float(evaluation.metrics[key]) - float(champ_metrics[key])
-            cells += [
-                metric_text(champ_metrics[key]),
-                metric_text(change),
-                str(tolerances[key]) if key in tolerances else "",
-            ]
-        lines.append(_row(cells))
-    lines += ["", "## Comparison with the current champion", ""]
-    if comparison is None or champion is None:
-        lines.append("No champion yet: this version becomes the champion when promoted.")
-    else:
-        verdict = "would be promoted" if comparison["promote"] else "would NOT be promoted"
-        lines.append(
-            f"Evaluated on the same test split as champion v{champion_version}: "
-            f"{verdict} ({comparison['reason']})."
-        )
+    lines += ["## Curves and figures", ""]
+    for title, path in figures.items():
+        lines += [f"**{title}**", "", f"![{title}]({artifact_url(run['id'], path, figure_base)})", ""]
     lines += [
+        "## Data and model",
         "",
-        "## Image AUROC per defect type",
+        f"- training data: `{data['train_path']}`, sha256 `{data['train_digest']}`",
+        (f"- test split: `{data['test_name']}` (`{data['test_path']}`, {n_good + n_bad} parts), "
+        f"fingerprint `{evaluation.data_fingerprint}`"),
+        (f"- git `{commit}` (dirty: {lineage.get('git.dirty', DASH)}); "
+        f"DVC md5 of `{params.data.root}`: `{lineage.get('dvc.data_root.md5', lineage.get('dvc.lock', DASH))}`"),
+        (f"- `{m.backbone}` layers {list(m.layers)}, {' + '.join(m.modalities)}, scorer `{m.scorer}`, "
+        f"{summary.get('epochs', len(summary.get('history') or []))} epochs, selected epoch "
+        f"{summary.get('best_epoch')}; threshold = {params.train.threshold_quantile} quantile of "
+        "validation goods"),
         "",
-        _row(["defect type", "family", "image AUROC"]),
-        _row(["---"] * 3),
-    ]
-    families = evaluation.extras.get("families", {}) if getattr(evaluation, "extras", None) else {}
-    for defect, value in sorted(evaluation.per_defect.items()):
-        lines.append(_row([defect, families.get(defect, ""), metric_text(value)]))
-    if evaluation.per_family:
-        lines += ["", _row(["defect family", "image AUROC"]), _row(["---"] * 2)]
-        lines += [_row([fam, metric_text(v)]) for fam, v in sorted(evaluation.per_family.items())]
-    lines += ["", "## Figures", ""]
-    for title, rel in figures.items():
-        lines += [f"### {title}", "", f"![{title}]({rel})", ""]
-    lines += [
-        "## Intended use and limits",
+        "## Reviewer's checklist",
         "",
-        (
-            f"Flags samples whose image score exceeds the threshold (the "
-            f"{params.train.threshold_quantile} quantile of good validation scores) and localises the "
-            "defect with the anomaly map. Scores are comparable only within a category. Validated on "
-            "the test split named above; data from another sensor, lighting or object pose needs "
-            "re-validation."
-        ),
+        "- [ ] false rejects (FP) acceptable for the line's scrap rate",
+        "- [ ] recall per defect type: no type the line cares about is missed",
+        "- [ ] heatmaps: hot spots sit on the defects, not on the background or edges",
+        "- [ ] same test fingerprint as the champion's card; training data digest as expected",
+        "- [ ] git not dirty; run FINISHED",
         "",
     ]
     return "\n".join(lines)
@@ -138,3 +274,21 @@ def log_model_card(
     uri = f"runs:/{run_id}/{MODEL_CARD}"
     set_version_tags(params, model_name(params, category), version.version, {"model_card": uri})
     return uri
+
+
+def registered_model_description(params: Params, category: str) -> str:
+    """What the models list and the model page say about ``<prefix>-<category>``."""
+    reg = params.registry
+    name = model_name(params, category)
+    return (
+        f"Anomaly detector for {category} parts: an RGB image and an organised point cloud in, an image "
+        f"score, an anomaly map and a good/defective decision out. Trained on good parts only.\n\n"
+        f"- data: `{params.data.root}/{category}` ({params.data.format}); test split with labelled defects\n"
+        f"- `@{reg.champion_alias}` is what serves (`bridgenet predict --model models:/{name}@{reg.champion_alias}`),"
+        f" `@{reg.challenger_alias}` the latest registration\n"
+        f"- review a version: its description opens with the gate's decision, then the card (false "
+        f"rejects and recall at the deployed threshold, the comparison with the champion, per-defect "
+        f"hits, ROC / PRO, heatmaps, data digests, a checklist); `bridgenet promote -c {category}` gates\n"
+        "- input: `rgb` (H, W, 3) uint8 and `xyz` (H, W, 3) float metres, or `rgb_png` / `xyz_tiff` "
+        "base64 files: the schema lists the outputs only, as the model takes either form\n"
+    )

@@ -95,7 +95,7 @@ def download_model_file(
     """Local path of the ``model.pt`` inside a logged pyfunc model.
 
     ``uri`` is ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
-    ``models:/m-ID``, ``runs:/RUN_ID/model`` or an artifact URI of the model
+    ``models:/m-ID``, ``runs:/RUN_ID/NAME`` (the logged model's name) or an artifact URI of the model
     folder; ``tracking_uri`` (default: MLflow's current one) serves as the
     registry too. Local stores give the stored file itself, remote ones a
     download under ``dst_dir`` (default: a temporary folder). Errors name the URI.

@@ -20,15 +20,20 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from bridgenet.config import Params
-from bridgenet.tracking.runs import call_tracking, configure_tracking, tracking_client
+from bridgenet.tracking.runs import (
+    call_tracking,
+    configure_tracking,
+    registered_name,
+    tracking_client,
+)
 
 LOGGER = logging.getLogger(__name__)
 _MISSING_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
 
 def model_name(params: Params, category: str) -> str:
-    """Registered model name of ``category``: ``<registry.prefix>-<category>``."""
-    return f"{params.registry.prefix}-{category}"
+    """Registered model name of ``category``: ``<registry.prefix>-<category>`` (its logged models' too)."""
+    return registered_name(params, category)
 
 
 def alias_version(params: Params, category: str, alias: str) -> ModelVersion | None:
@@ -45,11 +50,11 @@ def alias_version(params: Params, category: str, alias: str) -> ModelVersion | N
 
 
 def metric_text(value: Any) -> str:
-    """A metric as a tag value: 6 significant digits, ``nan`` when undefined."""
+    """A metric as a tag value: 4 decimals, ``undefined`` when it is (nan or None)."""
     return (
-        "nan"
+        "undefined"
         if value is None or (isinstance(value, float) and math.isnan(value))
-        else f"{float(value):.6g}"
+        else f"{float(value):.4f}"
     )
 
 
@@ -77,6 +82,20 @@ def version_description(params: Params, name: str, version: str) -> str:
     return call_tracking(params.tracking, tracking_client(params).get_model_version, name, version).description or ""
 
 
+VERSION_LINEAGE_TAGS = ("git.commit", "dvc.data_root.md5", "dvc.cache_dir.md5")
+VERSION_METRIC_TAGS = ("image_auroc", "aupro_30", "fpr_at_threshold", "recall_at_threshold")
+
+
+def version_tags(category: str, metrics: Mapping[str, float], lineage: Mapping[str, str]) -> dict[str, str]:
+    """What a reviewer filters versions on (the rest is in the model card): the category, the
+    commit and DVC md5s of the data, and the headline test metrics (``test.<metric>``)."""
+    tags = {"category": category, **{k: lineage[k] for k in VERSION_LINEAGE_TAGS if k in lineage}}
+    if not any(k.startswith("dvc.") for k in tags) and "dvc.lock" in lineage:
+        tags["dvc.lock"] = lineage["dvc.lock"]  # says why the data hashes are unknown
+    tags.update({f"test.{k}": metric_text(metrics[k]) for k in VERSION_METRIC_TAGS if k in metrics})
+    return tags
+
+
 def register_challenger(
     params: Params,
     category: str,
@@ -88,15 +107,12 @@ def register_challenger(
 ) -> ModelVersion:
     """Register ``model_uri`` as a new version of ``<prefix>-<category>`` with the challenger alias.
 
-    The version is tagged with ``lineage`` (git commit, DVC md5 of the data),
-    the test metrics (``test.<metric>``), ``category``, ``run_id`` and
-    ``extra_tags``.
+    The version is tagged with :func:`version_tags` of ``test_metrics`` (the gate's metrics,
+    :func:`bridgenet.promote.gate_metrics`) and ``lineage``, and with ``extra_tags``.
     """
     configure_tracking(params)
     cfg, name = params.tracking, model_name(params, category)
-    tags = {"category": category, "run_id": run_id, **dict(lineage)}
-    tags.update({f"test.{k}": metric_text(v) for k, v in test_metrics.items()})
-    tags.update(extra_tags or {})
+    tags = {**version_tags(category, test_metrics, lineage), **(extra_tags or {})}
     version = call_tracking(
         cfg,
         mlflow.register_model,
@@ -120,6 +136,15 @@ def register_challenger(
         params.registry.challenger_alias,
     )
     return version
+
+
+def describe_registered_model(params: Params, category: str, description: str,
+                              tags: Mapping[str, Any]) -> None:
+    """The registered model's description and tags (what the models list and the model page show)."""
+    client, name = tracking_client(params), model_name(params, category)
+    call_tracking(params.tracking, client.update_registered_model, name, description)
+    for key, value in tags.items():
+        call_tracking(params.tracking, client.set_registered_model_tag, name, key, str(value)[:5000])
 
 
 def set_alias(params: Params, category: str, alias: str, version: str) -> None:

@@ -320,6 +320,8 @@ class LoggedTrainingRun:
     experiment_id: str
     model_uri: str
     model_id: str
+    name: str = ""  # the run's readable name (:func:`run_name`)
+    user: str = ""
 
 
 def _finite(value: Any) -> bool:
@@ -339,15 +341,19 @@ def epoch_metrics(history: list[Mapping[str, Any]], timestamp_ms: int) -> list[M
     return out
 
 
-def evaluation_metrics(evaluation: Any, timestamp_ms: int) -> list[Metric]:
-    """Test metrics ``test_<key>``, ``test_auroc_defect_<type>`` and ``test_auroc_family_<family>``."""
+def evaluation_metrics(evaluation: Any, timestamp_ms: int, model_id: str | None = None,
+                       dataset: Mapping[str, str] | None = None) -> list[Metric]:
+    """Test metrics ``test_<key>``, ``test_auroc_defect_<type>``, ``test_auroc_family_<family>`` and
+    ``test_at_threshold_<count or rate>``; of logged model ``model_id``, measured on ``dataset``."""
     values = {f"test_{k}": v for k, v in evaluation.metrics.items()}
     values.update({f"test_auroc_defect_{k}": v for k, v in evaluation.per_defect.items()})
     values.update({f"test_auroc_family_{k}": v for k, v in evaluation.per_family.items()})
     if hasattr(evaluation, "at_threshold"):  # the deployed decision's confusion counts and rates
         values.update({f"test_at_threshold_{k}": v for k, v in evaluation.at_threshold().items()})
+    name, digest = (dataset["name"], _stored_digest(dataset)) if dataset else (None, None)
     # nan (undefined, e.g. no anomalous pixel) is stored as nan rather than dropped
-    return [Metric(k, float(v), timestamp_ms, 0) for k, v in values.items() if v is not None]
+    return [Metric(k, float(v), timestamp_ms, 0, model_id=model_id, dataset_name=name, dataset_digest=digest)
+            for k, v in values.items() if v is not None]
 
 
 def _log_in_batches(
@@ -396,10 +402,13 @@ test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
     ``per_family`` mappings, such as :class:`bridgenet.evaluate.CategoryEvaluation`);
     the PNG ``figures`` (name -> path, e.g. the heatmap sheet) and ``preview_path``
     under ``figures/``; the ``records`` files (the stored evaluation) under
-    ``evaluation/``; lineage tags; the pyfunc model (``name="model"``) built from
-    ``model_path`` as ``pyfunc`` describes it; the ``datasets`` it read (``name``,
-    ``source``, ``digest``, ``context``: training or test) as the run's inputs; the
-    user and the command as the run's source.
+    ``evaluation/``; lineage tags; the pyfunc model, named ``<registry.prefix>-<category>``,
+    built from ``model_path`` as ``pyfunc`` describes it and holding the model file's
+    validation metrics (``best_*``: the selected epoch, scored as the file scores), its
+    threshold and the test metrics (with the test data set); the ``datasets`` it
+    read (``name``, ``source``, ``digest``, ``context``: training or test; the full digest
+    as the input's ``sha256`` tag) as the run's inputs; the user and the command as the
+    run's source; a readable name (:func:`run_name`) and a description.
 
     ``trained_params`` (default ``params``) are the params the model was
     trained with, logged as the run's params; ``params`` gives the tracking
@@ -418,22 +427,34 @@ test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
             raise FileNotFoundError(f"figure {name!r}: file {path} does not exist")
     experiment_id = configure_tracking(params)
     client = tracking_client(params)
+    lineage = lineage if lineage is not None else lineage_tags(repo_root, params)
+    name = run_name(category, lineage)
     tags = {
         "category": category,
-        "bridgenet.stage": "train",
-        "mlflow.runName": f"{category}",
-        **(lineage if lineage is not None else lineage_tags(repo_root, params)),
+        "bridgenet.stage": "register",  # the stage that logs it (the model was trained before)
+        "mlflow.runName": name,
+        "mlflow.note.content": run_description(category, registered_name(params, category), summary, datasets),
+        **lineage,
     }
     if summary.get("device"):
         tags["device"] = str(summary["device"])
     tags.setdefault("mlflow.user", _user())
     tags.setdefault("mlflow.source.name", Path(sys.argv[0]).name or "python")
     tags.setdefault("mlflow.source.type", "LOCAL")
-    run = call_tracking(cfg, client.create_run, experiment_id, run_name=category, tags=tags)
+    run = call_tracking(cfg, client.create_run, experiment_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     status = "FAILED"
     try:
         call_tracking(cfg, mlflow.start_run, run_id=run_id, nested=mlflow.active_run() is not None)
+        # before any metric: MLflow links every metric already logged at the model's step (epoch 0's)
+        # to it; the model file's validation metrics and the test metrics are linked to it below
+        info = call_tracking(cfg, pyfunc_module.log_pyfunc_model, model_path, pyfunc,
+                             registered_name(params, category))
+        # the test split first: the run page shows the first input and "+1" for the others
+        for dataset in sorted(datasets, key=lambda d: d["context"] != "test"):
+            call_tracking(cfg, mlflow.log_input, _meta_dataset(dataset), context=dataset["context"],
+                          tags={"sha256": str(dataset["digest"])})
+        test_set = next((d for d in datasets if d["context"] == "test"), None)
         now = int(time.time() * 1000)
         scalars = {f"best_{k}": v for k, v in (summary.get("validation") or {}).items()}
         scalars.update(
@@ -450,8 +471,9 @@ test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
             }
         )
         metrics = epoch_metrics(list(summary.get("history") or []), now)
-        metrics += [Metric(k, float(v), now, 0) for k, v in scalars.items() if _finite(v)]
-        metrics += evaluation_metrics(evaluation, now)
+        # the model file's own numbers (the selected epoch, scored as the file scores): the model's too
+        metrics += [Metric(k, float(v), now, 0, model_id=info.model_id) for k, v in scalars.items() if _finite(v)]
+        metrics += evaluation_metrics(evaluation, now, info.model_id, test_set)
         logged_params = trained_params or params
         flat = [Param(k, _param_value(v)) for k, v in sorted(logged_params.flat().items())]
         _log_in_batches(cfg, client, run_id, metrics=metrics, params=flat)
@@ -465,14 +487,11 @@ test metrics of ``evaluation`` (anything with ``metrics``, ``per_defect`` and
             call_tracking(cfg, client.log_artifact, run_id, str(path), "figures")
         for path in records:
             call_tracking(cfg, client.log_artifact, run_id, str(path), "evaluation")
-        for dataset in datasets:
-            call_tracking(cfg, mlflow.log_input, _meta_dataset(dataset), context=dataset["context"])
-        info = call_tracking(cfg, pyfunc_module.log_pyfunc_model, model_path, pyfunc)
         status = "FINISHED"
     finally:
         end_run_as(params, run_id, status, "" if status == "FINISHED" else "logging the run failed")
     LOGGER.info("logged %s training run %s, model %s", category, run_id, info.model_uri)
-    return LoggedTrainingRun(run_id, experiment_id, info.model_uri, info.model_id)
+    return LoggedTrainingRun(run_id, experiment_id, info.model_uri, info.model_id, name, tags["mlflow.user"])
 
 
 def _user() -> str:
@@ -484,8 +503,13 @@ def _user() -> str:
         return "unknown"
 
 
+def _stored_digest(dataset: Mapping[str, str]) -> str:
+    """The digest as MLflow keeps it (36 characters); the full one is the input's ``sha256`` tag."""
+    return str(dataset["digest"])[:36]
+
+
 def _meta_dataset(dataset: Mapping[str, str]) -> Any:
-    """A dataset as MLflow records it (name, source, digest; MLflow keeps 36 digest characters)."""
+    """A dataset as MLflow records it (name, source, digest cut to what MLflow keeps)."""
     import warnings
 
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -494,7 +518,39 @@ def _meta_dataset(dataset: Mapping[str, str]) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "can be interpreted in multiple ways": a local path
         source = resolve_dataset_source(str(Path(dataset["source"]).resolve()))
-    return MetaDataset(source, name=dataset["name"], digest=str(dataset["digest"])[:36])
+    return MetaDataset(source, name=dataset["name"], digest=_stored_digest(dataset))
+
+
+def registered_name(params: Params, category: str) -> str:
+    """The name of a category's logged model and registered model: ``<registry.prefix>-<category>``."""
+    return f"{params.registry.prefix}-{category}"
+
+
+def run_name(category: str, lineage: Mapping[str, str], when: float | None = None) -> str:
+    """A run's readable name: category, UTC date and time, short commit (``bagel 2025-06-01 14:03 1a2b3c4``)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(when))
+    commit = lineage.get("git.commit", "")
+    short = commit[:7] if len(commit) >= 7 and all(c in "0123456789abcdef" for c in commit[:7]) else "no-git"
+    dirty = "+dirty" if lineage.get("git.dirty") == "true" else ""
+    return f"{category} {stamp} {short}{dirty}"
+
+
+def _rounded(value: Any) -> Any:
+    return f"{value:.3f}" if _finite(value) else value
+
+
+def run_description(category: str, model: str, summary: Mapping[str, Any],
+                    datasets: Sequence[Mapping[str, str]]) -> str:
+    """The run's description (its page's first text): what it holds and where its data came from."""
+    data = "; ".join(f"{d['context']}: `{d['source']}`" for d in datasets) or "not recorded"
+    return (
+        f"BridgeNet model of **{category}**, trained by the train stage and logged by `bridgenet register`: "
+        f"{summary.get('epochs', len(summary.get('history') or []))} epochs (metrics per epoch, step = epoch), "
+        f"the model file of the selected epoch {summary.get('best_epoch')} as logged model "
+        f"`{model}` with its validation and test metrics, test metrics (`test_*`, "
+        f"`test_at_threshold_*` at the deployed threshold {_rounded(summary.get('threshold'))}), figures and the "
+        f"model card (`model_card.md`). Data: {data}."
+    )
 
 
 def _finish_run(client: MlflowClient, run_id: str, status: str) -> None:

@@ -18,6 +18,6 @@ def test_ruff_passes():
     binary = str(binary) if binary.exists() else shutil.which("ruff")
     if binary is None:
         pytest.fail("ruff is not installed (it comes with the dev extra)")
-    result = subprocess.run([binary, "check", "bridgenet", "flows", "tests", "bench"], cwd=REPO,
+    result = subprocess.run([binary, "check", "bridgenet", "flows", "tests", "bench", "scripts"], cwd=REPO,
                             check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

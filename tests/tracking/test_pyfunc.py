@@ -209,7 +209,7 @@ def test_predict_resolves_registry_uris(registry, tiny, tmp_path):
     assert prediction.anomaly_map.shape == rgb.shape[:2] and np.isfinite(prediction.score)
     assert prediction.anomalous == (prediction.score > model.threshold)
     run_id = registry["registered"]["bagel"]["run_id"]
-    assert download_model_file(f"runs:/{run_id}/model", uri).name == "model.pt"
+    assert download_model_file(f"runs:/{run_id}/bridgenet-bagel", uri).name == "model.pt"  # the logged model's name
     assert download_model_file(registry["registered"]["bagel"]["model_uri"], uri).is_file()
     folder = tiny.root / "data" / "bagel" / "test" / "good"
     result = CliRunner().invoke(

@@ -96,7 +96,7 @@ def test_tracking_server_logs_registers_and_fails_clearly_when_down(
         versions = client.search_model_versions("name='bridgenet-bagel'")
         assert [int(v.version) for v in versions] == [1]
         assert (
-            client.get_model_version_by_alias("bridgenet-bagel", "challenger").tags["run_id"]
+            client.get_model_version_by_alias("bridgenet-bagel", "challenger").run_id
             == result["run_id"]
         )
     finally:
