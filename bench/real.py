@@ -140,8 +140,17 @@ def cache_dir(work: Path, params: Params) -> Path:
 SCORING_KEYS = ("scorer", "fusion_weight", "image_score", "memory_fusion", "map_smoothing_sigma")
 
 
+# the params sections a run reads; tracking, registry, promotion, schedule, serving and
+# scale-out settings change no result, so a change to them reuses every result
+RUN_SECTIONS = ("data", "model", "anomalies", "train", "eval", "category_overrides")
+
+
+def _run_part(raw: dict[str, Any]) -> dict[str, Any]:
+    return {key: raw[key] for key in RUN_SECTIONS if key in raw}
+
+
 def _training_part(raw: dict[str, Any]) -> dict[str, Any]:
-    raw = json.loads(json.dumps(raw, default=str))
+    raw = json.loads(json.dumps(_run_part(raw), default=str))
     for key in SCORING_KEYS:
         raw["model"].pop(key, None)
     return raw
@@ -170,8 +179,8 @@ def run_params(base: Params, work: Path, category: str, config: str, seed: int) 
 
 
 def params_digest(params: Params) -> str:
-    """Digest of every resolved parameter of a run: a result is reused only under the same one."""
-    return digest(params.to_dict())
+    """Digest of every resolved parameter a run reads: a result is reused only under the same one."""
+    return digest(_run_part(params.to_dict()))
 
 
 def train_digest(params: Params) -> str:
@@ -598,6 +607,33 @@ def headline(label: str, cell: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- the command line
+
+PATH_FLAGS = {"--data-root": "ROOT", "--work": "WORK", "--out": "OUT"}
+
+
+def portable_command(argv: list[str]) -> str:
+    """The command line as it can be published: this machine's paths become ROOT, WORK, OUT.
+
+    ``--summary-only`` is left out: the full command reuses every result and writes the same summary.
+    """
+    words, hide = ["python", "bench/real.py"], None
+    for word in (w for w in argv if w != "--summary-only"):
+        flag, eq, _ = word.partition("=")
+        if hide:
+            words.append(hide)
+            hide = None
+        elif eq and flag in PATH_FLAGS:
+            words.append(f"{flag}={PATH_FLAGS[flag]}")
+        else:
+            words.append(word)
+            hide = PATH_FLAGS.get(word)
+    return shlex.join(words)
+
+
+def portable_run(run: dict[str, Any], work: Path) -> dict[str, Any]:
+    """A run record for the summary: its model file relative to WORK, not this machine's path."""
+    model = Path(run.get("model", ""))
+    return {**run, "model": str(model.relative_to(work)) if model.is_relative_to(work) else model.name}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, required=True, help="an MVTec 3D-AD root (never copied)")
@@ -736,14 +772,15 @@ def main(argv: list[str] | None = None) -> None:
     targets = check_targets(table, args.categories)
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "date": date.today().isoformat(),
-               "command": shlex.join(["python", "bench/real.py", *(sys.argv[1:] if argv is None else argv)])}
+               "command": portable_command(sys.argv[1:] if argv is None else argv)}
     text = markdown(table, args.categories, targets, machine)
     json_path, md_path = args.out / f"real_{args.name}.json", args.out / f"real_{args.name}.md"
     write_json(json_path, {
-        "name": args.name, "machine": machine, "data_root": str(args.data_root.resolve()),
+        "name": args.name, "machine": machine, "data_root": "ROOT",
         "categories": args.categories, "seeds": args.seeds, "configs": {c: CONFIGS[c] for c in args.configs},
         "set": args.sets, "bench_digest": bench_digest(base), "results": table, "targets": targets,
-        "published": {"source": PUBLISHED_SOURCE, "figures": PUBLISHED}, "runs": runs, "peers": peers})
+        "published": {"source": PUBLISHED_SOURCE, "figures": PUBLISHED},
+        "runs": [portable_run(run, work) for run in runs], "peers": peers})
     md_path.write_text(text)
     print(text)
     print(f"wrote {json_path} and {md_path}")

@@ -24,6 +24,8 @@ from bench.real import (
     params_digest,
     peer_digest,
     peer_rows,
+    portable_command,
+    portable_run,
     run_params,
     run_path,
     run_rows,
@@ -152,6 +154,16 @@ def test_a_result_is_reused_only_under_the_params_it_was_made_with(tmp_path):
     assert current_record(path, params_digest(params)) is None
 
 
+def test_settings_no_run_reads_reuse_every_result(tmp_path):
+    root, work = tmp_path / "root", tmp_path / "work"
+    base = base_params(root, [])
+    params = run_params(base, work, "cable_gland", "rgb+depth", 0)
+    elsewhere = base_params(root, ["promotion.max_fpr_at_threshold=0.5", "tracking.ui_port=5999",
+                                   "schedule.cron=0 4 * * 1"])
+    other = run_params(elsewhere, work, "cable_gland", "rgb+depth", 0)
+    assert bench_digest(elsewhere) == bench_digest(base)
+    assert (params_digest(other), train_digest(other)) == (params_digest(params), train_digest(params))
+
 def test_a_change_of_scoring_keys_rescores_the_saved_model_and_any_other_change_retrains(tmp_path):
     root, work = tmp_path / "root", tmp_path / "work"
     base = base_params(root, [])
@@ -270,3 +282,15 @@ def test_the_peer_reads_the_depth_image_of_the_model_or_the_height_map():
     assert PeerSettings().depth_input == "model"
     with pytest.raises(ValueError, match="depth_input"):
         PeerSettings(depth_input="relief")
+
+
+def test_the_published_summary_names_no_path_of_this_machine(tmp_path):
+    command = portable_command(["--data-root", "/srv/scans", "--work=/tmp/w", "--categories", "cable_gland",
+                                "--out", "/home/me/out", "--seeds", "0", "1", "--summary-only"])
+    assert command == ("python bench/real.py --data-root ROOT --work=WORK --categories cable_gland "
+                       "--out OUT --seeds 0 1")
+    work = tmp_path / "work"
+    run = {"config": "rgb", "model": str(work / "models" / "abc" / "rgb" / "seed0" / "x" / "model.pt")}
+    assert portable_run(run, work)["model"] == "models/abc/rgb/seed0/x/model.pt"
+    assert portable_run({"model": "/elsewhere/model.pt"}, work)["model"] == "model.pt"
+    assert run["model"].startswith(str(tmp_path))  # the record the bench resumes from keeps its path
