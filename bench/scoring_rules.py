@@ -260,7 +260,9 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
 def markdown(table: dict[str, dict[str, dict[str, float]]]) -> str:
     splits = list(table)
     rules = list(next(iter(table.values())))
-    lines = ["| combination | image score | " + " | ".join(splits) + " |", "|---|---|" + "---|" * len(splits)]
+    lines = ["Image AUROC per rule and split: mean ± std over the models found (categories x seeds). "
+             "Validation: goods plus the fixed-seed texture anomalies training selects on.", "",
+             "| combination | image score | " + " | ".join(splits) + " |", "|---|---|" + "---|" * len(splits)]
     for rule in rules:
         cells = []
         for split in splits:
@@ -269,6 +271,14 @@ def markdown(table: dict[str, dict[str, dict[str, float]]]) -> str:
         combination, peak = rule.split(" | ")
         lines.append(f"| {combination} | {peak} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def portable_path(path: Path, roots: list[Path]) -> str:
+    """``path`` as ``MODELS<i>/...`` relative to the ``--models`` folder holding it (else its last parts)."""
+    for i, root in enumerate(roots):
+        if path.resolve().is_relative_to(root.resolve()):
+            return f"MODELS{i}/{path.resolve().relative_to(root.resolve())}"
+    return "/".join(path.parts[-4:])
 
 
 def main() -> None:
@@ -293,9 +303,14 @@ def main() -> None:
         results.append(score_model(path, extra))
         print(f"[{i}/{len(paths)}] {path} ({time.perf_counter() - start:.0f} s)", flush=True)
     table = summarise(results)
+    for result in results:  # published without this machine's paths
+        result["model"] = portable_path(Path(result["model"]), args.models)
+    command = ["python", "bench/scoring_rules.py", "--models", *(f"MODELS{i}" for i in range(len(args.models))),
+               *(["--extra-test", *(f"{name}=CACHE_DIR" for name in extra)] if extra else []),
+               "--name", args.name, "--out", "OUT"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"scoring_rules_{args.name}.json").write_text(
-        json.dumps({"command": " ".join(sys.argv), "table": table, "models": results}, indent=1) + "\n")
+        json.dumps({"command": " ".join(command), "table": table, "models": results}, indent=1) + "\n")
     text = markdown(table)
     (args.out / f"scoring_rules_{args.name}.md").write_text(text)
     print(text)

@@ -1,10 +1,12 @@
 """Speed benchmark: depth extraction, training and inference throughput, memory bank, memory, FLOPs.
 
-    python bench/speed.py [--configs default reference] [--train-samples N] [--out bench/results]
+    python bench/speed.py [--configs default reference size-320 size-384] [--train-samples N]
+                          [--out bench/results] [--no-peer] [--bank-samples 40 230 1000]
 
 For each configuration (``default``: params.yaml, timed on a 392-sample epoch;
 ``reference``: the reference code's widths, embedding and discriminator 1536, timed
-on a 40-sample epoch as the reference was) on the CPU, and on CUDA where present:
+on a 40-sample epoch as the reference was; ``size-320`` and ``size-384``: the defaults
+at larger inputs) on the CPU, and on CUDA where present:
 training samples per second and seconds per epoch, inference samples per second at
 batch 1 and 8 (and at batch 8 with each scorer), the memory bank's size and build time,
 model FLOPs per sample (torch.utils.flop_counter) and the achieved
@@ -43,8 +45,11 @@ sys.path.insert(0, str(REPO))
 CONFIGS = {
     "default": [],
     "reference": ["model.embed_dim=1536", "model.dsc_hidden=1536"],
+    # larger inputs, for the resolution trade (README, "Real scans")
+    "size-320": ["data.image_size=320"],
+    "size-384": ["data.image_size=384"],
 }
-EPOCH_SAMPLES = {"default": 392, "reference": 40}
+EPOCH_SAMPLES = {"default": 392, "reference": 40, "size-320": 392, "size-384": 392}
 
 
 def cpu_model() -> str:
@@ -299,7 +304,7 @@ def in_child_process(ctx: Any, target: Callable[..., None], *args: Any) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["default", "reference"], choices=list(CONFIGS))
     parser.add_argument("--train-samples", type=int, default=None,
                         help="samples per timed epoch (default: 392 for default, 40 for reference)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
