@@ -260,8 +260,9 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
 def markdown(table: dict[str, dict[str, dict[str, float]]]) -> str:
     splits = list(table)
     rules = list(next(iter(table.values())))
-    lines = ["Image AUROC per rule and split: mean ± std over the models found (categories x seeds). "
-             "Validation: goods plus the fixed-seed texture anomalies training selects on.", "",
+    caption = ("Image AUROC per rule and split: mean ± std over the models found (categories x seeds). "
+               "Validation: goods plus the fixed-seed texture anomalies training selects on.")
+    lines = [caption, "",
              "| combination | image score | " + " | ".join(splits) + " |", "|---|---|" + "---|" * len(splits)]
     for rule in rules:
         cells = []
