@@ -95,6 +95,30 @@ def test_gaussian_blur_preserves_constants_and_spreads_peaks():
     assert abs(float(out.sum()) - 1) < 1e-3  # reflect padding adds a little at the border
 
 
+
+@pytest.mark.parametrize("padding", ["reflect", "zeros"])
+@pytest.mark.parametrize("sigma", [0.5, 2.0, 4.0])
+def test_gaussian_blur_equals_the_separable_convolution_it_replaces(padding, sigma):
+    maps = torch.rand(3, 20, 33, generator=torch.Generator().manual_seed(0))
+    radius = max(1, round(4 * sigma))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1).float() / sigma) ** 2)
+    taps = taps / taps.sum()
+    x = maps.unsqueeze(1)
+    if padding == "zeros":
+        x = F.conv2d(F.conv2d(x, taps.view(1, 1, 1, -1), padding=(0, radius)), taps.view(1, 1, -1, 1),
+                     padding=(radius, 0))
+    else:
+        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), taps.view(1, 1, 1, -1))
+        x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), taps.view(1, 1, -1, 1))
+    torch.testing.assert_close(gaussian_blur(maps, sigma, padding), x.squeeze(1), atol=1e-6, rtol=1e-5)
+
+
+def test_gaussian_blur_refuses_what_it_cannot_pad():
+    with pytest.raises(ValueError, match="radius"):
+        gaussian_blur(torch.rand(1, 8, 8), 4.0, "reflect")  # radius 16 >= side 8
+    with pytest.raises(ValueError, match="padding"):
+        gaussian_blur(torch.rand(1, 8, 8), 1.0, "circular")
+
 def test_bad_modalities_are_refused():
     with pytest.raises(ValueError, match="patch_size must be odd"):
         PatchAdapter([4], patch_size=2, embed_dim=8)
