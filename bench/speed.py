@@ -281,6 +281,19 @@ def depth_ms(repeats: int = 10) -> float:
     return float(np.median(times) * 1000)
 
 
+def published_command(argv: list[str]) -> str:
+    """The command line without ``--out`` and its folder (no path of this machine in the results)."""
+    words, skip = ["python", "bench/speed.py"], False
+    for word in argv:
+        if skip or word.startswith("--out="):
+            skip = False
+            continue
+        skip = word == "--out"
+        if not skip:
+            words.append(word)
+    return " ".join(words)
+
+
 def in_child_process(ctx: Any, target: Callable[..., None], *args: Any) -> Any:
     """``target(*args, queue)`` in a fresh process (its own peak memory); what it puts on the queue.
 
@@ -335,7 +348,7 @@ def main() -> None:
     depth = depth_ms()
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-               "date": date.today().isoformat(), "command": "python " + " ".join(sys.argv)}
+               "date": date.today().isoformat(), "command": published_command(sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"speed-{'cuda' if 'cuda' in devices else 'cpu'}.json"
     path.write_text(json.dumps({"machine": machine, "depth_ms_800": depth, "runs": results, "peer": peer,

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from bench.speed import in_child_process
+from bench.speed import in_child_process, published_command
 
 
 def _answer(x: int, out) -> None:
@@ -26,3 +26,9 @@ def test_the_child_answers_from_its_own_process():
 def test_a_child_that_dies_without_answering_raises_with_its_exit_code():
     with pytest.raises(RuntimeError, match="exit code 3"):
         in_child_process(mp.get_context("spawn"), _die, 7)
+
+
+def test_the_published_command_names_no_output_folder():
+    assert published_command(["--configs", "default", "--out", "/srv/x", "--no-peer"]) == (
+        "python bench/speed.py --configs default --no-peer")
+    assert published_command(["--out=/srv/x", "--bank-samples", "40"]) == "python bench/speed.py --bank-samples 40"
