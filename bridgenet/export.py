@@ -134,10 +134,11 @@ def _traceable(model: TrainedModel) -> Iterator[tuple[ExportedScorer, tuple[torc
     inputs = example_inputs(model, batch=2)  # two, so that the batch axis stays free
     backbone = wrapper.network.backbone
     pieces, backbone.cpu_batch = backbone.cpu_batch, 0
+    folding, backbone.fold = backbone.fold, False  # the graph holds the original layers
     try:
         yield wrapper, inputs
     finally:
-        backbone.cpu_batch = pieces
+        backbone.cpu_batch, backbone.fold = pieces, folding
 
 
 def _export_onnx(wrapper: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, meta: dict[str, str]) -> None:

@@ -9,7 +9,12 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from bridgenet.model.backbone import Backbone, WeightsUnavailableError, pretrained_state_dict
+from bridgenet.model.backbone import (
+    Backbone,
+    WeightsUnavailableError,
+    fold_batch_norms,
+    pretrained_state_dict,
+)
 
 IMAGENET_CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -65,6 +70,54 @@ def test_backbone_is_frozen_and_stays_in_eval_mode():
     assert not backbone.training and not backbone.net.training
     assert not any(p.requires_grad for p in backbone.parameters())
 
+
+
+def _original_outputs(backbone: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        return list(backbone.net(x.contiguous(memory_format=torch.channels_last)))
+
+
+def test_folded_batch_norms_give_the_same_features_and_leave_the_weights_alone():
+    backbone = Backbone("tf_efficientnet_lite0", "package", (2, 3))
+    keys = set(backbone.state_dict())
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        folded = backbone(x)
+    for got, want in zip(folded, _original_outputs(backbone, x)):
+        torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.folded().modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.net.modules())
+    assert set(backbone.state_dict()) == keys  # model files keep the original layers
+
+
+def test_the_folded_copy_follows_new_weights():
+    source = Backbone("tf_efficientnet_lite0", "package", (2, 3))
+    backbone = Backbone("tf_efficientnet_lite0", "none", (2, 3), announce_random=False)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        before = backbone(x)[0].clone()
+    holder = torch.nn.Module()
+    holder.backbone = backbone  # loaded as part of a larger network, as model files are
+    holder.load_state_dict({f"backbone.{k}": v for k, v in source.state_dict().items()})
+    with torch.inference_mode():
+        after = backbone(x)[0]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, _original_outputs(source, x)[0], atol=2e-4, rtol=1e-4)
+
+
+def test_fold_batch_norms_keeps_the_activation_and_skips_unpaired_norms():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.BatchNorm2d(4))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+        net[1].weight.uniform_(0.5, 2)
+    net.eval()
+    x = torch.rand(2, 3, 8, 8)
+    want = net(x)
+    assert fold_batch_norms(net) == 1
+    assert isinstance(net[1], torch.nn.Identity) and isinstance(net[3], torch.nn.BatchNorm2d)
+    torch.testing.assert_close(net(x), want, atol=1e-5, rtol=1e-5)
 
 def test_file_weights_round_trip(tmp_path):
     reference = build_classifier("tf_efficientnet_lite0", "package")

@@ -230,8 +230,10 @@ def test_predict_resolves_registry_uris(registry, tiny, tmp_path):
     )
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output.strip().splitlines()[-1])
+    # the CLI scores with the model file's traced graph (the backbone's original layers), the
+    # in-process model with its batch norms folded: equal to float rounding
     assert answer["category"] == "bagel" and answer["score"] == pytest.approx(
-        prediction.score, abs=1e-6
+        prediction.score, abs=1e-5
     )
     assert (tmp_path / "h.png").is_file()
 
