@@ -26,6 +26,7 @@ patches of the validation goods (:meth:`BridgeNet.calibrate`): 0 is the mean cle
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -148,13 +149,14 @@ class Projection(nn.Module):
         return self.layers(x)
 
 
+@functools.lru_cache(maxsize=32)  # a few sides and sigmas per process; built once, not per forward pass
 def blur_matrix(size: int, sigma: float, padding: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(size, size) matrix ``M`` with ``M @ x`` = ``x`` (length ``size``) convolved with a Gaussian.
 
     The kernel has radius ``round(4 sigma)``; past the ends the signal is 0 (``zeros``) or
     mirrored without repeating the edge (``reflect``, as ``F.pad``; the radius must stay
     below ``size``). Built from integer indices only, so a traced export keeps it as one
-    constant per input size.
+    constant per input size. Cached: callers must not modify it.
     """
     radius = max(1, round(4 * sigma))
     if padding == "reflect" and radius >= size:
