@@ -7,10 +7,10 @@
 
 Each sample is a procedural object (:mod:`bridgenet.data.synth.meshes`) on a tilted
 support plane, ray cast by :mod:`bridgenet.data.synth.render`. Test defects come in
-three families (:data:`DEFECT_FAMILIES`); a defect's ground truth is exactly the
+three families (:data:`bridgenet.data.families.DEFECT_FAMILIES`); a defect's ground truth is exactly the
 set of pixels whose ray hits the defect region.
 
-Two presets (``synth.preset``, :data:`PRESETS`) choose the test defect types. The
+Two presets (``synth.preset``, :data:`bridgenet.data.families.PRESETS`) choose the test defect types. The
 "default" ones are large and high contrast; the "hard" ones are faint, small or
 thin (sub-millimetre bumps and dents, soft low-contrast stains and hue shifts,
 scratches, chips out of the rim) and unlike the training-time texture anomalies.
@@ -40,6 +40,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from bridgenet.config import SynthConfig
+from bridgenet.data.families import DEFAULT_DEFECTS, DEFECT_FAMILIES, HARD_DEFECTS, PRESETS
 from bridgenet.data.synth.materials import base_hue, hue_shift_matrix
 from bridgenet.data.synth.meshes import BUILDERS
 from bridgenet.data.synth.preview import write_preview
@@ -55,23 +56,6 @@ from bridgenet.data.synth.render import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DEFECTS: dict[str, str] = {
-    "dent": "geometric",
-    "bump": "geometric",
-    "stain": "appearance",
-    "color": "appearance",
-    "contamination": "both",
-}
-HARD_DEFECTS: dict[str, str] = {
-    "faint_stain": "appearance",
-    "discoloration": "appearance",
-    "micro_bump": "geometric",
-    "micro_dent": "geometric",
-    "scratch": "both",
-    "rim_chip": "both",
-}
-PRESETS: dict[str, dict[str, str]] = {"default": DEFAULT_DEFECTS, "hard": HARD_DEFECTS}
-DEFECT_FAMILIES: dict[str, str] = {**DEFAULT_DEFECTS, **HARD_DEFECTS}  # every preset's types
 # placement rules of the default defects
 MIN_DEFECT_FRACTION = 0.015  # of the image's pixels
 MAX_DEFECT_FRACTION = 0.07

@@ -14,15 +14,12 @@ from PIL import Image
 from scipy.ndimage import binary_erosion, distance_transform_edt
 
 from bridgenet.config import SynthConfig
+from bridgenet.data.families import DEFAULT_DEFECTS, DEFECT_FAMILIES, HARD_DEFECTS, PRESETS
 from bridgenet.data.synth.dataset import (
-    DEFAULT_DEFECTS,
-    DEFECT_FAMILIES,
-    HARD_DEFECTS,
     HARD_OBJECT_FRACTION,
     MAX_DEFECT_FRACTION,
     MIN_DEFECT_FRACTION,
     MIN_DEFECT_HEIGHT_M,
-    PRESETS,
     make_sample,
     plan_jobs,
     sample_hard_defect,
