@@ -13,7 +13,7 @@ from typing import Any
 import click
 import yaml
 
-from bridgenet import __version__
+from bridgenet import __version__, paths
 from bridgenet.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 
 LOGGER = logging.getLogger("bridgenet")
@@ -148,14 +148,14 @@ def evaluate(params: Params, category: tuple[str, ...]) -> None:
     settings (model.*, anomalies.*, train.* but device and models_dir) to another value is refused.
     """
     from bridgenet import stages
-    from bridgenet.evaluate import model_path, overrides_not_applied
+    from bridgenet.evaluate import overrides_not_applied
 
     runs = _runs(params, category)
     overrides = click.get_current_context().params.get("overrides", ())
     for run in runs:
         refused = overrides_not_applied(run.params, run.category, overrides)
         if refused:
-            path = model_path(run.params, run.category)
+            path = paths.model_file(run.params, run.category)
             lines = [f"--set {key}: {mine} cannot apply, {path} was trained with {key}={theirs}"
                      for key, (mine, theirs) in refused.items()]
             raise click.UsageError(
@@ -164,7 +164,7 @@ def evaluate(params: Params, category: tuple[str, ...]) -> None:
     for run in runs:
         stages.evaluate(run)
     doc = stages.report(params, [run.category for run in runs])
-    click.echo(Path(params.eval.reports_dir, "metrics.md").read_text())
+    click.echo(paths.metrics_table(params).read_text())
     click.echo(json.dumps(doc["mean"], indent=2))
 
 
@@ -309,8 +309,8 @@ def schedule(params: Params, repo: Path, name: str) -> None:
 @with_params
 def summary(params: Params) -> None:
     """Print the per-category metrics table and where to look next."""
-    reports_dir = Path(params.eval.reports_dir)
-    table = reports_dir / "metrics.md"
+    reports_dir = paths.reports_dir(params)
+    table = paths.metrics_table(params)
     if not table.is_file():
         raise click.ClickException(f"{table} does not exist yet: run `make run` (or `dvc repro`) first")
     click.echo(table.read_text())

@@ -152,7 +152,7 @@ def score_split(
 
 def defect_families(defects: list[str]) -> dict[str, str]:
     """Family of each defect type: the synthetic data's families, else the type is its own family."""
-    from bridgenet.data.synth.dataset import DEFECT_FAMILIES
+    from bridgenet.data.families import DEFECT_FAMILIES
 
     return {d: DEFECT_FAMILIES.get(d, d) for d in set(defects) if d != metrics.GOOD}
 

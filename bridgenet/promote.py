@@ -17,13 +17,11 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bridgenet.config import Params, PromotionConfig
 from bridgenet.data.cache import CachedSplit
 from bridgenet.evaluate import (
-    EVALUATION_FILE,
     CategoryEvaluation,
     evaluate_category,
     keep_evaluation,
@@ -32,6 +30,7 @@ from bridgenet.evaluate import (
     stored_evaluation,
 )
 from bridgenet.files import sha256_file, write_json
+from bridgenet.paths import EVALUATION_FILE, promotion_report_file
 
 LOGGER = logging.getLogger(__name__)
 MODEL_FINGERPRINT_TAG = "model.sha256"  # tag of a registered version: sha256 of its model.pt
@@ -249,7 +248,7 @@ def promote_category(params: Params, category: str) -> dict[str, Any]:
     decision = decide(new.evaluation, old.evaluation if old else None, params.promotion,
                       challenger_is_champion=champion is not None and old is None)
     report = promotion_report(params, category, decision, new, old, champion, len(split), int(split.labels.sum()))
-    path = Path(params.eval.reports_dir) / f"promotion_{category}.json"
+    path = promotion_report_file(params, category)
     write_json(path, report)  # the decision and its reasons are kept before the registry is touched
     try:
         _record_decision(params, name, report)

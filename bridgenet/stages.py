@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bridgenet import paths
 from bridgenet.config import DEFAULT_PARAMS, Params, load_params
 
 LOGGER = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class CategoryParams:
 
     @property
     def model_dir(self) -> Path:
-        return Path(self.params.train.models_dir) / self.category
+        return paths.model_dir(self.params, self.category)
 
 
 def load(params_file: str | Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Params:
@@ -105,9 +106,9 @@ def train(run: CategoryParams, resume: bool = False) -> dict[str, Any]:
 
 def anomaly_preview(run: CategoryParams) -> Path | None:
     """Draw the validation set's generated anomalies beside ``model.pt``; None when it has none."""
-    from bridgenet.train import PREVIEW_FILE, write_anomaly_preview
+    from bridgenet.train import write_anomaly_preview
 
-    path = run.model_dir / PREVIEW_FILE
+    path = paths.anomaly_preview_file(run.params, run.category)
     written = write_anomaly_preview(run.params, run.category, path)
     if written is None:
         path.unlink(missing_ok=True)  # not one drawn with earlier params
@@ -126,10 +127,10 @@ def report(params: Params, names: Sequence[str]) -> dict[str, Any]:
 
     Each category's folder is where its own (resolved) params put it.
     """
-    from bridgenet.evaluate import aggregate_reports, category_dir
+    from bridgenet.evaluate import aggregate_reports
 
-    folders = {name: category_dir(resolve(params, name).params, name) for name in names}
-    return aggregate_reports(Path(params.eval.reports_dir), folders)
+    folders = {name: paths.category_reports_dir(resolve(params, name).params, name) for name in names}
+    return aggregate_reports(paths.reports_dir(params), folders)
 
 
 def register(run: CategoryParams, repo_root: Path | str = ".",

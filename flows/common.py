@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect.tasks import exponential_backoff
 
-from bridgenet.config import ConfigError
+from bridgenet.config import DEFAULT_PARAMS, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def bind_worker_resources(n_workers: int) -> str:
 def cli(flow: Callable[..., Any], with_category: bool = False, argv: Sequence[str] | None = None) -> None:
     """``python -m flows.X [--params FILE] [--set k=v ...] [--category C ...]`` runs the flow."""
     parser = argparse.ArgumentParser(prog=f"python -m {flow.__module__}", description=flow.__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     if with_category:
         parser.add_argument("--category", "-c", action="append", default=None)

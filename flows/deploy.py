@@ -21,6 +21,7 @@ from pathlib import Path
 from prefect.schedules import Cron
 
 from bridgenet import stages
+from bridgenet.config import DEFAULT_PARAMS
 from flows.scheduled import scheduled_retrain_flow
 
 DEPLOYMENT = "scheduled-retrain"
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default=".", help="the checkout whose DVC pipeline runs (default: here)")
-    parser.add_argument("--params", default="params.yaml", help="params file inside --repo (dvc repro reads it)")
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file inside --repo (dvc repro reads it)")
     parser.add_argument("--name", default=DEPLOYMENT)
     args = parser.parse_args(argv)
     repo = Path(args.repo).resolve()

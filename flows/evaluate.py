@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from bridgenet import stages
-from bridgenet.config import Params
+from bridgenet.config import DEFAULT_PARAMS, Params
 from flows.common import IO_BACKOFF, IO_RETRIES, cli, retry_transient
 
 
@@ -27,7 +27,7 @@ def report_task(params: Params, categories: list[str]) -> dict[str, Any]:
 
 @flow(name="evaluate")
 def evaluate_flow(
-    params_file: str = "params.yaml", overrides: list[str] | None = None, categories: list[str] | None = None
+    params_file: str = str(DEFAULT_PARAMS), overrides: list[str] | None = None, categories: list[str] | None = None
 ) -> dict[str, Any]:
     """Score each category's test split at the ground truth's resolution (reports/categories/<cat>)."""
     params = stages.load(params_file, overrides or [])
@@ -36,7 +36,7 @@ def evaluate_flow(
 
 @flow(name="report")
 def report_flow(
-    params_file: str = "params.yaml", overrides: list[str] | None = None, categories: list[str] | None = None
+    params_file: str = str(DEFAULT_PARAMS), overrides: list[str] | None = None, categories: list[str] | None = None
 ) -> dict[str, Any]:
     """Merge per-category results into reports/metrics.json, metrics.md and the curves."""
     params = stages.load(params_file, overrides or [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from bridgenet import stages
+from bridgenet.config import DEFAULT_PARAMS
 from flows.common import IO_BACKOFF, IO_RETRIES, cli, retry_transient
 
 
@@ -30,7 +31,7 @@ def log_preview(run: stages.CategoryParams, path: str) -> str:
 
 @flow(name="generate_anomalies")
 def generate_anomalies_flow(
-    params_file: str = "params.yaml",
+    params_file: str = str(DEFAULT_PARAMS),
     overrides: list[str] | None = None,
     categories: list[str] | None = None,
     log_to_mlflow: bool = True,

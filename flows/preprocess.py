@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from bridgenet import stages
-from bridgenet.config import Params
+from bridgenet.config import DEFAULT_PARAMS, Params
 from flows.common import IO_BACKOFF, IO_RETRIES, cli, retry_transient
 
 
@@ -20,7 +20,7 @@ def preprocess_task(params: Params, category: str | None = None) -> dict[str, An
 
 
 @flow(name="preprocess")
-def preprocess_flow(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
+def preprocess_flow(params_file: str = str(DEFAULT_PARAMS), overrides: list[str] | None = None) -> dict[str, Any]:
     """Preprocess every sample of data.root once (re-runs reuse unchanged entries)."""
     return preprocess_task(stages.load(params_file, overrides or []))
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from bridgenet import stages
+from bridgenet import paths, stages
+from bridgenet.config import DEFAULT_PARAMS
 from bridgenet.files import write_json
 from flows.common import IO_BACKOFF, IO_RETRIES, cli, retry_transient
 
@@ -28,7 +28,7 @@ def promote_task(run: stages.CategoryParams) -> dict[str, Any]:
 
 @flow(name="register")
 def register_flow(
-    params_file: str = "params.yaml",
+    params_file: str = str(DEFAULT_PARAMS),
     overrides: list[str] | None = None,
     categories: list[str] | None = None,
     promote: bool = True,
@@ -41,13 +41,13 @@ def register_flow(
         results[category] = {"register": register_task(run)}
         if promote:
             results[category]["promote"] = promote_task(run)
-        write_json(Path(params.eval.reports_dir) / "registry" / f"{category}.json", results[category])
+        write_json(paths.registry_result_file(params, category), results[category])
     return results
 
 
 @flow(name="promote")
 def promote_flow(
-    params_file: str = "params.yaml", overrides: list[str] | None = None, categories: list[str] | None = None
+    params_file: str = str(DEFAULT_PARAMS), overrides: list[str] | None = None, categories: list[str] | None = None
 ) -> dict[str, Any]:
     """Promotion gate only: challenger vs champion on the same evaluation data."""
     params = stages.load(params_file, overrides or [])

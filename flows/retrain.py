@@ -17,6 +17,7 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from bridgenet import stages
+from bridgenet.config import DEFAULT_PARAMS
 from flows.common import WORKER_PRELOAD, cli
 from flows.evaluate import evaluate_task, report_task
 from flows.preprocess import preprocess_task
@@ -62,7 +63,7 @@ def _outcome(chain: list[PrefectFuture]) -> tuple[bool, Any]:
 # seeding are per process, so categories must not share a process concurrently.
 @flow(name="retrain", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def retrain_flow(
-    params_file: str = "params.yaml",
+    params_file: str = str(DEFAULT_PARAMS),
     overrides: list[str] | None = None,
     categories: list[str] | None = None,
     with_registry: bool = True,
@@ -101,7 +102,7 @@ def retrain_flow(
 
 
 def run_retrain(
-    params_file: str = "params.yaml",
+    params_file: str = str(DEFAULT_PARAMS),
     overrides: list[str] | None = None,
     categories: list[str] | None = None,
     with_registry: bool = True,

@@ -24,6 +24,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from bridgenet import stages
+from bridgenet.config import DEFAULT_PARAMS
 
 
 class ReproFailed(RuntimeError):
@@ -53,7 +54,7 @@ def dvc_repro(repo: str, timeout_s: float) -> dict[str, Any]:
 
 
 @flow(name="scheduled-retrain")
-def scheduled_retrain_flow(repo: str = ".", params_file: str = "params.yaml") -> dict[str, Any]:
+def scheduled_retrain_flow(repo: str = ".", params_file: str = str(DEFAULT_PARAMS)) -> dict[str, Any]:
     """Retrain every category through ``dvc repro`` in ``repo`` (reading ``repo/params_file``)."""
     params = stages.load(str(Path(repo) / params_file), [])
     timeout_s = params.schedule.timeout_minutes * 60

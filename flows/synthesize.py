@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from bridgenet import stages
-from bridgenet.config import SynthConfig
+from bridgenet.config import DEFAULT_PARAMS, SynthConfig
 from flows.common import IO_BACKOFF, IO_RETRIES, cli, retry_transient
 
 
@@ -22,7 +22,7 @@ def synthesize_task(synth: SynthConfig) -> dict[str, Any]:
 
 
 @flow(name="synthesize")
-def synthesize_flow(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
+def synthesize_flow(params_file: str = str(DEFAULT_PARAMS), overrides: list[str] | None = None) -> dict[str, Any]:
     """Render the synthetic data set into synth.out."""
     return synthesize_task(stages.load(params_file, overrides or []).synth)
 

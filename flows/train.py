@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from bridgenet import stages
+from bridgenet.config import DEFAULT_PARAMS
 from flows.common import bind_worker_resources, cli
 
 
@@ -24,7 +25,7 @@ def train_task(run: stages.CategoryParams, resume: bool = False, n_workers: int 
 
 @flow(name="train")
 def train_flow(
-    params_file: str = "params.yaml",
+    params_file: str = str(DEFAULT_PARAMS),
     overrides: list[str] | None = None,
     categories: list[str] | None = None,
     resume: bool = False,

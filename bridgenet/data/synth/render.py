@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
+from bridgenet.data.families import FAMILIES
 from bridgenet.data.synth.materials import Material, PlaneMaterial
 from bridgenet.data.synth.meshes import FourierNoise, Mesh, build_object
 from bridgenet.data.synth.raycast import (
@@ -41,7 +42,6 @@ from bridgenet.data.synth.raycast import (
     shade,
 )
 
-FAMILIES = ("geometric", "appearance", "both")
 SHAPES = ("disc", "line", "column")
 EXPOSED_DEPTH_M = 2e-4  # a column's surface moved further (the sensor noise) is newly exposed
 DEFECT_EDGE_WEIGHT = 0.15  # profile weight where a colour defect reaches full strength

@@ -14,23 +14,18 @@ from PIL import Image
 from scipy.ndimage import binary_erosion, distance_transform_edt
 
 from bridgenet.config import SynthConfig
+from bridgenet.data.families import DEFAULT_DEFECTS, DEFECT_FAMILIES, HARD_DEFECTS, PRESETS
 from bridgenet.data.synth.dataset import (
-    DEFAULT_DEFECTS,
-    DEFECT_FAMILIES,
-    HARD_DEFECTS,
-    HARD_OBJECT_FRACTION,
-    MAX_DEFECT_FRACTION,
-    MIN_DEFECT_FRACTION,
-    MIN_DEFECT_HEIGHT_M,
-    PRESETS,
     make_sample,
     plan_jobs,
-    sample_hard_defect,
     sample_params,
     sample_seed,
     synthesize,
 )
+from bridgenet.data.synth.defects import MAX_DEFECT_FRACTION, MIN_DEFECT_FRACTION
+from bridgenet.data.synth.hard_defects import HARD_OBJECT_FRACTION, sample_hard_defect
 from bridgenet.data.synth.meshes import BUILDERS, build_object
+from bridgenet.data.synth.placement import MIN_DEFECT_HEIGHT_M
 from bridgenet.data.synth.raycast import focal_length
 from bridgenet.data.synth.render import render_sample, scan_geometry
 
