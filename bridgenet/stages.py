@@ -23,9 +23,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridgenet.config import DEFAULT_PARAMS, Params, load_params
+
+if TYPE_CHECKING:
+    from bridgenet.model.summary import TrainSummary
 
 LOGGER = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ def preprocess(params: Params, category: str | None = None) -> dict[str, Any]:
     return run_preprocess(params)
 
 
-def train(run: CategoryParams, resume: bool = False) -> dict[str, Any]:
+def train(run: CategoryParams, resume: bool = False) -> TrainSummary:
     """Train ``run.category``; write ``model.pt``, ``train_summary.json`` and the anomaly preview.
 
     Returns the training summary (history included).
@@ -105,7 +108,7 @@ def train(run: CategoryParams, resume: bool = False) -> dict[str, Any]:
 
 def anomaly_preview(run: CategoryParams) -> Path | None:
     """Draw the validation set's generated anomalies beside ``model.pt``; None when it has none."""
-    from bridgenet.train import PREVIEW_FILE, write_anomaly_preview
+    from bridgenet.training.validation import PREVIEW_FILE, write_anomaly_preview
 
     path = run.model_dir / PREVIEW_FILE
     written = write_anomaly_preview(run.params, run.category, path)

@@ -17,7 +17,9 @@ import torch
 from bridgenet.data.cache import load_cached_split
 from bridgenet.evaluate import evaluate_category, load_test_split, score_split
 from bridgenet.model.io import load_model, read_checkpoint
-from bridgenet.train import build_validation_set, predict_batches, train_category
+from bridgenet import inference
+from bridgenet.train import train_category
+from bridgenet.training.validation import build_validation_set
 from tests.conftest import tiny_params
 
 
@@ -28,7 +30,7 @@ def trained(trained_bagel):
 
 def test_training_lowers_the_loss(trained):
     _, summary, _ = trained
-    losses = [h["loss"] for h in summary["history"]]
+    losses = [h["loss"] for h in summary.history]
     assert len(losses) == 8
     assert losses[-1] < losses[0]
     assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2])
@@ -44,16 +46,16 @@ def test_test_split_scores(trained):
 
 def test_selection_and_threshold_come_from_validation(trained):
     params, summary, model = trained
-    assert 0 <= summary["best_epoch"] < 8
-    best = summary["history"][summary["best_epoch"]]
-    assert best["val_score"] == max(h["val_score"] for h in summary["history"])
+    assert 0 <= summary.best_epoch < 8
+    best = summary.history[summary.best_epoch]
+    assert best["val_score"] == max(h["val_score"] for h in summary.history)
     # the threshold is the 0.99 quantile of the validation goods' scores under the model's scorer
     val = build_validation_set(load_cached_split(params.data.cache_dir, "bagel", "validation", params.data),
                                params, model.network.modalities)
-    goods = predict_batches(model.network, val.batch.select(torch.from_numpy(val.labels == 0)),
-                            torch.device("cpu"), 4)[0]
+    goods = inference.score(model.network, val.batch.select(torch.from_numpy(val.labels == 0)),
+                            torch.device("cpu"), 4).scores
     assert model.threshold == pytest.approx(np.quantile(goods, params.train.threshold_quantile), rel=1e-5)
-    assert model.epoch == summary["best_epoch"]
+    assert model.epoch == summary.best_epoch
 
 
 def test_same_seed_same_scores(tiny_root, tmp_path):
