@@ -81,9 +81,9 @@ def test_a_list_of_pairs_and_usage_errors(tiny_root, model_file, tmp_path):
 
 
 def test_the_pixel_threshold_comes_from_the_validation_goods_and_is_saved(trained_bagel, tmp_path):
+    from bridgenet import inference
     from bridgenet.data.cache import load_cached_split
     from bridgenet.model.io import load_model
-    from bridgenet import inference
     from bridgenet.training.validation import build_validation_set
 
     params, summary, model = trained_bagel

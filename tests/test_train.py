@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from bridgenet import inference
 from bridgenet.data.cache import load_cached_split
 from bridgenet.evaluate import evaluate_category, load_test_split, score_split
 from bridgenet.model.io import load_model, read_checkpoint
-from bridgenet import inference
 from bridgenet.train import train_category
 from bridgenet.training.validation import build_validation_set
 from tests.conftest import tiny_params

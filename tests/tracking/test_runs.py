@@ -20,7 +20,12 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.tracking import MlflowClient
 
 from bridgenet.config import TrackingConfig
-from bridgenet.model.summary import SUMMARY_FILE, TrainSummary, load_train_summary, save_train_summary
+from bridgenet.model.summary import (
+    SUMMARY_FILE,
+    TrainSummary,
+    load_train_summary,
+    save_train_summary,
+)
 from bridgenet.tracking import runs
 from bridgenet.tracking.lineage import lineage_tags
 from bridgenet.tracking.runs import (
