@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from bridgenet.config import ModelConfig, Params
-from bridgenet.model.contract import CHECKPOINT_FORMAT, MODEL_FORMAT, META_VERSION, ModelMeta, ScoringNetwork
+from bridgenet.model.contract import (
+    CHECKPOINT_FORMAT,
+    META_VERSION,
+    MODEL_FORMAT,
+    ModelMeta,
+    ScoringNetwork,
+)
 from bridgenet.model.io import atomic_save, load_model, read_checkpoint, save_checkpoint
 from bridgenet.model.scorers import DISCRIMINATOR, FUSED, MEMORY, scorer_named
 
