@@ -109,7 +109,7 @@ def test_a_trained_model_file_carries_its_graph_and_predict_starts_without_model
     from bridgenet.predict import predict_arrays, predict_files
 
     _, summary, model = trained_bagel
-    path = Path(summary["model_path"])
+    path = Path(summary.model_path)
     assert read_checkpoint(path)[GRAPH_KEY].numel() > 1_000_000  # the graph holds the weights too
     assert isinstance(load_model(path).network, BridgeNet)  # to evaluate, export, resume: the network
     assert isinstance(load_model(path, graph=True).network, ScriptedNetwork)
