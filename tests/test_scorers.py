@@ -15,7 +15,7 @@ from scipy.ndimage import binary_dilation, distance_transform_edt
 
 from bridgenet.data.crop import crop
 from bridgenet.model.io import load_model, save_model
-from bridgenet.model.scorers import SCORERS
+from bridgenet.model.scorers import MEMORY, SCORERS
 from tests.conftest import tiny_params
 
 
@@ -122,7 +122,7 @@ def test_the_memory_head_sees_a_faint_stain_where_it_is(trained):
                     "depth": torch.from_numpy(depth).float()[None, None]})
                 grid = embeddings["rgb"].shape[-2:]
                 every = torch.ones(grid[0] * grid[1], dtype=torch.bool)
-                distance = net.patch_components(embeddings, every, "memory")["memory_rgb"].view(grid)
+                distance = net.patch_components(embeddings, every, MEMORY)["memory_rgb"].view(grid)
             maps.append(distance.numpy())
         rise = maps[1] - maps[0]
         peak = np.unravel_index(np.argmax(rise), rise.shape)
