@@ -233,7 +233,7 @@ def export(params: Params, model_ref: str, fmt: str, out: Path) -> None:
 
     model = resolve_model(model_ref, params.tracking.uri)
     path = export_model(model, out, fmt)
-    click.echo(json.dumps({"path": str(path), "format": fmt, "scorer": model.network.scorer,
+    click.echo(json.dumps({"path": str(path), "format": fmt, "scorer": model.scorer.name,
                            "threshold": model.threshold, "image_size": model.params.data.image_size}))
 
 

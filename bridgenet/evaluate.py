@@ -26,13 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bridgenet import metrics, reports
+from bridgenet import inference, metrics, reports
 from bridgenet.config import Params
 from bridgenet.data.batch import Batch, resolve_device
 from bridgenet.data.cache import CachedSplit, load_cached_split
-from bridgenet.data.crop import crop, paste_maps
+from bridgenet.data.crop import crop
 from bridgenet.files import sha256_file, write_json
-from bridgenet.model.io import TrainedModel, load_model
+from bridgenet.model.contract import TrainedModel
+from bridgenet.model.io import load_model
 
 LOGGER = logging.getLogger(__name__)
 EVALUATION_FORMAT = "bridgenet-evaluation/1"
@@ -137,17 +138,11 @@ def score_split(
     if len(sizes) != 1:
         raise ValueError(f"{split.category}/{split.split}: ground truths of several sizes {sorted(sizes)}")
     (height, width), = sizes
-    network = model.network.to(device).eval()
-    data = Batch.from_split(split)
-    scores, small, full = [], [], []
-    for start in range(0, len(data), batch_size):
-        part = slice(start, start + batch_size)
-        result = network(data.rgb[part].to(device), data.depth[part].to(device))
-        maps = result.anomaly_map.float().cpu()
-        scores.append(result.pred_score.float().cpu())
-        small.append(maps)
-        full.append(paste_maps(maps, split.crop_boxes[part], (height, width)))
-    return torch.cat(scores).numpy(), torch.cat(small).numpy(), torch.cat(full).numpy()
+    model.network.to(device)
+    boxes = np.asarray(split.crop_boxes)
+    scored = inference.score(model.network, Batch.from_split(split), device, batch_size,
+                             boxes=boxes, frame=(height, width))
+    return scored.scores, scored.maps, scored.frames
 
 
 def defect_families(defects: list[str]) -> dict[str, str]:
@@ -198,7 +193,7 @@ def evaluate_category(
         "per_defect_image_auroc": evaluation.per_defect,
         "per_family_image_auroc": evaluation.per_family,
         "threshold": model.threshold,
-        "scorer": model.network.scorer,
+        "scorer": model.scorer.name,
         "test_accuracy_at_threshold": float(np.mean(decisions == split.labels.astype(bool))),
         "families": families,
     }

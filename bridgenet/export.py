@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bridgenet.model.io import TrainedModel
-from bridgenet.model.memory import matmul_nearest
-from bridgenet.model.network import BridgeNet, foreground_patches
+from bridgenet.model.contract import TrainedModel
+from bridgenet.model.network import BridgeNet
 from bridgenet.model.scripted import EXTRA_FILE, describe
 
 LOGGER = logging.getLogger(__name__)
@@ -40,30 +39,13 @@ class ExportedScorer(nn.Module):
     def __init__(self, network: BridgeNet) -> None:
         super().__init__()
         self.network = network.eval()
-        self.scorer = network.scorer
         # The folded eval head as constants: its cache keys on storage pointers, which tracers lack.
         weight, bias = network.folded_head()
         self.register_buffer("head_weight", weight.detach().clone())
         self.register_buffer("head_bias", bias.detach().clone())
 
     def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        net, scorer = self.network, self.scorer
-        embeddings = net.embed_inputs({"rgb": rgb, "depth": depth})
-        # the grid is fixed by the input size (the batch stays free): constants for the tracer
-        h, w = (int(v) for v in embeddings[net.modalities[0]].shape[-2:])
-        components: dict[str, torch.Tensor] = {}
-        if scorer in ("discriminator", "fused"):
-            components["discriminator"] = net.folded_scores(net.fuse(embeddings), self.head_weight,
-                                                            self.head_bias).float()
-        if scorer in ("memory", "fused"):
-            for m in net.modalities:
-                rows = embeddings[m].permute(0, 2, 3, 1).reshape(-1, embeddings[m].shape[1])
-                components[f"memory_{m}"] = matmul_nearest(rows.float(), net.memory.bank(m))
-        patch = net.combine(components, scorer).view(-1, h, w)
-        if net.foreground_only:
-            patch = torch.where(foreground_patches(depth.float(), (h, w)) > 0, patch, torch.inf)
-        size = tuple(int(v) for v in (rgb if "rgb" in net.modalities else depth).shape[-2:])
-        result = net.result_from_patches(patch, scorer, size)
+        result = self.network(rgb, depth, dense=True, head=(self.head_weight, self.head_bias))
         return result.pred_score, result.anomaly_map
 
 
@@ -78,13 +60,15 @@ def example_inputs(model: TrainedModel, batch: int = 1) -> tuple[torch.Tensor, t
 
 
 def metadata(model: TrainedModel) -> dict[str, str]:
+    """ONNX metadata: the keys a reader needs at a glance, and the whole :func:`describe` record."""
     return {
         "bridgenet.category": model.category,
-        "bridgenet.scorer": model.network.scorer,
+        "bridgenet.scorer": model.scorer.name,
         "bridgenet.threshold": repr(float(model.threshold)),
         "bridgenet.image_size": str(model.params.data.image_size),
         "bridgenet.modalities": json.dumps(list(model.network.modalities)),
         "bridgenet.inputs": "rgb (B, 3, S, S) and depth (B, 1, S, S) in [0, 1], as bridgenet predict prepares them",
+        "bridgenet.meta": json.dumps(describe(model)),
     }
 
 
@@ -108,7 +92,7 @@ def export_model(model: TrainedModel, out: Path, fmt: str = "onnx") -> Path:
         partial.replace(out)
     finally:
         partial.unlink(missing_ok=True)
-    LOGGER.info("exported %s (%s, scorer %s) to %s", model.category, fmt, model.network.scorer, out)
+    LOGGER.info("exported %s (%s, scorer %s) to %s", model.category, fmt, model.scorer, out)
     return out
 
 

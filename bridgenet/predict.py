@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bridgenet.model.io import TrainedModel, load_model
+from bridgenet.model.contract import TrainedModel
+from bridgenet.model.io import load_model
 
 LOGGER = logging.getLogger(__name__)
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
@@ -53,26 +54,7 @@ def resolve_model(ref: str | Path, tracking_uri: str | None = None, graph: bool 
         from bridgenet.tracking.pyfunc import download_model_file
 
         return load_model(download_model_file(text, tracking_uri), graph=graph)
-    try:
-        return load_model(Path(text), graph=graph)
-    except KeyError as missing:  # a file of the right format without a model's entries
-        raise not_a_model_error(Path(text), missing) from None
-
-
-def not_a_model_error(path: Path, missing: KeyError) -> ValueError:
-    """Why ``path`` (a BridgeNet file that lacks entry ``missing``) is not a model, and what to pass."""
-    from bridgenet.model.io import read_checkpoint
-
-    payload = read_checkpoint(path)
-    if "trainer" in payload:  # train writes it beside model.pt to resume training (train --resume)
-        category = payload.get("category", "<category>")
-        return ValueError(
-            f"{path} is a training checkpoint (the last epoch's training state, for `bridgenet train "
-            f"--resume`), not a model; pass the model file beside it, {path.parent / 'model.pt'} (the "
-            f"selected epoch, with its threshold), or a registered model such as "
-            f"models:/bridgenet-{category}@champion")
-    return ValueError(f"{path}: not a complete BridgeNet model file (no {missing} entry); rebuild it with "
-                      "`bridgenet train` or fetch it again")
+    return load_model(Path(text), graph=graph)
 
 
 def check_pair(rgb: np.ndarray, xyz: np.ndarray, rgb_name: str = "rgb", xyz_name: str = "xyz") -> None:
@@ -104,7 +86,7 @@ def predict_arrays(
     ``on_empty_foreground`` (default: the model's ``predict.on_empty_foreground``)
     decides for an input without an object (module docstring).
     """
-    from bridgenet.data.crop import paste_maps
+    from bridgenet import inference
     from bridgenet.preprocess import network_inputs
 
     policy = on_empty_foreground or model.params.predict.on_empty_foreground
@@ -129,14 +111,11 @@ def predict_arrays(
         full = np.full(rgb.shape[:2], top, np.float32)
         mask = None if model.pixel_threshold is None else np.ones(rgb.shape[:2], bool)
         return Prediction(top, True, model.threshold, full, "no_object", mask)
-    network = model.network.eval()
-    device = next(network.parameters()).device
-    rgb_t = torch.from_numpy(rgb_small).permute(2, 0, 1).float().div(255.0).unsqueeze(0).to(device)
-    depth_t = torch.from_numpy(depth).float().unsqueeze(0).unsqueeze(0).to(device)
-    result = network(rgb_t, depth_t)
-    full = paste_maps(result.anomaly_map.float().cpu(), np.array([box]), rgb.shape[:2])
-    score = float(result.pred_score[0])
-    anomaly_map = full[0].numpy()
+    device = next(model.network.parameters()).device
+    scored = inference.score(model.network, inference.batch_from_arrays(rgb_small[None], depth[None], foreground[None]),
+                             device, 1, boxes=np.array([box]), frame=rgb.shape[:2])
+    score = float(scored.scores[0])
+    anomaly_map = scored.frames[0]
     return Prediction(score, score > model.threshold, model.threshold, anomaly_map, "ok",
                       predicted_mask(model, anomaly_map))
 
@@ -340,5 +319,5 @@ def predict_files(
         "heatmap": heatmap,
         "mask": mask,
         "category": model.category,
-        "scorer": model.network.scorer,
+        "scorer": model.scorer.name,
     }

@@ -61,7 +61,8 @@ def register_category(
     from bridgenet.serving.spec import pyfunc_spec
     from bridgenet.tracking.lineage import lineage_tags
     from bridgenet.tracking.runs import end_run_as, log_training_run
-    from bridgenet.train import PREVIEW_FILE, write_anomaly_preview
+    from bridgenet.paths import PREVIEW_FILE
+    from bridgenet.training.validation import write_anomaly_preview
 
     path = model_path(params, category)
     if not path.is_file():

@@ -23,10 +23,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridgenet import paths
 from bridgenet.config import DEFAULT_PARAMS, Params, load_params
+
+if TYPE_CHECKING:
+    from bridgenet.model.summary import TrainSummary
 
 LOGGER = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ def preprocess(params: Params, category: str | None = None) -> dict[str, Any]:
     return run_preprocess(params)
 
 
-def train(run: CategoryParams, resume: bool = False) -> dict[str, Any]:
+def train(run: CategoryParams, resume: bool = False) -> TrainSummary:
     """Train ``run.category``; write ``model.pt``, ``train_summary.json`` and the anomaly preview.
 
     Returns the training summary (history included).
@@ -106,7 +109,7 @@ def train(run: CategoryParams, resume: bool = False) -> dict[str, Any]:
 
 def anomaly_preview(run: CategoryParams) -> Path | None:
     """Draw the validation set's generated anomalies beside ``model.pt``; None when it has none."""
-    from bridgenet.train import write_anomaly_preview
+    from bridgenet.training.validation import write_anomaly_preview
 
     path = paths.anomaly_preview_file(run.params, run.category)
     written = write_anomaly_preview(run.params, run.category, path)

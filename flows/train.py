@@ -17,10 +17,9 @@ def train_task(run: stages.CategoryParams, resume: bool = False, n_workers: int 
     logger = get_run_logger()
     logger.info("%s: %s", run.category, bind_worker_resources(n_workers))
     summary = stages.train(run, resume=resume)
-    logger.info("%s: best epoch %s, validation %s, %.1f s/epoch", run.category, summary["best_epoch"],
-                summary["validation"], summary["seconds_per_epoch"])
-    summary.pop("history")
-    return summary
+    logger.info("%s: best epoch %s, validation %s, %.1f s/epoch", run.category, summary.best_epoch,
+                summary.validation, summary.seconds_per_epoch)
+    return {k: v for k, v in summary.to_dict().items() if k != "history"}  # it stays in train_summary.json
 
 
 @flow(name="train")

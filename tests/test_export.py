@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bridgenet.export import export_model
-from bridgenet.model.network import SCORERS
+from bridgenet.model.scorers import SCORERS
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -61,7 +61,7 @@ def test_torchscript_export_matches_torch(trained_bagel, test_inputs, tmp_path):
         score, anomaly_map = loaded(rgb, depth)
     torch.testing.assert_close(score, expected.pred_score, atol=1e-4, rtol=0)
     torch.testing.assert_close(anomaly_map, expected.anomaly_map, atol=1e-4, rtol=0)
-    assert json.loads(extra["bridgenet.json"])["scorer"] == model.network.scorer
+    assert json.loads(extra["bridgenet.json"])["scorer"] == model.network.scorer.name
 
 
 def predict_in_a_new_process(model_path, rgb, xyz) -> tuple[float, list[str]]:
@@ -109,7 +109,7 @@ def test_a_trained_model_file_carries_its_graph_and_predict_starts_without_model
     from bridgenet.predict import predict_arrays, predict_files
 
     _, summary, model = trained_bagel
-    path = Path(summary["model_path"])
+    path = Path(summary.model_path)
     assert read_checkpoint(path)[GRAPH_KEY].numel() > 1_000_000  # the graph holds the weights too
     assert isinstance(load_model(path).network, BridgeNet)  # to evaluate, export, resume: the network
     assert isinstance(load_model(path, graph=True).network, ScriptedNetwork)
@@ -121,7 +121,7 @@ def test_a_trained_model_file_carries_its_graph_and_predict_starts_without_model
         built = predict_arrays(model, read_rgb(rgb), read_xyz(xyz))
         answer = predict_files(path, rgb, xyz)  # the graph: what bridgenet predict uses
         assert answer["score"] == pytest.approx(built.score, abs=1e-5)
-        assert answer["anomalous"] == built.anomalous and answer["scorer"] == model.network.scorer
+        assert answer["anomalous"] == built.anomalous and answer["scorer"] == model.network.scorer.name
         predicted.append(answer["score"])
     assert predicted[0] != pytest.approx(predicted[1], abs=1e-3)  # two samples, two scores
     score, imported = predict_in_a_new_process(path, rgb, xyz)
@@ -181,7 +181,7 @@ def test_export_command_writes_the_file_and_reports_scorer_and_threshold(trained
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
-    assert report["scorer"] == model.network.scorer and report["threshold"] == model.threshold
+    assert report["scorer"] == model.network.scorer.name and report["threshold"] == model.threshold
     assert torch.jit.load(str(out)) is not None
     missing = CliRunner().invoke(main, ["export", "--model", str(tmp_path / "nosuch.pt"), "--out", str(out)])
     assert missing.exit_code != 0 and "nosuch.pt" in missing.output

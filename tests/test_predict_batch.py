@@ -81,17 +81,18 @@ def test_a_list_of_pairs_and_usage_errors(tiny_root, model_file, tmp_path):
 
 
 def test_the_pixel_threshold_comes_from_the_validation_goods_and_is_saved(trained_bagel, tmp_path):
+    from bridgenet import inference
     from bridgenet.data.cache import load_cached_split
     from bridgenet.model.io import load_model
-    from bridgenet.train import build_validation_set, predict_batches
+    from bridgenet.training.validation import build_validation_set
 
     params, summary, model = trained_bagel
     validation = build_validation_set(load_cached_split(params.data.cache_dir, "bagel", "validation", params.data),
                                       params, model.network.modalities)
-    _, maps = predict_batches(model.network, validation.batch, __import__("torch").device("cpu"), 4)
+    maps = inference.score(model.network, validation.batch, "cpu", 4).maps
     peaks = maps[validation.labels == 0].reshape((validation.labels == 0).sum(), -1).max(1)
     expected = float(np.quantile(peaks, params.train.threshold_quantile))
-    assert model.pixel_threshold == pytest.approx(expected, rel=1e-5) and summary["pixel_threshold"] == model.pixel_threshold
+    assert model.pixel_threshold == pytest.approx(expected, rel=1e-5) and summary.pixel_threshold == model.pixel_threshold
     # a map's peak never exceeds its image score (bilinear upsampling and smoothing average)
     assert model.pixel_threshold <= model.threshold + 1e-6
     save_model(model, tmp_path / "model.pt")
@@ -131,10 +132,8 @@ def test_heatmap_and_mask_pictures(tiny_root, trained_bagel, model_file, tmp_pat
 
 
 def test_a_model_without_a_pixel_threshold_writes_no_mask(trained_bagel, tiny_root, tmp_path):
-    import dataclasses
-
     _, _, model = trained_bagel
-    save_model(dataclasses.replace(model, pixel_threshold=None), tmp_path / "old.pt")
+    save_model(model.with_meta(pixel_threshold=None), tmp_path / "old.pt")
     folder = tiny_root / "synth" / "bagel" / "test" / "good"
     rgb_path = min((folder / "rgb").iterdir())
     out = predict_files(tmp_path / "old.pt", rgb_path, folder / "xyz" / f"{rgb_path.stem}.tiff",

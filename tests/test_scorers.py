@@ -15,7 +15,7 @@ from scipy.ndimage import binary_dilation, distance_transform_edt
 
 from bridgenet.data.crop import crop
 from bridgenet.model.io import load_model, save_model
-from bridgenet.model.network import SCORERS
+from bridgenet.model.scorers import MEMORY, SCORERS
 from tests.conftest import tiny_params
 
 
@@ -27,13 +27,13 @@ def trained(trained_bagel):
 def test_training_builds_the_bank_from_foreground_patches_and_calibrates_every_component(trained):
     _, summary, model = trained
     net = model.network
-    memory = summary["memory"]
+    memory = summary.memory
     for m in net.modalities:
         assert 0 < memory[f"{m}_bank"] <= memory[f"{m}_candidates"]
         assert net.memory.bank(m).shape == (memory[f"{m}_bank"], net.adapter.embed_dim)
     # 12 training samples on a 12 x 12 grid: the foreground rule keeps only part of the 1728 patches
     assert memory["rgb_candidates"] < 12 * 12 * 12
-    calibration = summary["calibration"]
+    calibration = summary.calibration
     assert set(calibration) == {f"{c}_{s}" for c in net.components for s in ("loc", "scale", "weight")}
     assert all(calibration[f"{c}_scale"] > 0 and calibration[f"{c}_weight"] == 1 for c in net.components)
 
@@ -122,7 +122,7 @@ def test_the_memory_head_sees_a_faint_stain_where_it_is(trained):
                     "depth": torch.from_numpy(depth).float()[None, None]})
                 grid = embeddings["rgb"].shape[-2:]
                 every = torch.ones(grid[0] * grid[1], dtype=torch.bool)
-                distance = net.patch_components(embeddings, every, "memory")["memory_rgb"].view(grid)
+                distance = net.patch_components(embeddings, every, MEMORY)["memory_rgb"].view(grid)
             maps.append(distance.numpy())
         rise = maps[1] - maps[0]
         peak = np.unravel_index(np.argmax(rise), rise.shape)
@@ -167,8 +167,8 @@ def test_a_category_of_flat_parts_gets_anomalies_and_scores_on_the_whole_image(t
     warnings = [r.getMessage() for r in caplog.records if "no foreground" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith("12 of 12 training samples have no foreground")
     # Anomalies were placed (the validation set has positives) and every patch went into the bank.
-    assert "val_image_auroc" in summary["validation"]
-    assert summary["memory"]["rgb_candidates"] == 12 * 12 * 12
+    assert "val_image_auroc" in summary.validation
+    assert summary.memory["rgb_candidates"] == 12 * 12 * 12
     model = load_model(tmp_path / "model" / "model.pt")
     from bridgenet.data.samples import read_rgb, read_xyz
 

@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from bridgenet import inference
 from bridgenet.data.cache import load_cached_split
 from bridgenet.evaluate import evaluate_category, load_test_split, score_split
+from bridgenet.model.contract import CHECKPOINT_FORMAT
 from bridgenet.model.io import load_model, read_checkpoint
-from bridgenet.train import build_validation_set, predict_batches, train_category
+from bridgenet.train import train_category
+from bridgenet.training.validation import build_validation_set
 from tests.conftest import tiny_params
 
 
@@ -28,7 +31,7 @@ def trained(trained_bagel):
 
 def test_training_lowers_the_loss(trained):
     _, summary, _ = trained
-    losses = [h["loss"] for h in summary["history"]]
+    losses = [h["loss"] for h in summary.history]
     assert len(losses) == 8
     assert losses[-1] < losses[0]
     assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2])
@@ -44,29 +47,29 @@ def test_test_split_scores(trained):
 
 def test_selection_and_threshold_come_from_validation(trained):
     params, summary, model = trained
-    assert 0 <= summary["best_epoch"] < 8
-    best = summary["history"][summary["best_epoch"]]
-    assert best["val_score"] == max(h["val_score"] for h in summary["history"])
+    assert 0 <= summary.best_epoch < 8
+    best = summary.history[summary.best_epoch]
+    assert best["val_score"] == max(h["val_score"] for h in summary.history)
     # the threshold is the 0.99 quantile of the validation goods' scores under the model's scorer
     val = build_validation_set(load_cached_split(params.data.cache_dir, "bagel", "validation", params.data),
                                params, model.network.modalities)
-    goods = predict_batches(model.network, val.batch.select(torch.from_numpy(val.labels == 0)),
-                            torch.device("cpu"), 4)[0]
+    goods = inference.score(model.network, val.batch.select(torch.from_numpy(val.labels == 0)),
+                            torch.device("cpu"), 4).scores
     assert model.threshold == pytest.approx(np.quantile(goods, params.train.threshold_quantile), rel=1e-5)
-    assert model.epoch == summary["best_epoch"]
+    assert model.epoch == summary.best_epoch
 
 
 def test_same_seed_same_scores(tiny_root, tmp_path):
     params = tiny_params(tiny_root, "train.epochs=1")
     a = train_category(params, "cookie", out_dir=tmp_path / "a")
     b = train_category(params, "cookie", out_dir=tmp_path / "b")
-    assert a["history"][0]["loss"] == b["history"][0]["loss"]
+    assert a.history[0]["loss"] == b.history[0]["loss"]
     split = load_test_split(params, "cookie")
     sa = score_split(load_model(tmp_path / "a" / "model.pt"), split, 4, torch.device("cpu"))[0]
     sb = score_split(load_model(tmp_path / "b" / "model.pt"), split, 4, torch.device("cpu"))[0]
     np.testing.assert_array_equal(sa, sb)
     c = train_category(tiny_params(tiny_root, "train.epochs=1", "train.seed=7"), "cookie", out_dir=tmp_path / "c")
-    assert c["history"][0]["loss"] != a["history"][0]["loss"]
+    assert c.history[0]["loss"] != a.history[0]["loss"]
 
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_root, tmp_path):
@@ -83,13 +86,13 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_root, tmp_path
     proc = subprocess.Popen(base + overrides, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:
-        if checkpoint.is_file() and read_checkpoint(checkpoint)["epoch"] >= 1:
+        if checkpoint.is_file() and read_checkpoint(checkpoint, CHECKPOINT_FORMAT)["epoch"] >= 1:
             break
         assert proc.poll() is None, "training ended before it could be killed"
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = read_checkpoint(checkpoint)["epoch"]
+    killed_at = read_checkpoint(checkpoint, CHECKPOINT_FORMAT)["epoch"]
     assert killed_at < epochs - 1, "the run finished before the kill"
     assert not (tmp_path / "models" / "cookie" / "model.pt").exists()
     done = subprocess.run(base + overrides + ["--resume"], env=env, capture_output=True, text=True,
@@ -104,8 +107,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_root, tmp_path
     straight = subprocess.run(base + straight_overrides, env=env, capture_output=True, text=True,
                               timeout=600, check=False)
     assert straight.returncode == 0, straight.stderr[-2000:]
-    reference = read_checkpoint(tmp_path / "models" / "cookie" / "checkpoint.pt")["history"]
-    uninterrupted = read_checkpoint(tmp_path / "straight" / "cookie" / "checkpoint.pt")["history"]
+    reference = read_checkpoint(tmp_path / "models" / "cookie" / "checkpoint.pt", CHECKPOINT_FORMAT)["history"]
+    uninterrupted = read_checkpoint(tmp_path / "straight" / "cookie" / "checkpoint.pt", CHECKPOINT_FORMAT)["history"]
     assert [h["loss"] for h in reference] == pytest.approx([h["loss"] for h in uninterrupted], rel=1e-6)
     split = load_test_split(params, "cookie")
     np.testing.assert_allclose(

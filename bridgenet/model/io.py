@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from bridgenet.config import Params, params_from_dict, upgrade_stored_params
 from bridgenet.files import TMP_SUFFIX, atomic_path
+from bridgenet.model.contract import CHECKPOINT_FORMAT, MODEL_FORMAT, ModelMeta, TrainedModel
 
-if TYPE_CHECKING:  # the network (and timm) is imported when a model is built, not to load a scripted one
-    from bridgenet.model.network import BridgeNet
-
-MODEL_FORMAT = "bridgenet-model/1"
+FILE_KINDS = {MODEL_FORMAT: "model file", CHECKPOINT_FORMAT: "training checkpoint"}
 GRAPH_KEY = "graph"  # the TorchScript bytes of the model (fast start), where saved
 # what torch.load raises on corrupt, truncated or foreign files
 _LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError,
@@ -42,56 +38,26 @@ def remove_interrupted_writes(folder: Path) -> list[Path]:
     return stale
 
 
-@dataclass
-class TrainedModel:
-    """A trained network with what it needs at inference time.
-
-    ``foreground_fraction`` is the share of training samples with a foreground
-    (an object above the support plane): above 0, an input without one is
-    outside what the model knows (``predict.on_empty_foreground``); 0 means the
-    category is scored on whole images. Models saved before it was stored load as 1.
-    """
-
-    network: BridgeNet
-    params: Params
-    category: str
-    threshold: float
-    metrics: dict[str, Any] = field(default_factory=dict)
-    epoch: int = -1
-    foreground_fraction: float = 1.0
-    pixel_threshold: float | None = None  # the anomaly map's threshold (validation goods); None: older model
-
-    def display_range(self) -> tuple[float, float]:
-        """Colour range for this model's anomaly maps: [0, 1] for the discriminator's probabilities;
-        for standardised scores (memory, fused), from the clean patches' mean (0) to twice the threshold."""
-        if self.network.scorer == "discriminator":
-            return 0.0, 1.0
-        return 0.0, max(2.0 * self.threshold, 1.0)
-
-
 def save_model(model: TrainedModel, path: Path, history: list[dict[str, Any]] | None = None,
                graph: bytes | None = None) -> None:
     """Write ``model`` to ``path``; ``graph``, its TorchScript bytes
     (:func:`bridgenet.export.traced_graph`), travels along for a fast-starting predict."""
-    payload = {
-        "format": MODEL_FORMAT,
-        "category": model.category,
-        "params": model.params.to_dict(),
-        "state_dict": model.network.state_dict(),
-        "threshold": float(model.threshold),
-        "epoch": int(model.epoch),
-        "metrics": model.metrics,
-        "history": history or [],
-        "foreground_fraction": float(model.foreground_fraction),
-        "pixel_threshold": None if model.pixel_threshold is None else float(model.pixel_threshold),
-    }
+    payload = {"format": MODEL_FORMAT, **model.meta.to_dict(), "state_dict": model.network.state_dict(),
+               "history": history or []}
     if graph is not None:
         payload[GRAPH_KEY] = torch.frombuffer(bytearray(graph), dtype=torch.uint8)
     atomic_save(payload, path)
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a model or checkpoint file safely; errors name the file."""
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write a training checkpoint (``train --resume`` reads it): its own format, so that it is
+    refused where a model file is expected."""
+    atomic_save({"format": CHECKPOINT_FORMAT, **state}, path)
+
+
+def read_checkpoint(path: Path, expected: str = MODEL_FORMAT) -> dict[str, Any]:
+    """Load a model file (``expected`` MODEL_FORMAT) or a training checkpoint (CHECKPOINT_FORMAT)
+    safely; errors name the file and, for the other kind of BridgeNet file, what to pass instead."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
@@ -103,9 +69,29 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             f"{path}: not a BridgeNet model file, or a damaged one ({type(exc).__name__}: "
             f"{_first_line(exc)}); rebuild it with `bridgenet train` or fetch it again"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: not a BridgeNet model file (format {MODEL_FORMAT!r} expected)")
-    return payload
+    found = _file_format(payload)
+    if found == expected:
+        return payload
+    if found == CHECKPOINT_FORMAT:  # train writes it beside model.pt to resume training
+        category = payload.get("category", "<category>")
+        raise ValueError(
+            f"{path} is a training checkpoint (the last epoch's training state, for `bridgenet train "
+            f"--resume`), not a model; pass the model file beside it, {path.parent / 'model.pt'} (the "
+            f"selected epoch, with its threshold), or a registered model such as "
+            f"models:/bridgenet-{category}@champion")
+    if found == MODEL_FORMAT:
+        raise ValueError(f"{path} is a model file, not a training checkpoint (`bridgenet train --resume` "
+                         "reads checkpoint.pt)")
+    raise ValueError(f"{path}: not a BridgeNet {FILE_KINDS[expected]} (format {expected!r} expected)")
+
+
+def _file_format(payload: Any) -> str | None:
+    """The file's format tag; checkpoints written before they had their own carry the model's
+    tag and a ``trainer`` entry."""
+    if not isinstance(payload, dict):
+        return None
+    found = payload.get("format")
+    return CHECKPOINT_FORMAT if found == MODEL_FORMAT and "trainer" in payload else found
 
 
 def _first_line(exc: BaseException) -> str:
@@ -141,7 +127,11 @@ def load_model(path: Path, device: torch.device | str = "cpu", graph: bool = Fal
         return scripted_model(payload[GRAPH_KEY].numpy().tobytes(), f"{path} (its {GRAPH_KEY})", device)
     from bridgenet.model.network import BridgeNet
 
-    params = params_from_dict(upgrade_stored_params(payload["params"]), source=f"{path} (stored params)")
+    meta = ModelMeta.from_dict(payload, str(path))
+    params = meta.params
+    if "state_dict" not in payload:
+        raise ValueError(f"{path}: not a complete BridgeNet model file (no 'state_dict' entry); rebuild it "
+                         "with `bridgenet train` or fetch it again")
     network = BridgeNet(params.model, weights="none", announce_random=False)
     missing, unexpected = network.load_state_dict(payload["state_dict"], strict=False)
     added = {k for k in missing if k.startswith("memory.") or k in ("score_loc", "score_scale")}
@@ -149,17 +139,8 @@ def load_model(path: Path, device: torch.device | str = "cpu", graph: bool = Fal
     harmless_weight = {"score_weight"}
     # models from before the relief input read the height map and carry no relief scale
     harmless = {"depth_image.relief_scale"} if params.model.depth_input == "height" else set()
-    if unexpected or set(missing) - added - harmless - harmless_weight or (added and params.model.scorer != "discriminator"):
+    if unexpected or set(missing) - added - harmless - harmless_weight or (added and network.scorer.uses_memory):
         raise ValueError(f"{path}: weights do not fit the stored model params "
                          f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})")
     network.to(device).eval()
-    return TrainedModel(
-        network=network,
-        params=params,
-        category=payload["category"],
-        threshold=float(payload["threshold"]),
-        metrics=payload.get("metrics", {}),
-        epoch=int(payload.get("epoch", -1)),
-        foreground_fraction=float(payload.get("foreground_fraction", 1.0)),
-        pixel_threshold=None if payload.get("pixel_threshold") is None else float(payload["pixel_threshold"]),
-    )
+    return TrainedModel(network, meta)

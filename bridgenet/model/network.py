@@ -11,13 +11,7 @@ Data flow for a batch of B images of side S (stride-8 grid of side s = S / 8):
     -> patches off the (dilated) foreground, depth == 0, scored lowest (``foreground_only``)
     -> anomaly map = patch scores upsampled and smoothed; image score = the map's peak
 
-The patch score depends on ``model.scorer``:
-
-    discriminator   sigmoid of the discriminator's logit, in [0, 1] (the paper's head)
-    memory          per modality, the distance to the nearest clean training patch
-                    (:mod:`bridgenet.model.memory`), standardised; the modalities summed
-                    (``memory_fusion: sum``) or the larger taken (``max``)
-    fused           fusion_weight * standardised logit + (1 - fusion_weight) * memory score
+The patch score depends on ``model.scorer`` (:mod:`bridgenet.model.scorers`).
 
 "Standardised" means (x - loc) / scale with statistics of that component on the scored
 patches of the validation goods (:meth:`BridgeNet.calibrate`): 0 is the mean clean patch,
@@ -26,7 +20,6 @@ patches of the validation goods (:meth:`BridgeNet.calibrate`): 0 is the mean cle
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 
@@ -36,20 +29,14 @@ from torch import nn
 
 from bridgenet.config import ModelConfig
 from bridgenet.model.backbone import Backbone
-from bridgenet.model.memory import MemoryBank
+from bridgenet.model.contract import ScoreResult
+from bridgenet.model.depth_image import DepthImage, gaussian_blur
+from bridgenet.model.heads import Discriminator, PatchAdapter, Projection
+from bridgenet.model.memory import MemoryBank, matmul_nearest
+from bridgenet.model.scorers import SCORERS, Scorer, scorer_named  # noqa: F401  (SCORERS: the names)
 
 LOGGER = logging.getLogger(__name__)
 MODALITIES = ("rgb", "depth")
-SCORERS = ("discriminator", "memory", "fused")
-
-
-@dataclass
-class AnomalyResult:
-    """Eval-mode output: ``pred_score`` (B,) and ``anomaly_map`` (B, H, W); in [0, 1] for the discriminator."""
-
-    pred_score: torch.Tensor
-    anomaly_map: torch.Tensor
-
 
 @dataclass
 class TrainingLogits:
@@ -62,179 +49,6 @@ class TrainingLogits:
 
     clean: torch.Tensor
     negatives: dict[str, torch.Tensor]
-
-
-def _pooling_kernel(channels: int, patch: int, width: int) -> torch.Tensor:
-    """Fixed conv weight (width, channels, patch, patch) that average-pools each patch vector.
-
-    The patch vector (channels * patch * patch values, channel-major) is
-    adaptive-average-pooled to ``width`` values: a fixed linear map, applied
-    here as a convolution so that no patch is ever unfolded in memory.
-    """
-    eye = torch.eye(channels * patch * patch).unsqueeze(1)  # (C*k*k, 1, C*k*k)
-    pooled = F.adaptive_avg_pool1d(eye, width).squeeze(1)  # (C*k*k, width)
-    return pooled.t().reshape(width, channels, patch, patch).contiguous()
-
-
-class PatchAdapter(nn.Module):
-    """Parameter-free feature adaptation shared by both modalities.
-
-    Each layer's k x k neighbourhood is aggregated and averaged to an equal
-    share of ``embed_dim``; deeper maps are upsampled to the first layer's grid.
-    Input: list of (B, C_i, H_i, W_i); output (B, embed_dim, H_0, W_0).
-    """
-
-    def __init__(self, channels: list[int], patch_size: int, embed_dim: int) -> None:
-        super().__init__()
-        if patch_size % 2 != 1:
-            raise ValueError(f"model.patch_size must be odd, got {patch_size}")
-        if embed_dim < len(channels):
-            raise ValueError(f"model.embed_dim {embed_dim} is smaller than the number of layers")
-        shares = [embed_dim // len(channels)] * len(channels)
-        shares[-1] += embed_dim - sum(shares)
-        self.patch_size = patch_size
-        for i, (c, width) in enumerate(zip(channels, shares)):
-            self.register_buffer(f"kernel{i}", _pooling_kernel(c, patch_size, width), persistent=False)
-        self.n_layers = len(channels)
-        self.embed_dim = embed_dim
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        size = features[0].shape[-2:]
-        pad = self.patch_size // 2
-        maps = []
-        for i, feature in enumerate(features):
-            pooled = F.conv2d(feature, getattr(self, f"kernel{i}").to(feature.dtype), padding=pad)
-            if pooled.shape[-2:] != size:
-                pooled = F.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
-            maps.append(pooled)
-        return torch.cat(maps, dim=1)
-
-
-def _mlp_init(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_normal_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
-class Discriminator(nn.Module):
-    """MLP patch scorer: (N, in_dim) -> logits (N,). Linear-BatchNorm-LeakyReLU blocks."""
-
-    def __init__(self, in_dim: int, hidden: int, n_layers: int) -> None:
-        super().__init__()
-        if n_layers < 2:
-            raise ValueError(f"model.dsc_layers must be >= 2, got {n_layers}")
-        blocks: list[nn.Module] = []
-        width = in_dim
-        for _ in range(n_layers - 1):
-            blocks += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.3)]
-            width = hidden
-        self.body = nn.Sequential(*blocks)
-        self.tail = nn.Linear(width, 1, bias=False)
-        self.apply(_mlp_init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.body(x)).squeeze(-1)
-
-
-class Projection(nn.Module):
-    """Trainable linear projection of the fused patch features; identity when n_layers == 0."""
-
-    def __init__(self, dim: int, n_layers: int) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(*[nn.Linear(dim, dim) for _ in range(n_layers)])
-        self.apply(_mlp_init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-@functools.lru_cache(maxsize=32)  # a few sides and sigmas per process; built once, not per forward pass
-def blur_matrix(size: int, sigma: float, padding: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(size, size) matrix ``M`` with ``M @ x`` = ``x`` (length ``size``) convolved with a Gaussian.
-
-    The kernel has radius ``round(4 sigma)``; past the ends the signal is 0 (``zeros``) or
-    mirrored without repeating the edge (``reflect``, as ``F.pad``; the radius must stay
-    below ``size``). Built from integer indices only, so a traced export keeps it as one
-    constant per input size. Cached: callers must not modify it.
-    """
-    radius = max(1, round(4 * sigma))
-    if padding == "reflect" and radius >= size:
-        raise ValueError(f"gaussian_blur: reflect padding needs a radius ({radius}) below the side ({size})")
-    offsets = torch.arange(-radius, radius + 1)
-    kernel = torch.exp(-0.5 * (offsets.double() / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    rows = torch.arange(size).unsqueeze(1).expand(-1, len(offsets))
-    cols = rows + offsets
-    weights = kernel.expand(size, -1)
-    if padding == "zeros":
-        inside = (cols >= 0) & (cols < size)
-        rows, cols, weights = rows[inside], cols[inside], weights[inside]
-    else:
-        cols = cols.abs()
-        cols = torch.where(cols >= size, 2 * (size - 1) - cols, cols)
-    matrix = torch.zeros(size, size, dtype=torch.float64)
-    matrix.index_put_((rows.flatten(), cols.flatten()), weights.flatten(), accumulate=True)
-    return matrix.to(dtype=dtype, device=device)
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float, padding: str = "reflect") -> torch.Tensor:
-    """Separable Gaussian smoothing of (B, H, W) maps; ``padding`` ``reflect`` or ``zeros``.
-
-    Each pass is one matrix product with a banded matrix (:func:`blur_matrix`): at the
-    relief's sigma (13 px at 256 px) that is about 20 times faster on a CPU than a
-    convolution with the 103-tap kernel, for the same weights and padding.
-    """
-    if sigma <= 0:
-        return maps
-    if padding not in ("reflect", "zeros"):
-        raise ValueError(f"gaussian_blur: padding must be 'reflect' or 'zeros', got {padding!r}")
-    height, width = int(maps.shape[-2]), int(maps.shape[-1])
-    across = blur_matrix(width, sigma, padding, maps.dtype, maps.device)
-    down = across if height == width else blur_matrix(height, sigma, padding, maps.dtype, maps.device)
-    return down @ (maps @ across.T)
-
-
-class DepthImage(nn.Module):
-    """Visible depth (B, 1, S, S) in [0, 1] (0 off the object) -> the image the backbone reads (B, 3, S, S).
-
-    ``height``: the depth map itself, repeated (the paper's input). Its grey levels span
-    the object's whole height, so on a real part the thread, a dent or a bend changes them
-    by a few levels in 255. ``relief``: the local relief, height minus its Gaussian blur
-    (``sigma`` x S, normalised over the object only so the outline does not leak in),
-    shown as ``0.5 + gain * relief / relief_scale`` on the object and 0 off it.
-    ``relief_scale`` is the standard deviation of the relief on clean training objects
-    (:meth:`fit`), so the grey levels mean the same on every category. One backbone and
-    one adapter still serve both modalities.
-    """
-
-    def __init__(self, kind: str, sigma: float, gain: float) -> None:
-        super().__init__()
-        self.kind, self.sigma, self.gain = kind, sigma, gain
-        self.register_buffer("relief_scale", torch.ones(()))
-
-    def relief(self, depth: torch.Tensor) -> torch.Tensor:
-        """(B, 1, S, S) depth -> (B, 1, S, S) local relief on the object, 0 off it."""
-        on = (depth > 0).to(depth.dtype)[:, 0]
-        sigma = self.sigma * int(depth.shape[-1])  # a constant for tracers: exports are of one input size
-        smooth = gaussian_blur(depth[:, 0] * on, sigma, "zeros") / gaussian_blur(on, sigma, "zeros").clamp_min(1e-3)
-        return ((depth[:, 0] - smooth) * on).unsqueeze(1)
-
-    @torch.no_grad()
-    def fit(self, depth: torch.Tensor) -> None:
-        """Set ``relief_scale`` from clean training depth maps (N, 1, S, S)."""
-        if self.kind != "relief":
-            return
-        values = torch.cat([self.relief(depth[i:i + 8])[depth[i:i + 8] > 0] for i in range(0, len(depth), 8)])
-        if values.numel() > 1:
-            self.relief_scale.fill_(float(values.float().std().clamp_min(1e-6)))
-
-    def forward(self, depth: torch.Tensor) -> torch.Tensor:
-        if self.kind == "height":
-            return depth.expand(-1, 3, -1, -1)
-        on = (depth > 0).to(depth.dtype)
-        shown = (0.5 + self.gain * self.relief(depth) / self.relief_scale).clamp(0, 1) * on
-        return shown.expand(-1, 3, -1, -1)
 
 
 def foreground_patches(depth: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -406,52 +220,42 @@ class BridgeNet(nn.Module):
         return self.backbone.strides
 
     @property
-    def scorer(self) -> str:
+    def scorer(self) -> Scorer:
         return self._scorer
 
     @scorer.setter
-    def scorer(self, name: str) -> None:
-        if name not in SCORERS:
-            raise ValueError(f"model.scorer: unknown {name!r}; allowed {SCORERS}")
-        self._scorer = name
+    def scorer(self, name: str | Scorer) -> None:
+        self._scorer = scorer_named(name)
 
     def patch_components(
-        self, embeddings: dict[str, torch.Tensor], keep: torch.Tensor, scorer: str
+        self, embeddings: dict[str, torch.Tensor], keep: torch.Tensor | None, scorer: Scorer,
+        head: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Raw patch scores (P,) of the kept patches, per component that ``scorer`` uses.
+        """Raw patch scores (P,) of the ``keep`` patches (None: every patch), per component that
+        ``scorer`` uses: ``discriminator`` logits, ``memory_<m>`` nearest-neighbour distances.
 
-        ``discriminator``: logits; ``memory_<m>``: nearest-neighbour distances.
+        ``head``: the folded eval head as given tensors (an export's constants) instead of
+        :meth:`folded_head`'s cache. Every patch (``keep`` None) is searched by one matrix
+        product, which tracers follow; the kept patches go through the bank's own search.
         """
         out: dict[str, torch.Tensor] = {}
-        if scorer in ("discriminator", "fused"):
-            out["discriminator"] = self.score_rows(self.fuse(embeddings)[keep]).float()
-        if scorer in ("memory", "fused"):
+        if scorer.uses_discriminator:
+            rows = self.fuse(embeddings)
+            rows = rows if keep is None else rows[keep]
+            out["discriminator"] = (self.score_rows(rows) if head is None else self.folded_scores(rows, *head)).float()
+        if scorer.uses_memory:
             if not self.memory.fitted:
                 raise RuntimeError(f"model.scorer={scorer} needs the memory bank, which was never built")
             for m in self.modalities:
                 emb = embeddings[m]
-                rows = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])[keep]
-                out[f"memory_{m}"] = self.memory.distances(m, rows)
+                rows = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+                out[f"memory_{m}"] = (matmul_nearest(rows.float(), self.memory.bank(m)) if keep is None
+                                      else self.memory.distances(m, rows[keep]))
         return out
 
     def standardized(self, name: str, values: torch.Tensor) -> torch.Tensor:
         i = self.components.index(name)
         return (values - self.score_loc[i]) / self.score_scale[i] * self.score_weight[i]
-
-    def combine(self, components: dict[str, torch.Tensor], scorer: str) -> torch.Tensor:
-        """The patch score of ``scorer`` from :meth:`patch_components` output."""
-        if scorer == "discriminator":
-            return torch.sigmoid(components["discriminator"])
-        # Standardised, each modality's 1 is "as high as a clean part's worst patch". Summed, a
-        # patch that both modalities find unusual outranks one that either finds unusual alone
-        # (real scans: a glint in RGB or a sensor hole in depth is seldom both).
-        memory = torch.stack([self.standardized(f"memory_{m}", components[f"memory_{m}"])
-                              for m in self.modalities])
-        memory = memory.sum(0) if self.memory_fusion == "sum" else memory.amax(0)
-        if scorer == "memory":
-            return memory
-        w = self.fusion_weight
-        return w * self.standardized("discriminator", components["discriminator"]) + (1 - w) * memory
 
     def kept_patches(self, depth: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(B * h * w,) bool: the patches that are scored (all, unless ``foreground_only``)."""
@@ -494,37 +298,42 @@ class BridgeNet(nn.Module):
             out[f"{name}_weight"] = float(self.score_weight[i])
         return out
 
-    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, scorer: str | None = None) -> AnomalyResult:
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, scorer: str | Scorer | None = None,
+                dense: bool = False, head: tuple[torch.Tensor, torch.Tensor] | None = None) -> ScoreResult:
         """rgb (B, 3, S, S) and depth (B, 1, S, S) in [0, 1] -> scores and maps at S x S.
 
-        ``scorer`` overrides ``self.scorer`` for this call.
+        ``scorer`` overrides ``self.scorer`` for this call. Only the scored patches go through
+        the heads, unless ``dense``: then every patch does and the ones off the object are
+        masked afterwards (same numbers, no data-dependent shapes: what an export traces).
         """
-        scorer = scorer or self.scorer
-        inputs = {"rgb": rgb, "depth": depth}
-        embeddings = self.embed_inputs(inputs)
-        first = embeddings[self.modalities[0]]
-        b, _, h, w = first.shape
-        # Only the scored patches go through the heads; the others get the sample's lowest score.
+        scorer = self.scorer if scorer is None else scorer_named(scorer)
+        embeddings = self.embed_inputs({"rgb": rgb, "depth": depth})
+        b, _, h, w = embeddings[self.modalities[0]].shape
+        # the patches not scored get the sample's lowest score (:meth:`result_from_patches`)
         keep = self.kept_patches(depth, (h, w))
-        patch = self.combine(self.patch_components(embeddings, keep, scorer), scorer)
-        scores = torch.full((b * h * w,), torch.inf, device=patch.device)
-        scores[keep] = patch
+        if dense:
+            patch = scorer.combine(self, self.patch_components(embeddings, None, scorer, head))
+            scores = torch.where(keep.view(b * h * w), patch, torch.inf) if self.foreground_only else patch
+        else:
+            patch = scorer.combine(self, self.patch_components(embeddings, keep, scorer, head))
+            scores = torch.full((b * h * w,), torch.inf, device=patch.device)
+            scores[keep] = patch
         size = rgb.shape[-2:] if "rgb" in self.modalities else depth.shape[-2:]
-        return self.result_from_patches(scores.view(b, h, w), scorer, size)
+        return self.result_from_patches(scores.view(b, h, w), scorer, (int(size[0]), int(size[1])))
 
-    def result_from_patches(self, scores: torch.Tensor, scorer: str, size: tuple[int, int]) -> AnomalyResult:
+    def result_from_patches(self, scores: torch.Tensor, scorer: Scorer, size: tuple[int, int]) -> ScoreResult:
         """Patch scores (B, h, w), ``inf`` on the patches not scored -> image scores and S x S maps.
 
-        The patches not scored get the sample's lowest score (0 for the discriminator's
-        probabilities); maps are upsampled bilinearly and smoothed. The image score is the
-        smoothed map's peak (``image_score: map_max``): one hot patch on a good part (a glint,
-        a sensor hole) is spread over its neighbours and falls, while a defect spanning a few
-        patches keeps its level; ``patch_max`` takes the highest patch as it is.
+        The patches not scored get the sample's lowest score (0 for probabilities); maps are
+        upsampled bilinearly and smoothed. The image score is the smoothed map's peak
+        (``image_score: map_max``): one hot patch on a good part (a glint, a sensor hole) is
+        spread over its neighbours and falls, while a defect spanning a few patches keeps its
+        level; ``patch_max`` takes the highest patch as it is.
         """
         lowest = scores.flatten(1).amin(1).view(-1, 1, 1)
-        fill = torch.zeros_like(lowest) if scorer == "discriminator" else lowest  # sigmoid(-inf) = 0
+        fill = torch.zeros_like(lowest) if scorer.probability else lowest  # sigmoid(-inf) = 0
         scores = torch.where(torch.isinf(scores), fill, scores)
         maps = F.interpolate(scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
         maps = gaussian_blur(maps.squeeze(1), self.smoothing_sigma)
         peak = maps if self.image_score == "map_max" else scores
-        return AnomalyResult(pred_score=peak.flatten(1).amax(dim=1), anomaly_map=maps)
+        return ScoreResult(pred_score=peak.flatten(1).amax(dim=1), anomaly_map=maps)

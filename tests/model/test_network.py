@@ -7,7 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from bridgenet.config import ModelConfig
-from bridgenet.model.network import BridgeNet, DepthImage, PatchAdapter, gaussian_blur
+from bridgenet.model.depth_image import DepthImage, gaussian_blur
+from bridgenet.model.heads import PatchAdapter
+from bridgenet.model.network import BridgeNet
+from bridgenet.model.scorers import MEMORY
 
 # The discriminator head on its own: these networks have no memory bank (training builds it).
 SMALL = ModelConfig(embed_dim=32, dsc_hidden=32, weights="package", scorer="discriminator")
@@ -224,13 +227,13 @@ def test_one_hot_patch_stays_below_the_threshold_while_a_small_defect_exceeds_it
     gen = torch.Generator().manual_seed(0)
     goods = torch.randn(200, 32, 32, generator=gen).abs() * 0.3
     size = (256, 256)
-    threshold = float(torch.quantile(net.result_from_patches(goods, "memory", size).pred_score, 0.99))
+    threshold = float(torch.quantile(net.result_from_patches(goods, MEMORY, size).pred_score, 0.99))
     level = 2.0 * threshold
     glint, defect = goods[:1].clone(), goods[1:2].clone()
     glint[0, 16, 16] = level
     defect[0, 15:18, 15:18] = level
-    scores = net.result_from_patches(torch.cat([glint, defect]), "memory", size).pred_score
+    scores = net.result_from_patches(torch.cat([glint, defect]), MEMORY, size).pred_score
     assert float(scores[0]) < threshold < float(scores[1])
     net.image_score = "patch_max"
-    raw = net.result_from_patches(torch.cat([glint, defect]), "memory", size).pred_score
+    raw = net.result_from_patches(torch.cat([glint, defect]), MEMORY, size).pred_score
     assert float(raw[0]) == float(raw[1]) == pytest.approx(level)

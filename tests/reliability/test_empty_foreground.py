@@ -7,7 +7,6 @@ pyfunc model (whose ``INVALID_PARAMETER_VALUE`` is the REST server's HTTP
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def model(small):
 
 def with_policy(model, policy: str):
     params = model.params.model_copy(update={"predict": PredictConfig(on_empty_foreground=policy)})
-    return dataclasses.replace(model, params=params)
+    return model.with_meta(params=params)
 
 
 def test_train_stores_that_the_model_was_trained_with_objects(small, model):
@@ -66,7 +65,7 @@ def test_flat_point_cloud_is_refused_with_the_error_policy(model):
 
 
 def test_category_trained_without_any_object_keeps_whole_image_scoring(model):
-    whole_image = dataclasses.replace(model, foreground_fraction=0.0)
+    whole_image = model.with_meta(foreground_fraction=0.0)
     prediction = predict_arrays(whole_image, rgb_image(1), scene(1, flat=True))
     assert prediction.status == "ok" and np.isfinite(prediction.score)
     assert prediction.score != model.display_range()[1]  # scored, not the no-object marker

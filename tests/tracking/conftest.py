@@ -136,7 +136,8 @@ def constant_models(tiny: Tiny, good_models: Path) -> Path:
     with torch.no_grad():
         model.network.discriminator.tail.weight.zero_()
     # Scored by the discriminator alone, or the memory head would still tell defects apart.
-    model.params = params_from_dict(apply_overrides(model.params.to_dict(), ["model.scorer=discriminator"]))
+    model = model.with_meta(params=params_from_dict(apply_overrides(model.params.to_dict(),
+                                                                    ["model.scorer=discriminator"])))
     model.network.scorer = "discriminator"
     target = tiny.root / "models_constant" / "bagel" / "model.pt"
     save_model(model, target, read_checkpoint(source)["history"])

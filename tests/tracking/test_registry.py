@@ -226,7 +226,8 @@ def scorer_copy(source: Path, target: Path, scorer: str = "memory") -> Path:
     from bridgenet.model.io import load_model, read_checkpoint, save_model
 
     model = load_model(source / "model.pt")
-    model.params = params_from_dict(apply_overrides(model.params.to_dict(), [f"model.scorer={scorer}"]))
+    model = model.with_meta(params=params_from_dict(apply_overrides(model.params.to_dict(),
+                                                                    [f"model.scorer={scorer}"])))
     model.network.scorer = scorer
     target.mkdir(parents=True)
     save_model(model, target / "model.pt", read_checkpoint(source / "model.pt")["history"])

@@ -31,7 +31,7 @@ def threshold_copy(source: Path, target: Path, threshold: float) -> Path:
     from bridgenet.model.io import load_model, read_checkpoint, save_model
 
     model = load_model(source / "model.pt")
-    model.threshold = threshold
+    model = model.with_meta(threshold=threshold)
     target.mkdir(parents=True)
     save_model(model, target / "model.pt", read_checkpoint(source / "model.pt")["history"])
     for extra in source.glob("*.json"):

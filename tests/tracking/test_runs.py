@@ -20,7 +20,12 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.tracking import MlflowClient
 
 from bridgenet.config import TrackingConfig
-from bridgenet.model.summary import SUMMARY_FILE, load_train_summary, save_train_summary
+from bridgenet.model.summary import (
+    SUMMARY_FILE,
+    TrainSummary,
+    load_train_summary,
+    save_train_summary,
+)
 from bridgenet.tracking import runs
 from bridgenet.tracking.lineage import lineage_tags
 from bridgenet.tracking.runs import (
@@ -188,19 +193,16 @@ def test_lineage_without_git_or_dvc_lock_says_so(tmp_path):
 
 # ----------------------------------------------------------------- summary
 def test_train_summary_round_trip_and_model_file_fallback(tmp_path, constant_models):
-    summary = {
-        "category": "bagel",
-        "best_epoch": 1,
-        "validation": {"val_score": float("nan")},
-        "history": [{"epoch": 0, "loss": 1.5}, {"epoch": 1, "loss": 1.25}],
-    }
+    summary = TrainSummary(category="bagel", model_path="models/bagel/model.pt", best_epoch=1, threshold=0.5,
+                           validation={"val_score": float("nan")},
+                           history=[{"epoch": 0, "loss": 1.5}, {"epoch": 1, "loss": 1.25}])
     path = save_train_summary(summary, tmp_path)
     assert path.name == SUMMARY_FILE
     assert json.loads(path.read_text())["validation"]["val_score"] is None
-    assert load_train_summary(tmp_path)["history"][1]["loss"] == 1.25
+    assert load_train_summary(tmp_path) == TrainSummary(**{**summary.to_dict(), "validation": {"val_score": None}})
     fallback = load_train_summary(constant_models / "bagel")  # only model.pt there
-    assert fallback["category"] == "bagel" and len(fallback["history"]) == 2
-    assert math.isfinite(fallback["threshold"])
+    assert fallback.category == "bagel" and len(fallback.history) == 2
+    assert math.isfinite(fallback.threshold)
     with pytest.raises(FileNotFoundError, match="model.pt"):
         load_train_summary(tmp_path / "empty")
 

@@ -46,7 +46,7 @@ class ScoringSpy:
 
         def spy(model, split, batch_size, device):
             weights = model.network.discriminator.tail.weight.detach().numpy().tobytes()
-            key = (hashlib.sha256(weights + model.network.scorer.encode()).hexdigest()[:12],
+            key = (hashlib.sha256(weights + model.network.scorer.name.encode()).hexdigest()[:12],
                    split.fingerprint()[:12])
             self.calls[key] += 1
             return real(model, split, batch_size, device)
