@@ -58,10 +58,10 @@ def register_category(
     from bridgenet import reports
     from bridgenet.model.io import load_model
     from bridgenet.model.summary import load_train_summary
+    from bridgenet.paths import PREVIEW_FILE
     from bridgenet.serving.spec import pyfunc_spec
     from bridgenet.tracking.lineage import lineage_tags
     from bridgenet.tracking.runs import end_run_as, log_training_run
-    from bridgenet.paths import PREVIEW_FILE
     from bridgenet.training.validation import write_anomaly_preview
 
     path = model_path(params, category)

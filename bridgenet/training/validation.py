@@ -17,6 +17,7 @@ from bridgenet.config import Params
 from bridgenet.data.batch import Batch
 from bridgenet.data.cache import CachedSplit, load_cached_split
 
+
 @dataclass
 class ValidationSet:
     """Good validation samples plus fixed synthetic anomalies: labels (N,), masks (N, S, S)."""
