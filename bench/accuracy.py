@@ -159,7 +159,7 @@ def load_current(args: argparse.Namespace, results_dir: Path, categories: list[s
                  memory: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The runs and peer records of ``results_dir`` made under today's params, for the summary."""
     digest, train_digest = params_digest(), params_digest("train")
-    loaded = [r for r in read_records(results_dir) if r["category"] in categories and (
+    loaded = [r for r in read_records(results_dir, "*.json") if r["category"] in categories and (
         r.get("params_digest") == digest and caps_unbound(r, memory) if "config" in r
         else peer_current(r, train_digest))]
     runs = [r for r in loaded if "config" in r and r["config"] in args.configs and r["seed"] in args.seeds]

@@ -115,12 +115,13 @@ def current_record(path: Path, expected_digest: str) -> dict[str, Any] | None:
     return record
 
 
-def read_records(source: Path) -> list[dict[str, Any]]:
-    """The records of ``source``: a folder of per-run files (every ``*.json`` under it, sorted
-    by path), one per-run file, or a summary (its ``runs`` and ``peers``)."""
+def read_records(source: Path, pattern: str = "**/*.json") -> list[dict[str, Any]]:
+    """The records of ``source``: a folder of per-run files (those matching ``pattern``, sorted
+    by path; by default every JSON file under it), one per-run file, or a summary (its
+    ``runs`` and ``peers``)."""
     source = Path(source)
     if source.is_dir():
-        found = (read_json(p) for p in sorted(source.rglob("*.json")))
+        found = (read_json(p) for p in sorted(source.glob(pattern)))
         return [r for r in found if r is not None]
     document = read_json(source)
     if document is None:
@@ -196,9 +197,9 @@ def _columns(flat: list[dict[str, Any]]) -> list[str]:
     return list(seen)
 
 
-def read_results(source: Path) -> pd.DataFrame:
+def read_results(source: Path, pattern: str = "**/*.json") -> pd.DataFrame:
     """The rows (:func:`rows_frame`) of every record in ``source`` (:func:`read_records`)."""
-    return rows_frame(row for record in read_records(source) for row in record_rows(record))
+    return rows_frame(row for record in read_records(source, pattern) for row in record_rows(record))
 
 
 # ----------------------------------------------------------------------------- summary
