@@ -102,7 +102,8 @@ def reproduce_command(seeds: list[int], configs: list[str], categories: list[str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--configs", nargs="+", default=["rgb+depth", "rgb", "depth"], choices=list(CONFIGS))
     parser.add_argument("--categories", nargs="+", default=None, help="default: data.categories")
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     frame = rows_frame([*(row for record in [*runs, *peers] for row in record_rows(record)),
                         *(row for preset in PRESETS for row in report.late_fusion_rows(runs, preset))])
     tables = {p: report.summarize(frame[frame["preset"] == p], names, categories) for p in PRESETS}
-    machine = machine_info(reproduce_command(args.seeds, args.configs, args.categories), torch.__version__)
+    machine = machine_info(reproduce_command(args.seeds, args.configs, args.categories), torch=torch.__version__)
     targets = report.check_targets(tables, defaults.model.scorer)
     args.out.mkdir(parents=True, exist_ok=True)
     write_results(args.out / "accuracy.json", {

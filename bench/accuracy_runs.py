@@ -118,7 +118,8 @@ def score_model(work: Path, config: str, seed: int, category: str,
     # saved model is scored as a freshly trained one would be.
     validation = load_cached_split(params.data.cache_dir, category, "validation", params.data)
     calibrate_scores(model.network, Batch.from_split(validation), torch.device("cpu"), params.eval.batch_size)
-    validation_scores = {}  # per scorer, for the late fusion of separate models (:func:`bench.accuracy_report.late_fusion_rows`)
+    # per scorer, for the late fusion of separate models (:func:`bench.accuracy_report.late_fusion_rows`)
+    validation_scores = {}
     for scorer in SCORERS:
         model.network.scorer = scorer
         image_scores = score_split(model, validation, params.eval.batch_size, torch.device("cpu"))[0]
@@ -140,7 +141,7 @@ def score_model(work: Path, config: str, seed: int, category: str,
                 "test_seconds": time.perf_counter() - start,
                 "n_test": len(evaluation.labels),
                 "threads": torch.get_num_threads(),
-                # per test sample, for the late fusion of separate models (:func:`bench.accuracy_report.late_fusion_rows`)
+                # per test sample, for the late fusion of separate models (bench.accuracy_report)
                 "image_scores": [float(v) for v in evaluation.scores],
                 "sample_families": [families.get(d, GOOD) for d in split.defects],
                 "validation_scores": validation_scores[scorer],

@@ -26,7 +26,7 @@ __all__ = ["FAMILIES", "PARAMS", "PEER", "REAL_METRICS", "REPO", "RESULTS", "SCO
            "SYNTH_METRICS", "apply_scoring", "bench_command", "cpu_model", "fmt", "machine_info",
            "portable_command", "portable_path"]
 
-PEER = "PatchCore"  # anomalib's, fitted beside our models (bench/peers.py)
+PEER = "PatchCore"  # anomalib's, fitted beside our models (bench.peers)
 # The defect families of the synthetic data. bridgenet defines the same tuple in
 # bridgenet/data/synth/render.py, which imports open3d: this is the bench's one copy.
 FAMILIES = ("geometric", "appearance", "both")
@@ -62,10 +62,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine_info(command: str, torch_version: str, **extra: Any) -> dict[str, Any]:
-    """The ``machine`` block of a summary: CPU, cores, ``extra`` (e.g. threads), torch, date, command."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), **extra, "torch": torch_version,
-            "date": date.today().isoformat(), "command": command}
+def machine_info(command: str, **fields: Any) -> dict[str, Any]:
+    """The ``machine`` block of a summary: CPU, cores, ``fields`` in order (torch, threads, ...),
+    today's date and the command."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), **fields, "date": date.today().isoformat(),
+            "command": command}
 
 
 def bench_command(script: str, *words: str) -> str:

@@ -307,7 +307,7 @@ def markdown(summary: dict[str, dict[str, dict[str, dict[str, float]]]], seeds: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.fusion_rules", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--categories", nargs="+", default=None, help="default: data.categories")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work")

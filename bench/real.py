@@ -100,7 +100,8 @@ def portable_run(run: dict[str, Any], work: Path) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.real", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, required=True, help="an MVTec 3D-AD root (never copied)")
     parser.add_argument("--categories", nargs="+", default=None, help="default: every category under ROOT")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -226,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     frame = rows_frame(row for record in [*runs, *peers] for row in record_rows(record))
     table = summarize(frame, variants(args.configs, not args.no_peer), args.categories)
     targets = check_targets(table, args.categories)
-    machine = machine_info(published_command(sys.argv[1:] if argv is None else argv), torch.__version__,
-                           threads=torch.get_num_threads())
+    machine = machine_info(published_command(sys.argv[1:] if argv is None else argv),
+                           threads=torch.get_num_threads(), torch=torch.__version__)
     text = markdown(table, args.categories, targets, machine)
     json_path, md_path = args.out / f"real_{args.name}.json", args.out / f"real_{args.name}.md"
     write_results(json_path, {

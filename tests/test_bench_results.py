@@ -30,7 +30,8 @@ SYNTH_RUN = {"config": "rgb", "seed": 1, "category": "a", "train_seconds": 10.0,
              "scores": {"default": {"fused": {"metrics": _metrics(0.9), "families": {"geometric": 0.8}}},
                         "hard": {"fused": {"metrics": _metrics(0.7), "families": {"both": 0.6}}}}}
 SYNTH_PEER = {"preset": "hard", "category": "a", "fit_seconds": {"rgb": 1.0, "depth": 2.0, "fused": 3.0},
-              "modalities": {m: {"metrics": _metrics(0.6), "families": {"both": 0.5}} for m in ("rgb", "depth", "fused")}}
+              "modalities": {m: {"metrics": _metrics(0.6), "families": {"both": 0.5}}
+                             for m in ("rgb", "depth", "fused")}}
 REAL_RUN = {"config": "rgb+depth", "seed": 0, "category": "c", "train_seconds": 100.0,
             "scores": {"memory": {"metrics": _metrics(0.95), "per_defect": {"bent": 0.9, "cut": 1.0},
                                   "at_threshold": {"fpr": 0.1, "recall": 0.8}}}}
