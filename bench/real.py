@@ -41,6 +41,9 @@ over seeds per configuration / scorer and for the peer (rgb, depth, fused), per
 category and as the mean over categories, published figures beside ours (quoted
 from the 3D-ADS README, not re-measured), and a target check per category
 (lines PASS / FAIL, SKIP where a run it needs is missing).
+
+``bench.real_runs`` makes one run, ``bench.real_report`` the summary; records and
+summaries are :mod:`bench.results` records (``read_results`` reads either into a DataFrame).
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ from bench.real_runs import (
 from bench.results import current_record, record_rows, rows_frame, write_results
 from bridgenet.config import ConfigError, Params
 
-LOGGER = logging.getLogger(__name__)
+LOGGER = logging.getLogger("bench.real")  # not __name__: "__main__" under python -m
 BENCH_KEYS = ("data.root", "data.categories", "data.cache_dir")  # set by the bench, not by --set
 PATH_FLAGS = {"--data-root": "ROOT", "--work": "WORK", "--out": "OUT"}
 
