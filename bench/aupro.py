@@ -1,6 +1,6 @@
 """Time AU-PRO and the pixel metrics on a test-set-sized batch of random maps.
 
-    python bench/aupro.py [--n 200] [--size 800] [--seed 0]
+    python -m bench.aupro [--n 200] [--size 800] [--seed 0]
 
 Builds N random anomaly maps of size x size (float32) where half of the images
 carry 1-4 elliptical ground-truth blobs that score higher on average, then prints
@@ -50,7 +50,7 @@ def timed(name: str, fn, *args, **kwargs) -> object:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.aupro", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--size", type=int, default=800)
     parser.add_argument("--seed", type=int, default=0)

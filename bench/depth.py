@@ -1,6 +1,6 @@
 """Time visible-depth extraction on a synthetic 800 x 800 scene; prints ms/sample.
 
-Run: ``python bench/depth.py [--repeats N] [--size 800]``. The scene is a tilted
+Run: ``python -m bench.depth [--repeats N] [--size 800]``. The scene is a tilted
 table seen by a pinhole camera with a box and a dome on it, sensor noise and
 missing points; the settings are those of ``params.yaml``'s ``data:`` section.
 """
@@ -40,7 +40,7 @@ def tilted_scene(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.depth", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--size", type=int, default=800)
     args = parser.parse_args()

