@@ -115,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--summary-only", action="store_true", help="only rebuild the summary from --work")
     parser.add_argument("--rescore", action="store_true",
                         help="score every saved model again (after a change to how models score), no training")
-    parser.add_argument("--readme", action="store_true", help="also rewrite the README's accuracy block")
+    parser.add_argument("--readme", action="store_true", help="also rewrite the accuracy block of docs/benchmarks.md")
     parser.add_argument("--rerun-published", action="store_true",
                         help="train again the runs that --out/accuracy.json already holds")
     return parser.parse_args(argv)
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(targets))
     block = report.readme_block(tables, categories, targets, sorted({r["seed"] for r in runs}), machine)
     if args.readme and not report.update_readme(block):
-        print("README.md has no accuracy markers; left unchanged")
+        print("docs/benchmarks.md has no accuracy markers; left unchanged")
     print(f"wrote {args.out / 'accuracy.json'}, accuracy.md, accuracy_families.png")
 
 

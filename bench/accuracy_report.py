@@ -176,8 +176,8 @@ def readme_block(tables: dict[str, dict[str, Any]], categories: list[str], targe
     return "".join(parts)
 
 
-def update_readme(block: str, path: Path = REPO / "README.md") -> bool:
-    """Replace the text between the README's accuracy markers; False when they are missing."""
+def update_readme(block: str, path: Path = REPO / "docs" / "benchmarks.md") -> bool:
+    """Replace the text between the accuracy markers of docs/benchmarks.md; False when they are missing."""
     start, end = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
     text = path.read_text()
     if start not in text or end not in text:

@@ -88,8 +88,8 @@ def run_one(work: Path, config: str, seed: int, category: str,
     return {
         "config": config, "seed": seed, "category": category,
         "scores": score_model(work, config, seed, category, presets),
-        "best_epoch": summary["best_epoch"], "train_seconds": train_s,
-        "seconds_per_epoch": summary["seconds_per_epoch"], "memory": summary["memory"],
+        "best_epoch": summary.best_epoch, "train_seconds": train_s,
+        "seconds_per_epoch": summary.seconds_per_epoch, "memory": summary.memory,
         "memory_caps": {k: getattr(params.model.memory, k) for k in CAP_KEYS},
     }
 
@@ -109,7 +109,7 @@ def score_model(work: Path, config: str, seed: int, category: str,
     from bridgenet.evaluate import defect_families, evaluate_category, load_test_split, score_split
     from bridgenet.metrics import GOOD
     from bridgenet.model.io import load_model
-    from bridgenet.train import calibrate_scores
+    from bridgenet.training.finish import calibrate_scores
 
     params = load_params(PARAMS, [*base_overrides(work), *CONFIGS[config]])
     model = load_model(model_dir(work, config, seed, category) / "model.pt")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bridgenet.metrics import METRIC_KEYS
-from bridgenet.model.network import SCORERS
+from bridgenet.model.scorers import SCORERS
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"

@@ -62,7 +62,7 @@ def sample_arrays(root: Path, category: str, key: str, params) -> dict[str, np.n
 
 def fitted_depth_image(root: Path, category: str, params, n: int = 32):
     from bridgenet.data.samples import read_rgb, read_xyz
-    from bridgenet.model.network import DepthImage
+    from bridgenet.model.depth_image import DepthImage
     from bridgenet.preprocess import network_inputs
 
     folder = root / category / "train" / "good"

@@ -235,7 +235,7 @@ def score_category(work: Path, seed: int, category: str) -> dict[str, dict[str, 
     from bridgenet.data.cache import load_cached_split
     from bridgenet.evaluate import load_test_split
     from bridgenet.model.io import load_model
-    from bridgenet.train import calibrate_scores
+    from bridgenet.training.finish import calibrate_scores
 
     path = accuracy_runs.model_dir(work, "rgb+depth", seed, category) / "model.pt"
     if not path.is_file():

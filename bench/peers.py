@@ -146,7 +146,7 @@ def fitted_depth_image(model_cfg: ModelConfig, train_depth: np.ndarray,
         raise ValueError(f"depth_input must be one of {DEPTH_INPUTS}, got {depth_input!r}")
     if depth_input == "height":
         return None
-    from bridgenet.model.network import DepthImage
+    from bridgenet.model.depth_image import DepthImage
 
     depth_image = DepthImage(model_cfg.depth_input, model_cfg.relief_sigma, model_cfg.relief_gain)
     depth_image.fit(torch.from_numpy(train_depth).unsqueeze(1).float())

@@ -166,7 +166,7 @@ def validation_threshold(model: Any, params: Params, category: str, device: Any)
     of the validation goods' image scores."""
     from bridgenet.data.cache import load_cached_split
     from bridgenet.evaluate import score_split
-    from bridgenet.train import choose_threshold
+    from bridgenet.training.finish import choose_threshold
 
     split = load_cached_split(params.data.cache_dir, category, "validation", params.data)
     scores = score_split(model, split, params.eval.batch_size, device)[0]
@@ -201,14 +201,14 @@ def score_run(params: Params, path: Path, category: str) -> tuple[dict[str, Any]
     same_scoring = all(getattr(model.params.model, k) == getattr(params.model, k) for k in SCORING_KEYS)
     apply_scoring(model, params)
     split = load_test_split(params, category)
-    trained_scorer, trained_threshold = model.network.scorer, model.threshold
+    trained_scorer, trained_threshold = model.scorer.name, model.threshold
     cells = {}
     for scorer in SCORERS:
         start = time.perf_counter()
         model.network.scorer = scorer
         own = scorer == trained_scorer and same_scoring
-        model.threshold = trained_threshold if own else validation_threshold(model, params, category, device)
-        evaluation, _ = evaluate_category(params, model, split, device)
+        threshold = trained_threshold if own else validation_threshold(model, params, category, device)
+        evaluation, _ = evaluate_category(params, model.with_meta(threshold=threshold), split, device)
         cells[scorer] = scorer_cell(evaluation, "model" if own else "validation goods",
                                     time.perf_counter() - start)
     test = {"stems": list(split.stems), "defects": list(split.defects), "labels": split.labels.tolist()}
@@ -227,9 +227,9 @@ def train_and_score(params: Params, out_dir: Path, config: str, seed: int, categ
         "config": config, "seed": seed, "category": category, "params_digest": params_digest(params),
         "train_digest": train_digest(params),
         "model": str(out_dir / "model.pt"), "train_seconds": train_seconds,
-        "best_epoch": summary["best_epoch"], "epochs": summary["epochs"],
-        "seconds_per_epoch": summary["seconds_per_epoch"], "setup_seconds": summary["setup_seconds"],
-        "threshold": summary["threshold"], "memory": summary["memory"], "validation": summary["validation"],
+        "best_epoch": summary.best_epoch, "epochs": summary.epochs,
+        "seconds_per_epoch": summary.seconds_per_epoch, "setup_seconds": summary.setup_seconds,
+        "threshold": summary.threshold, "memory": summary.memory, "validation": summary.validation,
         "test": test, "scores": scores,
     }
 

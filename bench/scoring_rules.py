@@ -70,7 +70,7 @@ def combines(ivw: dict[str, float]) -> dict[str, Callable[[dict[str, torch.Tenso
 
 def smoothed_peak(grid: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """(B, h, w) patch scores -> (B,) peak of the map upsampled to ``size`` and smoothed."""
-    from bridgenet.model.network import gaussian_blur
+    from bridgenet.model.depth_image import gaussian_blur
 
     maps = F.interpolate(grid.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)
     return gaussian_blur(maps.squeeze(1), sigma).flatten(1).amax(1)
@@ -98,6 +98,7 @@ def components(network, rgb: torch.Tensor, depth: torch.Tensor, batch: int = 8) 
     """Standardised components (B, h, w) per name, the kept patches (B, h, w), and for each memory
     modality the bank index of every patch's nearest entry and its distance (B, h, w)."""
     from bridgenet.model.memory import faiss
+    from bridgenet.model.scorers import DISCRIMINATOR, FUSED
 
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(rgb), batch):
@@ -106,7 +107,7 @@ def components(network, rgb: torch.Tensor, depth: torch.Tensor, batch: int = 8) 
         b, _, h, w = emb[network.modalities[0]].shape
         keep = torch.ones(b * h * w, dtype=torch.bool)  # every patch: off-object ones are masked later
         kept = network.kept_patches(depth[part], (h, w)).view(b, h, w)
-        raw = network.patch_components(emb, keep, "fused" if network.memory.fitted else "discriminator")
+        raw = network.patch_components(emb, keep, FUSED if network.memory.fitted else DISCRIMINATOR)
         for name, values in raw.items():
             out.setdefault(name, []).append(network.standardized(name, values).view(b, h, w))
         out.setdefault("kept", []).append(kept)
@@ -212,7 +213,7 @@ def score_model(path: Path, extra: dict[str, Path]) -> dict[str, Any]:
     from bridgenet.data.batch import Batch
     from bridgenet.data.cache import load_cached_split
     from bridgenet.model.io import load_model
-    from bridgenet.train import build_validation_set
+    from bridgenet.training.validation import build_validation_set
 
     model = load_model(path)
     params, category, network = model.params, model.category, model.network.eval()

@@ -121,8 +121,8 @@ def measure(name: str, overrides: list[str], device_name: str, train_samples: in
     from torch.utils.flop_counter import FlopCounterMode
 
     from bridgenet.config import load_params
-    from bridgenet.model.network import SCORERS
-    from bridgenet.train import Trainer
+    from bridgenet.model.scorers import SCORERS
+    from bridgenet.training.trainer import Trainer
 
     params = load_params(PARAMS, [*overrides, f"train.device={device_name}",
                                                   f"train.max_samples_per_epoch={train_samples}"])
@@ -143,7 +143,7 @@ def measure(name: str, overrides: list[str], device_name: str, train_samples: in
               "embed_dim": params.model.embed_dim, "dsc_hidden": params.model.dsc_hidden,
               "train_samples": train_samples, "setup_seconds": setup_s, "seconds_per_epoch": epoch_s,
               "train_samples_per_s": train_samples / epoch_s}
-    result.update(scorer=network.scorer, memory=trainer.memory_info,
+    result.update(scorer=network.scorer.name, memory=trainer.memory_info,
                   epochs=params.train.epochs,
                   # the bank is built once per run: its share of each of train.epochs epochs
                   seconds_per_epoch_with_bank=epoch_s + trainer.memory_info["memory_seconds"]
@@ -173,7 +173,7 @@ def measure_peer(train_samples: int, queue: mp.Queue) -> None:
     """
     from bench.peers import PeerSettings, build_patchcore, fit, modality_images, score
     from bridgenet.config import load_params
-    from bridgenet.train import Trainer
+    from bridgenet.training.trainer import Trainer
 
     params = load_params(PARAMS, ["train.device=cpu"])
     size = params.data.image_size
@@ -200,7 +200,7 @@ def measure_peer(train_samples: int, queue: mp.Queue) -> None:
     network = trainer.network.eval()
     rgb, depth = fake_inputs(8, size, torch.device("cpu"))
     result["ours_infer_samples_per_s_b8"] = inference_rate(network, rgb, depth, torch.device("cpu"))
-    result["ours_scorer"] = network.scorer
+    result["ours_scorer"] = network.scorer.name
     queue.put(result)
 
 
@@ -216,7 +216,7 @@ def measure_bank(train_samples: int, queue: mp.Queue) -> None:
     per modality, and the search's milliseconds per sample (8 samples' scored patches)."""
     from bridgenet.config import load_params
     from bridgenet.model.memory import greedy_coreset
-    from bridgenet.train import Trainer
+    from bridgenet.training.trainer import Trainer
 
     params = load_params(PARAMS, ["train.device=cpu"])
     size, memory = params.data.image_size, params.model.memory
