@@ -69,7 +69,7 @@ class StageOutputs:
 class MadeAtRegistration:
     """What register needs but no stage before it left on disk (:func:`made_at_registration`)."""
 
-    evaluation: CategoryEvaluation
+    evaluation: CategoryEvaluation  # the evaluate stage's; made now only when it left none
     figures: dict[str, Path]  # training_curves, roc, pro, anomaly_preview (when there is one)
     pyfunc: PyfuncSpec
     train_digest: str
@@ -265,7 +265,7 @@ def _register_logged(params: Params, record: TrainingRunRecord, logged: LoggedTr
 
     category, evaluation = record.category, record.evaluation
     version = registry.register_challenger(
-        params, category, logged.model_uri, logged.run_id, gate_metrics(evaluation), dict(record.lineage),
+        params, category, logged.model_uri, logged.run_id, gate_metrics(evaluation), record.lineage,
         extra_tags={"threshold": registry.metric_text(evaluation.threshold),
                     MODEL_FINGERPRINT_TAG: evaluation.model_fingerprint},
     )
