@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bridgenet import inference, metrics, reports
+from bridgenet import inference, metrics, paths, reports
 from bridgenet.config import Params
 from bridgenet.data.batch import Batch, resolve_device
 from bridgenet.data.cache import CachedSplit, load_cached_split
@@ -37,7 +37,6 @@ from bridgenet.model.io import load_model
 
 LOGGER = logging.getLogger(__name__)
 EVALUATION_FORMAT = "bridgenet-evaluation/1"
-EVALUATION_FILE = "evaluation.json"
 
 
 @dataclass
@@ -201,9 +200,10 @@ def evaluate_category(
 
 
 def write_category_figures(
-    evaluation: CategoryEvaluation, split: CachedSplit, small_maps: np.ndarray, out_dir: Path, n: int
+    evaluation: CategoryEvaluation, split: CachedSplit, small_maps: np.ndarray, files: dict[str, Path], n: int
 ) -> dict[str, Path]:
-    """Heatmap sheet (best and worst scored samples) and the per-defect AUROC bar chart."""
+    """Heatmap sheet (best and worst scored samples) and the per-defect AUROC bar chart, to
+    ``files`` (``heatmaps``, ``defect_auroc``: :func:`bridgenet.paths.category_figures`)."""
     picks = reports.select_heatmap_samples(evaluation.scores, evaluation.labels, n)
     index = [i for i, _ in picks]
     masks = np.stack([
@@ -211,27 +211,17 @@ def write_category_figures(
                       .float()[None, None], size=small_maps.shape[-2:], mode="nearest")[0, 0].numpy() > 0.5
         for i in index
     ])
-    sheet = out_dir / f"heatmaps_{evaluation.category}.png"
+    sheet = files["heatmaps"]
     reports.write_heatmap_sheet(
         sheet, split.rgb[index], split.depth[index], masks, small_maps[index],
         [f"{title}: {split.defects[i]}/{split.stems[i]} score {evaluation.scores[i]:.3f}"
          for i, title in picks],
         vmin=evaluation.display_range[0], vmax=evaluation.display_range[1],
     )
-    bar = out_dir / f"defect_auroc_{evaluation.category}.png"
+    bar = files["defect_auroc"]
     reports.write_defect_auroc_bar(bar, evaluation.per_defect,
                                    f"{evaluation.category}: image AUROC per defect type")
     return {"heatmaps": sheet, "defect_auroc": bar}
-
-
-def category_dir(params: Params, category: str) -> Path:
-    """``<eval.reports_dir>/categories/<category>``: the evaluate stage's output folder."""
-    return Path(params.eval.reports_dir) / "categories" / category
-
-
-def model_path(params: Params, category: str) -> Path:
-    """The trained model the stages after training use: ``<train.models_dir>/<category>/model.pt``."""
-    return Path(params.train.models_dir) / category / "model.pt"
 
 
 def save_evaluation(evaluation: CategoryEvaluation, path: Path) -> Path:
@@ -248,11 +238,6 @@ def load_evaluation(path: Path) -> CategoryEvaluation:
     return CategoryEvaluation.from_record(record, str(path))
 
 
-def _store_path(params: Params, category: str, model_fingerprint: str, data_fingerprint: str) -> Path:
-    name = f"{model_fingerprint[:16]}-{data_fingerprint[:16]}.json"
-    return Path(params.eval.reports_dir) / "evaluations" / category / name
-
-
 def stored_evaluation(
     params: Params, category: str, model_fingerprint: str, data_fingerprint: str
 ) -> CategoryEvaluation | None:
@@ -261,8 +246,8 @@ def stored_evaluation(
     Looks at the evaluate stage's ``evaluation.json`` and at the results of
     :func:`keep_evaluation`; an unreadable record counts as none (with a warning).
     """
-    candidates = (category_dir(params, category) / EVALUATION_FILE,
-                  _store_path(params, category, model_fingerprint, data_fingerprint))
+    candidates = (paths.evaluation_file(params, category),
+                  paths.stored_evaluation_file(params, category, model_fingerprint, data_fingerprint))
     for path in candidates:
         if not path.is_file():
             continue
@@ -278,7 +263,7 @@ def stored_evaluation(
 
 def keep_evaluation(params: Params, evaluation: CategoryEvaluation) -> Path:
     """Store the evaluation of a model other than the category's current one (a registered champion)."""
-    path = _store_path(params, evaluation.category, evaluation.model_fingerprint,
+    path = paths.stored_evaluation_file(params, evaluation.category, evaluation.model_fingerprint,
                        evaluation.data_fingerprint)
     return save_evaluation(evaluation, path)
 
@@ -299,7 +284,7 @@ def overrides_not_applied(params: Params, category: str, overrides: Sequence[str
     from bridgenet.config import params_from_dict, parse_override, upgrade_stored_params
     from bridgenet.model.io import read_checkpoint
 
-    path = model_path(params, category)
+    path = paths.model_file(params, category)
     keys = [parse_override(text)[0] for text in overrides]
     keys = [k for k in keys if k[0] in TRAINED_SECTIONS and tuple(k[:2]) not in _READ_AT_EVALUATION]
     if not keys or not path.is_file():
@@ -320,13 +305,6 @@ def _at(tree: Any, key: Sequence[str]) -> Any:
     return tree
 
 
-def category_figures(params: Params, category: str) -> dict[str, Path]:
-    """The figures the evaluate stage drew for ``category`` (heatmap sheet, per-defect chart)."""
-    folder = category_dir(params, category)
-    return {"heatmaps": folder / f"heatmaps_{category}.png",
-            "defect_auroc": folder / f"defect_auroc_{category}.png"}
-
-
 def evaluate_to_folder(params: Params, category: str, split: CachedSplit | None = None) -> CategoryEvaluation:
     """Evaluate ``category``'s trained model once; write ``reports/categories/<category>/``.
 
@@ -336,22 +314,24 @@ def evaluate_to_folder(params: Params, category: str, split: CachedSplit | None 
     chart. A failure leaves the folder's earlier files as they were: each is replaced
     whole, and only once the model is scored.
     """
-    path = model_path(params, category)
+    path = paths.model_file(params, category)
     model = load_model(path)
     if model.category != category:
         raise ValueError(f"{path}: holds a model of category {model.category!r}, expected {category!r}")
     split = split if split is not None else load_test_split(params, category)
     evaluation, small_maps = evaluate_category(params, model, split, resolve_device(params.train.device),
                                                model_fingerprint=sha256_file(path))
-    out_dir = category_dir(params, category)
+    out_dir = paths.category_reports_dir(params, category)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = write_category_figures(evaluation, split, small_maps, out_dir, params.eval.heatmap_samples)
+    figures = write_category_figures(evaluation, split, small_maps, paths.category_figures(params, category),
+                                     params.eval.heatmap_samples)
     evaluation.extras["figures"] = {k: str(v) for k, v in figures.items()}
-    reports.write_metrics_json(out_dir / "metrics.json", {category: evaluation.metrics})
-    write_json(out_dir / "details.json", {category: evaluation.extras})
-    reports.write_curves_csv(out_dir / "roc.csv", {category: evaluation.roc}, "tpr")
-    reports.write_curves_csv(out_dir / "pro.csv", {category: evaluation.pro}, "pro")
-    save_evaluation(evaluation, out_dir / EVALUATION_FILE)
+    files = paths.report_files(out_dir)
+    reports.write_metrics_json(files["metrics"], {category: evaluation.metrics})
+    write_json(files["details"], {category: evaluation.extras})
+    reports.write_curves_csv(files["roc_csv"], {category: evaluation.roc}, "tpr")
+    reports.write_curves_csv(files["pro_csv"], {category: evaluation.pro}, "pro")
+    save_evaluation(evaluation, paths.evaluation_file(params, category))
     LOGGER.info("%s: %s", category, {k: round(float(v), 4) for k, v in evaluation.metrics.items()})
     return evaluation
 
@@ -366,24 +346,25 @@ def aggregate_reports(out_dir: Path, folders: dict[str, Path]) -> dict[str, Any]
 
     Writes metrics.json, details.json, metrics.md, roc/pro CSV and PNG; returns metrics.json's content.
     """
-    out_dir = Path(out_dir)
+    out = paths.report_files(out_dir)
     per_category, extras, rocs, pros = {}, {}, {}, {}
     for category, folder in folders.items():
-        path = folder / "metrics.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run `bridgenet evaluate --category {category}` first")
-        doc = json.loads(path.read_text())
+        files = paths.report_files(folder)
+        if not files["metrics"].is_file():
+            raise FileNotFoundError(f"{files['metrics']} is missing: run `bridgenet evaluate --category {category}` "
+                                    "first")
+        doc = json.loads(files["metrics"].read_text())
         values = doc["categories"][category]
         per_category[category] = {k: float("nan") if v is None else v for k, v in values.items()}
-        details = folder / "details.json"
+        details = files["details"]
         extras[category] = json.loads(details.read_text())[category] if details.is_file() else {}
-        rocs[category] = _read_curves(folder / "roc.csv")
-        pros[category] = _read_curves(folder / "pro.csv")
-    doc = reports.write_metrics_json(out_dir / "metrics.json", per_category)
-    write_json(out_dir / "details.json", extras)
-    reports.write_metrics_markdown(out_dir / "metrics.md", per_category)
-    reports.write_curves_csv(out_dir / "roc.csv", rocs, "tpr")
-    reports.write_curves_csv(out_dir / "pro.csv", pros, "pro")
-    reports.plot_curves(out_dir / "roc.png", rocs, "tpr", "Image ROC")
-    reports.plot_curves(out_dir / "pro.png", pros, "pro", "PRO curve", limit=0.3)
+        rocs[category] = _read_curves(files["roc_csv"])
+        pros[category] = _read_curves(files["pro_csv"])
+    doc = reports.write_metrics_json(out["metrics"], per_category)
+    write_json(out["details"], extras)
+    reports.write_metrics_markdown(out["table"], per_category)
+    reports.write_curves_csv(out["roc_csv"], rocs, "tpr")
+    reports.write_curves_csv(out["pro_csv"], pros, "pro")
+    reports.plot_curves(out["roc_png"], rocs, "tpr", "Image ROC")
+    reports.plot_curves(out["pro_png"], pros, "pro", "PRO curve", limit=0.3)
     return doc

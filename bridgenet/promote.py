@@ -228,7 +228,7 @@ def promote_category(params: Params, category: str) -> dict[str, Any]:
     (``decision == "rejected"``), not an error.
     """
     from bridgenet.tracking import registry
-    from bridgenet.tracking.runs import configure_tracking
+    from bridgenet.tracking.store import configure_tracking
 
     configure_tracking(params)
     reg, cfg = params.registry, params.tracking
@@ -322,7 +322,7 @@ def _note_failure(params: Params, name: str, report: Mapping[str, Any]) -> None:
     from mlflow.exceptions import MlflowException
 
     from bridgenet.tracking import registry
-    from bridgenet.tracking.runs import TrackingUnavailableError
+    from bridgenet.tracking.retry import TrackingUnavailableError
 
     try:
         registry.set_version_tags(params, name, report["challenger"]["version"], {

@@ -19,27 +19,22 @@ from bridgenet.config import DEFAULT_PARAMS, ConfigError
 
 logger = logging.getLogger(__name__)
 
-# Tasks that touch files or the tracking server retry with exponential backoff,
-# on transient errors only: a bad sample or a wrong parameter fails at once.
+# Tasks retry what fails outside the tracking store (reading and writing data files) with
+# exponential backoff, on transient errors only: a bad sample or a wrong parameter fails at
+# once. Calls to the store retry on their own (tracking.retries); what they give up on is
+# final here (bridgenet.tracking.retry says who retries what).
 IO_RETRIES = 2
 IO_BACKOFF = exponential_backoff(backoff_factor=2)
-TRANSIENT = (OSError, ConnectionError, TimeoutError)
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry I/O, network and tracking-server errors only."""
-    from sqlalchemy.exc import OperationalError
-
-    from bridgenet.tracking.runs import TrackingUnavailableError
+    """Prefect retry condition: the project's one rule, :func:`bridgenet.tracking.retry.is_transient`."""
+    from bridgenet.tracking.retry import is_transient
 
     try:
         state.result()
-    except (*TRANSIENT, TrackingUnavailableError) as exc:
-        return not isinstance(exc, FileNotFoundError)
-    except OperationalError as exc:  # a SQLite store busy with another worker's write
-        return "locked" in str(exc) or "busy" in str(exc)
-    except Exception:  # noqa: BLE001 - anything else is not worth a retry
-        return False
+    except Exception as exc:  # noqa: BLE001 - classified by the one rule
+        return is_transient(exc)
     return False
 
 

@@ -20,7 +20,7 @@ def render_preview(run: stages.CategoryParams) -> str | None:
 def log_preview(run: stages.CategoryParams, path: str) -> str:
     import mlflow
 
-    from bridgenet.tracking.runs import configure_tracking
+    from bridgenet.tracking.store import configure_tracking
 
     configure_tracking(run.params)
     with mlflow.start_run(run_name=f"anomaly-preview-{run.category}",

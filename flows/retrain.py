@@ -74,7 +74,7 @@ def retrain_flow(
     n_workers = 1 if params.dask.address is None and params.dask.n_workers <= 1 else params.dask.n_workers
     if with_registry:
         # Create the tracking store and experiment once, before workers write to it.
-        from bridgenet.tracking.runs import configure_tracking
+        from bridgenet.tracking.store import configure_tracking
 
         configure_tracking(params)
     chains: dict[str, list[PrefectFuture]] = {}

@@ -97,3 +97,8 @@ def test_maps_are_pasted_into_the_frame_in_one_place():
     callers = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if "paste_maps(" in p.read_text()
                      and module_name(p) != "bridgenet.data.crop")
     assert callers == ["bridgenet.inference"]
+
+
+def test_no_module_of_the_package_is_over_400_lines():
+    long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}

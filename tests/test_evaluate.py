@@ -10,14 +10,13 @@ import pytest
 
 from bridgenet.config import apply_overrides, params_from_dict
 from bridgenet.evaluate import (
-    EVALUATION_FILE,
     CategoryEvaluation,
-    category_dir,
     keep_evaluation,
     load_evaluation,
     save_evaluation,
     stored_evaluation,
 )
+from bridgenet.paths import EVALUATION_FILE, evaluation_file
 
 
 def evaluation(model: str = "m" * 64, data: str = "d" * 64) -> CategoryEvaluation:
@@ -47,13 +46,13 @@ def test_the_record_round_trips_with_its_decisions(tmp_path):
 
 def test_a_stored_evaluation_is_found_only_for_its_model_and_data(tmp_path, caplog):
     params = params_from_dict(apply_overrides({}, [f"eval.reports_dir={tmp_path}"]))
-    save_evaluation(evaluation(), category_dir(params, "bagel") / EVALUATION_FILE)
+    save_evaluation(evaluation(), evaluation_file(params, "bagel"))
     assert stored_evaluation(params, "bagel", "m" * 64, "d" * 64).threshold == 0.5
     assert stored_evaluation(params, "bagel", "m" * 64, "e" * 64) is None  # other data
     assert stored_evaluation(params, "bagel", "n" * 64, "d" * 64) is None  # other model file
     keep_evaluation(params, evaluation("n" * 64))  # a champion scored on this data
     assert stored_evaluation(params, "bagel", "n" * 64, "d" * 64).model_fingerprint == "n" * 64
-    (category_dir(params, "bagel") / EVALUATION_FILE).write_text("{not json")
+    (evaluation_file(params, "bagel")).write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="bridgenet.evaluate"):
         assert stored_evaluation(params, "bagel", "m" * 64, "d" * 64) is None
     assert "not valid JSON" in caplog.text

@@ -39,21 +39,3 @@ def test_report_layout() -> None:
 def test_a_category_override_moves_its_files() -> None:
     cable = PARAMS.for_category("cable")
     assert paths.category_reports_dir(cable, "cable") == Path("r2/categories/cable")
-
-
-def test_modules_not_yet_on_paths_agree_with_it() -> None:
-    # The stage modules that still spell the layout themselves (to move onto bridgenet.paths):
-    # until they do, they must name the same files.
-    from bridgenet import evaluate, train
-    from bridgenet.model import summary
-    from bridgenet.tracking import runs
-
-    assert evaluate.model_path(PARAMS, "bagel") == paths.model_file(PARAMS, "bagel")
-    assert evaluate.category_dir(PARAMS, "bagel") == paths.category_reports_dir(PARAMS, "bagel")
-    assert evaluate.category_figures(PARAMS, "bagel") == paths.category_figures(PARAMS, "bagel")
-    assert evaluate._store_path(PARAMS, "bagel", "a" * 64, "b" * 64) == paths.stored_evaluation_file(
-        PARAMS, "bagel", "a" * 64, "b" * 64)
-    assert evaluate.EVALUATION_FILE == paths.EVALUATION_FILE
-    assert train.PREVIEW_FILE == paths.PREVIEW_FILE
-    assert summary.SUMMARY_FILE == paths.SUMMARY_FILE
-    assert runs.journal_path(PARAMS) == paths.unfinished_runs_journal(PARAMS)

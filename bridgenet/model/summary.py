@@ -29,7 +29,7 @@ class TrainSummary:
     ``validation``: the selected epoch's validation metrics with the model's scorer;
     ``history``: one record per epoch (losses, validation metrics, seconds); ``memory``: the
     memory bank's size and build time; ``calibration``: each score component's (loc, scale,
-    weight). Timings are 0 and the maps empty where a summary was rebuilt from ``model.pt``.
+    weight). Fields a summary rebuilt from ``model.pt`` cannot know are None or empty.
     """
 
     category: str
@@ -40,8 +40,8 @@ class TrainSummary:
     history: list[dict[str, Any]] = field(default_factory=list)
     epochs: int | None = None
     pixel_threshold: float | None = None
-    setup_seconds: float = 0.0
-    seconds_per_epoch: float = 0.0
+    setup_seconds: float | None = None
+    seconds_per_epoch: float | None = None
     train_samples: int | None = None
     device: str | None = None
     scorer: str | None = None

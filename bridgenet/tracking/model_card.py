@@ -26,13 +26,24 @@ from mlflow.entities.model_registry import ModelVersion
 from bridgenet.config import Params
 from bridgenet.metrics import METRIC_KEYS
 from bridgenet.tracking.registry import model_name, set_version_tags
-from bridgenet.tracking.runs import call_tracking, tracking_client
+from bridgenet.tracking.retry import call_tracking
+from bridgenet.tracking.runs import LoggedTrainingRun, TrainingRunRecord
+from bridgenet.tracking.store import tracking_client
 
 MODEL_CARD = "model_card.md"
 CARD_HEADING = "# Model card: "  # everything above it in a description is the decision
 DASH = "–"
 THRESHOLD_KEYS = ("fpr_at_threshold", "recall_at_threshold", "precision_at_threshold")
 _COUNT_KEYS = {"n_test", "n_anomalous"}
+# the card's figures, in its order: a training run record's figure name -> its title
+FIGURE_TITLES = {
+    "roc": "ROC curve (test)",
+    "pro": "PRO curve (test)",
+    "heatmaps": "Heatmaps: best and worst scored test parts",
+    "defect_auroc": "Image AUROC per defect type",
+    "training_curves": "Training curves",
+    "anomaly_preview": "Generated anomalies (validation)",
+}
 
 
 def number_text(value: Any, digits: int = 3) -> str:
@@ -174,30 +185,28 @@ def per_defect_rows(evaluation: Any) -> list[list[str]]:
 
 def model_card_markdown(
     params: Params,
-    category: str,
+    record: TrainingRunRecord,
+    logged: LoggedTrainingRun,
     version: ModelVersion,
-    run: Mapping[str, str],
-    summary: Mapping[str, Any],
-    evaluation: Any,
-    lineage: Mapping[str, str],
-    data: Mapping[str, str],
     gate: Mapping[str, Any],
     champion: tuple[str, Mapping[str, float]] | None,
-    figures: Mapping[str, str],
     figure_base: str = "",
 ) -> str:
     """The model card (Markdown) of one registered version, a decision-line preview on top.
 
-    ``run``: the run's ``id``, ``name`` and ``user``. ``evaluation``: a
-    :class:`bridgenet.evaluate.CategoryEvaluation` (its ``at_threshold()`` gives the counts).
-    ``data``: ``train_path``, ``train_digest``, ``test_name``, ``test_path``. ``gate``: the
-    gate's decision for this version now (:func:`bridgenet.promote.decide`); ``champion``:
-    (version, its gate metrics on the same test split) or None. ``figures``: title -> the
-    artifact path in the run (``figures/roc_bagel.png``), linked under ``figure_base``
+    ``record``: what the version's run logged (summary, evaluation, lineage, the training
+    and test datasets, figures); ``logged``: that run (id, name, user). ``gate``: the gate's
+    decision for this version now (:func:`bridgenet.promote.decide`); ``champion``: (version,
+    its gate metrics on the same test split) or None. The figures of :data:`FIGURE_TITLES`
+    the run logged are linked as its ``figures/<file>`` artifacts under ``figure_base``
     (:func:`artifact_url`): empty for the version's description, which the registry page
     renders relative to the UI; :func:`ui_url` for ``model_card.md``, whose viewer in the
     UI shows only images with an absolute URL.
     """
+    category, summary, evaluation, lineage = record.category, record.summary, record.evaluation, record.lineage
+    train, test = record.dataset("training"), record.dataset("test")
+    figures = {title: f"figures/{record.figures[key].name}"
+               for key, title in FIGURE_TITLES.items() if key in record.figures}
     name = model_name(params, category)
     m = params.model
     at = evaluation.at_threshold()
@@ -213,7 +222,7 @@ def model_card_markdown(
         f"{CARD_HEADING}{name}, version {version.version}",
         "",
         (f"Anomaly detector for **{category}** parts (RGB + point cloud, trained on good parts only); "
-        f"registered by {run.get('user', DASH)} from run `{run.get('name', run['id'])}`."),
+        f"registered by {logged.user} from run `{logged.name}`."),
         "",
         f"## The deployed decision on the test split (threshold {threshold})",
         "",
@@ -239,18 +248,18 @@ def model_card_markdown(
     ]
     lines += ["## Curves and figures", ""]
     for title, path in figures.items():
-        lines += [f"**{title}**", "", f"![{title}]({artifact_url(run['id'], path, figure_base)})", ""]
+        lines += [f"**{title}**", "", f"![{title}]({artifact_url(logged.run_id, path, figure_base)})", ""]
     lines += [
         "## Data and model",
         "",
-        f"- training data: `{data['train_path']}`, sha256 `{data['train_digest']}`",
-        (f"- test split: `{data['test_name']}` (`{data['test_path']}`, {n_good + n_bad} parts), "
+        f"- training data: `{train['source']}`, sha256 `{train['digest']}`",
+        (f"- test split: `{test['name']}` (`{test['source']}`, {n_good + n_bad} parts), "
         f"fingerprint `{evaluation.data_fingerprint}`"),
         (f"- git `{commit}` (dirty: {lineage.get('git.dirty', DASH)}); "
         f"DVC md5 of `{params.data.root}`: `{lineage.get('dvc.data_root.md5', lineage.get('dvc.lock', DASH))}`"),
         (f"- `{m.backbone}` layers {list(m.layers)}, {' + '.join(m.modalities)}, scorer `{m.scorer}`, "
-        f"{summary.get('epochs', len(summary.get('history') or []))} epochs, selected epoch "
-        f"{summary.get('best_epoch')}; threshold = {params.train.threshold_quantile} quantile of "
+        f"{summary.n_epochs} epochs, selected epoch "
+        f"{summary.best_epoch}; threshold = {params.train.threshold_quantile} quantile of "
         "validation goods"),
         "",
         "## Reviewer's checklist",

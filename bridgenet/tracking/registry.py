@@ -20,12 +20,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from bridgenet.config import Params
-from bridgenet.tracking.runs import (
-    call_tracking,
-    configure_tracking,
-    registered_name,
-    tracking_client,
-)
+from bridgenet.tracking.retry import call_tracking
+from bridgenet.tracking.runs import registered_name
+from bridgenet.tracking.store import configure_tracking, tracking_client
 
 LOGGER = logging.getLogger(__name__)
 _MISSING_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}

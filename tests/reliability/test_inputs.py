@@ -13,7 +13,7 @@ from PIL import Image
 from bridgenet.config import ConfigError, load_params
 from bridgenet.data.samples import read_rgb
 from bridgenet.model.io import load_model
-from bridgenet.tracking.runs import configure_tracking
+from bridgenet.tracking.store import configure_tracking
 from tests.reliability.conftest import make_params
 
 

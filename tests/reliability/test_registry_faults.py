@@ -13,7 +13,9 @@ from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 from bridgenet import stages
-from bridgenet.tracking.runs import TrackingUnavailableError, configure_tracking, journal_path
+from bridgenet.tracking.journal import journal_path
+from bridgenet.tracking.retry import TrackingUnavailableError
+from bridgenet.tracking.store import configure_tracking
 from tests.reliability.conftest import CATEGORIES, child_env, write_params_file
 
 HOST = "127.0.0.1"
@@ -65,7 +67,7 @@ def test_two_registrations_at_once_on_a_fresh_store(small, tmp_path):
 SET_UP_ONLY = """
 import sys
 from bridgenet.config import load_params
-from bridgenet.tracking.runs import configure_tracking
+from bridgenet.tracking.store import configure_tracking
 params = load_params(sys.argv[1])
 print("setting up", flush=True)
 configure_tracking(params)

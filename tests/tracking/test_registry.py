@@ -212,6 +212,38 @@ def test_the_training_input_is_the_category_s_folder_with_its_own_digest(tiny):
     assert training_data_digest(params, "nosuch").startswith("unknown (data folder")
 
 
+def test_register_reads_what_train_and_evaluate_left_and_makes_only_the_rest(tiny, good_models, tmp_path,
+                                                                             monkeypatch):
+    from bridgenet import evaluate, train
+    from bridgenet.files import sha256_file
+    from bridgenet.register import made_at_registration, read_stage_outputs
+    from tests.tracking.test_stages import model_folder
+
+    models = model_folder(good_models / "bagel", tmp_path / "models")
+    (models / "bagel" / train.PREVIEW_FILE).write_bytes(b"the train stage's preview")
+    params = tiny.params(f"train.models_dir={models}", f"eval.reports_dir={tmp_path / 'reports'}")
+    before = read_stage_outputs(params, "bagel")
+    assert before.evaluation is None  # nothing evaluated yet: made at registration
+    assert before.preview == models / "bagel" / train.PREVIEW_FILE
+    stages.evaluate(stages.resolve(params, "bagel"))
+
+    left = read_stage_outputs(params, "bagel")
+    assert left.evaluation is not None and left.evaluation.model_fingerprint == sha256_file(left.model_file)
+    assert left.summary["best_epoch"] == before.summary["best_epoch"] and left.trained_params.train.epochs == 2
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("register redid an earlier stage's work")
+
+    monkeypatch.setattr(evaluate, "evaluate_to_folder", not_again)
+    monkeypatch.setattr(train, "write_anomaly_preview", not_again)
+    made = made_at_registration(params, "bagel", left, tmp_path)
+    assert made.evaluation is left.evaluation
+    assert set(made.figures) == {"training_curves", "roc", "pro", "anomaly_preview"}
+    assert made.figures["anomaly_preview"].read_bytes() == b"the train stage's preview"
+    assert made.figures["anomaly_preview"].name == "anomaly_preview_bagel.png"
+    assert len(made.train_digest) == 64 and set(made.pyfunc.input_example) == {"rgb", "xyz"}
+
+
 def _defects(params, category):
     folder = Path(params.data.root) / category / "test"
     return sorted(p.name for p in folder.iterdir() if p.name != "good")

@@ -1,4 +1,4 @@
-"""MLflow set-up, the retry helper, lineage tags, the training summary and the logged training run."""
+"""Lineage tags, the training summary, the training run record and the logged training run."""
 
 from __future__ import annotations
 
@@ -9,122 +9,19 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 import yaml
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import (
-    INVALID_PARAMETER_VALUE,
-    RESOURCE_DOES_NOT_EXIST,
-    TEMPORARILY_UNAVAILABLE,
-)
 from mlflow.tracking import MlflowClient
 
-from bridgenet.config import TrackingConfig
 from bridgenet.model.summary import (
     SUMMARY_FILE,
     TrainSummary,
     load_train_summary,
     save_train_summary,
 )
-from bridgenet.tracking import runs
 from bridgenet.tracking.lineage import lineage_tags
-from bridgenet.tracking.runs import (
-    TrackingUnavailableError,
-    call_tracking,
-    is_transient,
-    sqlite_artifact_location,
-)
+from bridgenet.tracking.pyfunc import PyfuncSpec
+from bridgenet.tracking.runs import TrainingRunRecord
 from tests.tracking.conftest import make_params
-
-
-# ------------------------------------------------------------------ set-up
-def test_sqlite_artifacts_go_next_to_the_database_as_an_absolute_uri(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert sqlite_artifact_location("sqlite:///mlflow.db") == (tmp_path / "mlartifacts").as_uri()
-    assert (
-        sqlite_artifact_location(f"sqlite:///{tmp_path}/sub/x.db")
-        == (tmp_path / "sub" / "mlartifacts").as_uri()
-    )
-    assert sqlite_artifact_location("http://127.0.0.1:5000") is None
-    with pytest.raises(ValueError, match="needs a database file"):
-        sqlite_artifact_location("sqlite:///:memory:")
-
-
-def test_configure_tracking_creates_the_experiment_once(tmp_path):
-    params = make_params(tmp_path, f"tracking.uri=sqlite:///{tmp_path / 'db' / 'm.db'}")
-    first = runs.configure_tracking(params)
-    assert runs.configure_tracking(params) == first
-    experiment = MlflowClient(params.tracking.uri).get_experiment(first)
-    assert experiment.name == "bridgenet"
-    assert experiment.artifact_location == (tmp_path / "db" / "mlartifacts").as_uri()
-    assert mlflow.get_tracking_uri() == params.tracking.uri
-
-
-# ----------------------------------------------------------------- retries
-class Flaky:
-    """Raises ``error`` on the first ``failures`` calls, then returns "ok"."""
-
-    def __init__(self, failures: int, error: Exception) -> None:
-        self.failures, self.error, self.calls = failures, error, 0
-
-    def __call__(self) -> str:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise self.error
-        return "ok"
-
-
-@pytest.fixture
-def sleeps(monkeypatch) -> list[float]:
-    recorded: list[float] = []
-    monkeypatch.setattr(runs.time, "sleep", recorded.append)
-    return recorded
-
-
-def test_transient_failures_are_retried_with_exponential_backoff(sleeps):
-    cfg = TrackingConfig(uri="http://127.0.0.1:9", retries=3, retry_delay_s=0.5)
-    flaky = Flaky(2, requests.ConnectionError("refused"))
-    assert call_tracking(cfg, flaky) == "ok"
-    assert flaky.calls == 3
-    assert sleeps == [0.5, 1.0]
-
-
-def test_gives_up_after_the_configured_tries_naming_the_uri(sleeps):
-    cfg = TrackingConfig(uri="http://127.0.0.1:9", retries=2, retry_delay_s=0.1)
-    flaky = Flaky(100, requests.ConnectionError("refused"))
-    with pytest.raises(
-        TrackingUnavailableError,
-        match=r"MLflow tracking server at http://127\.0\.0\.1:9 unreachable after 3 tries",
-    ):
-        call_tracking(cfg, flaky)
-    assert flaky.calls == 3
-    assert sleeps == pytest.approx([0.1, 0.2])
-
-
-@pytest.mark.parametrize(
-    "error",
-    [ValueError("bad value"), MlflowException("no such model", error_code=RESOURCE_DOES_NOT_EXIST)],
-)
-def test_other_errors_are_not_retried(sleeps, error):
-    flaky = Flaky(1, error)
-    with pytest.raises(type(error)):
-        call_tracking(TrackingConfig(retries=5), flaky)
-    assert flaky.calls == 1 and sleeps == []
-
-
-def test_transient_classification():
-    wrapped = MlflowException(
-        "API request to http://127.0.0.1:9/api/2.0/mlflow/runs/create failed with "
-        "exception HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded"
-    )
-    assert is_transient(wrapped)
-    assert is_transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
-    assert is_transient(MlflowException("(sqlite3.OperationalError) database is locked"))
-    try:
-        raise RuntimeError("outer") from ConnectionRefusedError("refused")
-    except RuntimeError as exc:
-        assert is_transient(exc)
-    assert not is_transient(MlflowException("bad param", error_code=INVALID_PARAMETER_VALUE))
 
 
 # ----------------------------------------------------------------- lineage
@@ -208,6 +105,34 @@ def test_train_summary_round_trip_and_model_file_fallback(tmp_path, constant_mod
 
 
 # ------------------------------------------------------------ training run
+def _record(tmp_path, **changes):
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    figure = tmp_path / "roc_bagel.png"
+    figure.write_bytes(b"png")
+    fields = {
+        "category": "bagel", "trained_params": make_params(tmp_path), "model_file": model,
+        "pyfunc": PyfuncSpec(code=tmp_path / "serve.py", signature=None, pip_requirements=[]),
+        "summary": TrainSummary(category="bagel", model_path=str(model), best_epoch=0, threshold=0.5), "evaluation": None, "lineage": {}, "figures": {"roc": figure},
+        "datasets": [{"name": "bagel/train", "source": "data/bagel", "digest": "d", "context": "training"},
+                     {"name": "bagel/test", "source": "data/bagel/test", "digest": "f", "context": "test"}],
+    }
+    return TrainingRunRecord(**{**fields, **changes})
+
+
+def test_training_run_record_names_a_missing_file_and_finds_its_datasets(tmp_path):
+    record = _record(tmp_path)
+    assert record.dataset("test")["digest"] == "f" and record.dataset("training")["name"] == "bagel/train"
+    assert isinstance(record.datasets, tuple) and record.figures["roc"] == tmp_path / "roc_bagel.png"
+    with pytest.raises(FileNotFoundError, match=r"model file .*nothing\.pt does not exist"):
+        _record(tmp_path, model_file=tmp_path / "nothing.pt")
+    with pytest.raises(FileNotFoundError, match=r"figure 'pro': file .*pro_bagel\.png does not exist"):
+        _record(tmp_path, figures={"pro": tmp_path / "pro_bagel.png"})
+    twice = [{"name": "a", "source": "a", "digest": "d", "context": "test"}] * 2
+    with pytest.raises(ValueError, match="one 'training' and one 'test'"):
+        _record(tmp_path, datasets=twice)
+
+
 def test_training_run_holds_params_curves_metrics_figures_and_model(registry):
     params = registry["params"]
     result = registry["registered"]["bagel"]

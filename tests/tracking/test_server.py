@@ -15,7 +15,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from bridgenet.data.samples import read_rgb, read_xyz
-from bridgenet.tracking.runs import TrackingUnavailableError
+from bridgenet.tracking.retry import TrackingUnavailableError
 from tests.tracking.conftest import free_port, stop_process, wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -80,7 +80,7 @@ def test_tracking_server_logs_registers_and_fails_clearly_when_down(
     finally:
         stop_process(server)
 
-    caplog.set_level(logging.WARNING, logger="bridgenet.tracking.runs")
+    caplog.set_level(logging.WARNING, logger="bridgenet.tracking.retry")
     with pytest.raises(
         TrackingUnavailableError,
         match=rf"MLflow tracking server at {uri} unreachable after 3 tries",

@@ -27,6 +27,7 @@ def test_tracking_imports_no_stage_module():
         "import sys\n"
         "import bridgenet.tracking, bridgenet.tracking.lineage, bridgenet.tracking.model_card\n"
         "import bridgenet.tracking.pyfunc, bridgenet.tracking.registry, bridgenet.tracking.runs\n"
+        "import bridgenet.tracking.retry, bridgenet.tracking.store, bridgenet.tracking.journal\n"
         f"print([m for m in {STAGE_MODULES!r} if m in sys.modules])\n"
         "print('bridgenet.model.network' in sys.modules, 'prefect' in sys.modules)\n"
     )
