@@ -15,6 +15,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from bridgenet.data.families import FAMILIES  # the synthetic data's defect families
 from bridgenet.metrics import METRIC_KEYS
 from bridgenet.model.scorers import SCORERS
 
@@ -27,9 +28,6 @@ __all__ = ["FAMILIES", "PARAMS", "PEER", "REAL_METRICS", "REPO", "RESULTS", "SCO
            "portable_command", "portable_path"]
 
 PEER = "PatchCore"  # anomalib's, fitted beside our models (bench.peers)
-# The defect families of the synthetic data. bridgenet defines the same tuple in
-# bridgenet/data/synth/render.py, which imports open3d: this is the bench's one copy.
-FAMILIES = ("geometric", "appearance", "both")
 # The metrics (keys of bridgenet.metrics.METRIC_KEYS) each bench summarises.
 SYNTH_METRICS = ("image_auroc", "pixel_auroc", "aupro_30", "aupro_1")
 REAL_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro_30", "aupro_1")

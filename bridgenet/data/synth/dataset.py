@@ -43,7 +43,8 @@ from bridgenet.data.families import PRESETS
 from bridgenet.data.synth.defects import sample_defect
 from bridgenet.data.synth.meshes import BUILDERS
 from bridgenet.data.synth.preview import write_preview
-from bridgenet.data.synth.render import Defect, RenderedSample, SampleParams, render_sample
+from bridgenet.data.synth.render import render_sample
+from bridgenet.data.synth.spec import Defect, RenderedSample, SampleParams
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from bridgenet.data.synth.hard_defects import sample_hard_defect
 from bridgenet.data.synth.materials import base_hue
 from bridgenet.data.synth.placement import fit_disc
 from bridgenet.data.synth.raycast import focal_length
-from bridgenet.data.synth.render import Defect, SampleParams, scan_geometry
+from bridgenet.data.synth.render import scan_geometry
+from bridgenet.data.synth.spec import Defect, SampleParams
 
 # placement rules of the default defects
 MIN_DEFECT_FRACTION = 0.015  # of the image's pixels

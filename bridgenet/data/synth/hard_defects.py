@@ -21,7 +21,8 @@ from bridgenet.data.synth.placement import (
     next_radius,
 )
 from bridgenet.data.synth.raycast import focal_length
-from bridgenet.data.synth.render import Defect, SampleParams, line_weights, scan_geometry
+from bridgenet.data.synth.render import line_weights, scan_geometry
+from bridgenet.data.synth.spec import Defect, SampleParams
 
 logger = logging.getLogger(__name__)
 

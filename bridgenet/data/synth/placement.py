@@ -14,7 +14,8 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 from bridgenet.data.synth.raycast import focal_length
-from bridgenet.data.synth.render import Defect, SampleParams, scan_geometry
+from bridgenet.data.synth.render import scan_geometry
+from bridgenet.data.synth.spec import Defect, SampleParams
 
 logger = logging.getLogger(__name__)
 
