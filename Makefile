@@ -47,7 +47,7 @@ lint: setup
 	$(BIN)/ruff check bridgenet flows tests bench scripts
 	$(BIN)/hadolint Dockerfile
 
-# Optional: headless Chromium for scripts/registry_screenshots.py (the README's registry pictures).
+# Optional: headless Chromium for scripts/registry_screenshots.py (the registry pictures in docs/registry.md).
 screenshots-deps:
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -160,7 +160,7 @@ def check_targets(tables: dict[str, dict[str, Any]], scorer: str) -> list[str]:
 
 def readme_block(tables: dict[str, dict[str, Any]], categories: list[str], targets: list[str],
                  seeds: list[int], machine: dict[str, Any]) -> str:
-    """The README's accuracy block: command and machine, the mean tables per data set, the targets."""
+    """The accuracy block of docs/benchmarks.md: command and machine, the mean tables per data set, the targets."""
     parts = [(f"`{machine['command']}` on {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
               f"{machine['date']}.\n\n"
               f"Training seeds done: {seeds}. Each model is trained once on the goods and scored once per data "

@@ -27,7 +27,7 @@ CONFIGS: dict[str, list[str]] = {
     "+gaussian": ["anomalies.gaussian.enabled=true"],
     "gaussian-only": ["anomalies.gaussian.enabled=true", "anomalies.texture.enabled=false"],
     # sigma 15 x the paper's: feature-level noise then has a norm near the clean patches'
-    # nearest-neighbour spacing in the standardised embedding (see the README)
+    # nearest-neighbour spacing in the standardised embedding (see docs/benchmarks.md)
     "+gaussian-s0.3": ["anomalies.gaussian.enabled=true", "anomalies.gaussian.sigma=0.3"],
 }
 PRESETS = ("default", "hard")

@@ -42,7 +42,7 @@ from bench.results import write_results
 CONFIGS = {
     "default": [],
     "reference": ["model.embed_dim=1536", "model.dsc_hidden=1536"],
-    # larger inputs, for the resolution trade (README, "Real scans")
+    # larger inputs, for the resolution trade (docs/benchmarks.md, "Real scans")
     "size-320": ["data.image_size=320"],
     "size-384": ["data.image_size=384"],
 }
