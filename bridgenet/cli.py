@@ -132,8 +132,8 @@ def train(params: Params, category: tuple[str, ...], resume: bool) -> None:
     from bridgenet import stages
 
     for run in _runs(params, category):
-        summary = stages.train(run, resume=resume)
-        summary.pop("history")
+        summary = stages.train(run, resume=resume).to_dict()
+        summary.pop("history")  # it stays in train_summary.json
         click.echo(json.dumps(summary, indent=2, default=str))
 
 

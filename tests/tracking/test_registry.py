@@ -229,7 +229,7 @@ def test_register_reads_what_train_and_evaluate_left_and_makes_only_the_rest(tin
 
     left = read_stage_outputs(params, "bagel")
     assert left.evaluation is not None and left.evaluation.model_fingerprint == sha256_file(left.model_file)
-    assert left.summary["best_epoch"] == before.summary["best_epoch"] and left.trained_params.train.epochs == 2
+    assert left.summary.best_epoch == before.summary.best_epoch and left.trained_params.train.epochs == 2
 
     def not_again(*args, **kwargs):
         raise AssertionError("register redid an earlier stage's work")
