@@ -214,17 +214,17 @@ def test_the_training_input_is_the_category_s_folder_with_its_own_digest(tiny):
 
 def test_register_reads_what_train_and_evaluate_left_and_makes_only_the_rest(tiny, good_models, tmp_path,
                                                                              monkeypatch):
-    from bridgenet import evaluate, train
+    from bridgenet import evaluate, paths
     from bridgenet.files import sha256_file
     from bridgenet.register import made_at_registration, read_stage_outputs
     from tests.tracking.test_stages import model_folder
 
     models = model_folder(good_models / "bagel", tmp_path / "models")
-    (models / "bagel" / train.PREVIEW_FILE).write_bytes(b"the train stage's preview")
+    (models / "bagel" / paths.PREVIEW_FILE).write_bytes(b"the train stage's preview")
     params = tiny.params(f"train.models_dir={models}", f"eval.reports_dir={tmp_path / 'reports'}")
     before = read_stage_outputs(params, "bagel")
     assert before.evaluation is None  # nothing evaluated yet: made at registration
-    assert before.preview == models / "bagel" / train.PREVIEW_FILE
+    assert before.preview == models / "bagel" / paths.PREVIEW_FILE
     stages.evaluate(stages.resolve(params, "bagel"))
 
     left = read_stage_outputs(params, "bagel")
