@@ -215,6 +215,7 @@ def test_the_training_input_is_the_category_s_folder_with_its_own_digest(tiny):
 def test_register_reads_what_train_and_evaluate_left_and_makes_only_the_rest(tiny, good_models, tmp_path,
                                                                              monkeypatch):
     from bridgenet import evaluate, paths
+    from bridgenet.training import validation
     from bridgenet.files import sha256_file
     from bridgenet.register import made_at_registration, read_stage_outputs
     from tests.tracking.test_stages import model_folder
@@ -235,7 +236,7 @@ def test_register_reads_what_train_and_evaluate_left_and_makes_only_the_rest(tin
         raise AssertionError("register redid an earlier stage's work")
 
     monkeypatch.setattr(evaluate, "evaluate_to_folder", not_again)
-    monkeypatch.setattr(train, "write_anomaly_preview", not_again)
+    monkeypatch.setattr(validation, "write_anomaly_preview", not_again)
     made = made_at_registration(params, "bagel", left, tmp_path)
     assert made.evaluation is left.evaluation
     assert set(made.figures) == {"training_curves", "roc", "pro", "anomaly_preview"}
