@@ -215,9 +215,9 @@ def test_the_training_input_is_the_category_s_folder_with_its_own_digest(tiny):
 def test_register_reads_what_train_and_evaluate_left_and_makes_only_the_rest(tiny, good_models, tmp_path,
                                                                              monkeypatch):
     from bridgenet import evaluate, paths
-    from bridgenet.training import validation
     from bridgenet.files import sha256_file
     from bridgenet.register import made_at_registration, read_stage_outputs
+    from bridgenet.training import validation
     from tests.tracking.test_stages import model_folder
 
     models = model_folder(good_models / "bagel", tmp_path / "models")
