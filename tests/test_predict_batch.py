@@ -48,7 +48,7 @@ def test_a_bad_sample_is_reported_in_its_row_and_the_command_exits_1(tiny_root, 
     broken = min((folder / "good" / "xyz").iterdir())
     broken.write_bytes(b"not a tiff")
     result = CliRunner().invoke(main, ["predict", "--model", str(model_file), "--folder", str(folder),
-                                       "--out", str(tmp_path / "out"), "--no-heatmaps"])
+                                       "--out", str(tmp_path / "out"), "--no-heatmaps", "--no-log"])
     assert result.exit_code == 1, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     table = pd.read_csv(summary["predictions"])
@@ -66,7 +66,7 @@ def test_a_list_of_pairs_and_usage_errors(tiny_root, model_file, tmp_path):
     pd.DataFrame({"rgb": [str(folder / "rgb" / f"{s}.png") for s in stems],
                   "xyz": [str(folder / "xyz" / f"{s}.tiff") for s in stems]}).to_csv(listing, index=False)
     ok = CliRunner().invoke(main, ["predict", "--model", str(model_file), "--list", str(listing),
-                                   "--out", str(tmp_path / "out")])
+                                   "--out", str(tmp_path / "out"), "--no-log"])
     assert ok.exit_code == 0, ok.output
     assert len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == 2
     neither = CliRunner().invoke(main, ["predict", "--model", str(model_file)])
