@@ -19,7 +19,9 @@ Renders a small synthetic category at the default size (400 x 400, as params.yam
   size; before that 50 requests from one client (a request's own latency); and one
   request in the tensor form for comparison;
 
-and writes ``--out/serving-cpu.json``.
+and writes ``--out/serving-cpu.json``. ``--log on`` (default) measures with the prediction
+log written (``monitor.log`` under the work folder, as the product runs), ``off`` without it,
+``both`` the folder rate and the REST latency each way (keys ``log_on`` / ``log_off``).
 """
 
 from __future__ import annotations
@@ -82,7 +84,28 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def measure_cli(model: Path, test: Path, repeats: int, work: Path) -> dict[str, Any]:
+LOG_MODES = {"on": ("on",), "off": ("off",), "both": ("on", "off")}
+
+
+def log_args(mode: str, work: Path) -> list[str]:
+    """predict's arguments for the prediction log on (a file under ``work``) or off."""
+    return ["--set", f"monitor.log={work / 'predictions.sqlite'}"] if mode == "on" else ["--no-log"]
+
+
+def with_log(model: Path, mode: str, work: Path) -> Path:
+    """A copy of ``model`` whose stored ``monitor.log`` (what the served model writes) is on or off."""
+    from bridgenet.config import apply_overrides, params_from_dict
+    from bridgenet.model.io import load_model, save_model
+
+    loaded = load_model(model)
+    target = "" if mode == "off" else str(work / "served-predictions.sqlite")
+    params = params_from_dict(apply_overrides(loaded.params.to_dict(), [f"monitor.log={target!r}"]))
+    path = work / f"model-log-{mode}.pt"
+    save_model(loaded.with_meta(params=params), path)
+    return path
+
+
+def measure_cli(model: Path, test: Path, repeats: int, work: Path, log: str = "on") -> dict[str, Any]:
     """One-sample predict as a fresh process: with model.pt (which carries its traced graph), with
     its TorchScript export, and with a copy of model.pt without the graph (the network is built:
     timm and torchvision imported)."""
@@ -100,22 +123,26 @@ def measure_cli(model: Path, test: Path, repeats: int, work: Path) -> dict[str, 
                            "files_bytes": rgb.stat().st_size + xyz.stat().st_size,
                            "model_pt_bytes": model.stat().st_size}
     for label, path in (("model_pt", model), ("torchscript", scripted), ("model_pt_built_network", without_graph)):
-        runs = [bridgenet("predict", "--model", str(path), "--rgb", str(rgb), "--xyz", str(xyz))
+        runs = [bridgenet("predict", "--model", str(path), "--rgb", str(rgb), "--xyz", str(xyz), *log_args(log, work))
                 for _ in range(repeats)]
         out[f"one_sample_wall_s_{label}"] = summary([wall for wall, _ in runs])
         out[f"score_{label}"] = json.loads(runs[0][1].stdout.strip().splitlines()[-1])["score"]
     return out
 
 
-def measure_folder(model: Path, test: Path, work: Path) -> dict[str, Any]:
+def measure_folder(model: Path, test: Path, work: Path, logs: tuple[str, ...] = ("on",)) -> dict[str, Any]:
+    """Folder predict's rate with and without pictures, for each prediction-log mode in ``logs``
+    (labels get a ``_log_off`` suffix without the log, as do all of them with ``--log both``)."""
     n = len(list(test.glob("*/rgb/*.png")))
-    out = {"samples": n}
-    for label, extra in (("with_pictures", []), ("csv_only", ["--no-heatmaps"])):
-        wall, done = bridgenet("predict", "--model", str(model), "--folder", str(test),
-                               "--out", str(work / f"folder_{label}"), *extra)
-        report = json.loads(done.stdout.strip().splitlines()[-1])
-        assert report["samples"] == n and report["errors"] == 0, report
-        out[label] = {"wall_s": wall, "samples_per_s": n / wall}
+    out: dict[str, Any] = {"samples": n}
+    for log in logs:
+        suffix = "" if logs == ("on",) else f"_log_{log}"
+        for label, extra in (("with_pictures", []), ("csv_only", ["--no-heatmaps"])):
+            wall, done = bridgenet("predict", "--model", str(model), "--folder", str(test),
+                                   "--out", str(work / f"folder_{label}{suffix}"), *extra, *log_args(log, work))
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+            assert report["samples"] == n and report["errors"] == 0, report
+            out[f"{label}{suffix}"] = {"wall_s": wall, "samples_per_s": n / wall}
     return out
 
 
@@ -222,6 +249,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--no-rest", action="store_true")
+    parser.add_argument("--no-cli", action="store_true", help="skip the one-sample predicts")
+    parser.add_argument("--log", choices=sorted(LOG_MODES), default="on",
+                        help="prediction log written (on), not (off), or each way (both)")
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -233,11 +263,15 @@ def main() -> None:
                     "command": portable_command("serving", sys.argv[1:],
                                                 {"--model": "MODEL", "--work": "WORK", "--out": "OUT"})},
         "model": portable_path(model.resolve(), {"WORK": work}),
-        "cli": measure_cli(model, test, args.repeats, work),
-        "folder": measure_folder(model, test, work),
+        "log": args.log,
+        "folder": measure_folder(model, test, work, LOG_MODES[args.log]),
     }
+    if not args.no_cli:
+        result["cli"] = measure_cli(model, test, args.repeats, work, LOG_MODES[args.log][0])
     if not args.no_rest:
-        result["rest"] = measure_rest(model, test, work, args.requests, args.clients)
+        rest = {log: measure_rest(with_log(model, log, work), test, work, args.requests, args.clients)
+                for log in LOG_MODES[args.log]}
+        result["rest"] = rest["on"] if args.log == "on" else {f"log_{k}": v for k, v in rest.items()}
     print(json.dumps(result, indent=2))
     write_results(args.out / "serving-cpu.json", result)
 

@@ -184,35 +184,38 @@ def evaluate(params: Params, category: tuple[str, ...]) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --folder/--list: where predictions.csv and heatmaps/ go.")
 @click.option("--no-heatmaps", is_flag=True, help="With --folder/--list: the CSV only (no heatmaps, no masks).")
+@click.option("--no-log", is_flag=True, help="Do not append the samples to the prediction log (monitor.log).")
 @with_params
 @fail_cleanly
 def predict(params: Params, model_ref: str, rgb_path: Path | None, xyz_path: Path | None,
             heatmap_path: Path | None, mask_path: Path | None, folder: Path | None, list_path: Path | None, out_dir: Path | None,
-            no_heatmaps: bool) -> None:
+            no_heatmaps: bool, no_log: bool) -> None:
     """Score one RGB + point cloud sample (prints JSON), or many with the model loaded once.
 
     "status" is "ok", or "no_object" for an input without an object, which
     predict.on_empty_foreground flags as anomalous (default) or refuses (exit 1).
     With --folder or --list, one CSV row per sample; samples that cannot be scored
     get status "error" and the command exits 1 after scoring the others.
+    Every sample, a refused one too, gets a record in the prediction log (monitor.log).
     """
     single, many = rgb_path is not None or xyz_path is not None, folder is not None or list_path is not None
     if single == many or (single and (rgb_path is None or xyz_path is None)) or (folder and list_path):
         raise click.UsageError("give --rgb and --xyz for one sample, or one of --folder / --list")
     if many and out_dir is None:
         raise click.UsageError("--folder / --list need --out (where predictions.csv goes)")
+    log = None if no_log else paths.prediction_log(params)
     if single:
         from bridgenet.predict import predict_files
 
         result = predict_files(model_ref, rgb_path, xyz_path, heatmap_path, params.tracking.uri,
-                               params.predict.on_empty_foreground, mask_path)
+                               params.predict.on_empty_foreground, mask_path, log)
         click.echo(json.dumps(result))
         return
     from bridgenet.predict import find_pairs, predict_folder, read_pair_list
 
     pairs = find_pairs(folder) if folder else read_pair_list(list_path)
     csv_path, errors = predict_folder(model_ref, pairs, out_dir, params.tracking.uri,
-                                      params.predict.on_empty_foreground, heatmaps=not no_heatmaps)
+                                      params.predict.on_empty_foreground, heatmaps=not no_heatmaps, log=log)
     click.echo(json.dumps({"predictions": str(csv_path), "samples": len(pairs), "errors": errors}))
     if errors:
         raise SystemExit(1)

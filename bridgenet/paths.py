@@ -11,6 +11,7 @@
     <eval.reports_dir>/promotion_<category>.json            the promotion gate's decision
     <eval.reports_dir>/registry/<category>.json             the register stage's result
     <eval.reports_dir>/registry/unfinished_runs.json        MLflow runs not yet ended
+    <monitor.log>                                           the prediction log (predict, serving)
 
 Pass a category's resolved params (:func:`bridgenet.stages.resolve`): a category
 override of ``train.models_dir`` or ``eval.reports_dir`` moves its files. ``dvc.yaml``
@@ -116,3 +117,9 @@ def registry_result_file(params: Params, category: str) -> Path:
 def unfinished_runs_journal(params: Params) -> Path:
     """The journal of MLflow runs started and not yet ended, ``<eval.reports_dir>/registry/``."""
     return reports_dir(params) / "registry" / UNFINISHED_RUNS_FILE
+
+
+# ------------------------------------------------------------------ predict and serving
+def prediction_log(params: Params) -> Path | None:
+    """The prediction log ``monitor.log`` (:mod:`bridgenet.monitor.log`); None when it is off (``""``)."""
+    return Path(params.monitor.log) if params.monitor.log else None

@@ -13,16 +13,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from bridgenet.model.contract import TrainedModel
-from bridgenet.model.io import load_model
+
+if TYPE_CHECKING:
+    from bridgenet.monitor.log import PredictionRecord
+    from bridgenet.monitor.records import ModelOrigin
 
 LOGGER = logging.getLogger(__name__)
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 EMPTY_FOREGROUND_POLICIES = ("error", "anomalous")
 
 
@@ -48,13 +50,23 @@ class Prediction:
 
 def resolve_model(ref: str | Path, tracking_uri: str | None = None, graph: bool = False) -> TrainedModel:
     """A model file path, or an MLflow URI (``models:/NAME@ALIAS``, ``runs:/ID/<prefix>-<category>``);
-    ``graph``: as the traced graph that the file carries, where it does (:func:`load_model`)."""
-    text = str(ref)
-    if text.startswith(MLFLOW_SCHEMES):
-        from bridgenet.tracking.pyfunc import download_model_file
+    ``graph``: as the traced graph that the file carries, where it does (:func:`bridgenet.model.io.load_model`)."""
+    from bridgenet.monitor.records import load_with_origin
 
-        return load_model(download_model_file(text, tracking_uri), graph=graph)
-    return load_model(Path(text), graph=graph)
+    return load_with_origin(ref, tracking_uri, graph, digest=False)[0]
+
+
+def log_record(model: TrainedModel, origin: ModelOrigin, digests: tuple[str | None, str | None], source: str,
+               outcome: Prediction | Exception) -> PredictionRecord:
+    """The prediction log's record of one sample: its prediction, or why it was refused (an input
+    without an object that ``predict.on_empty_foreground=error`` refuses: status ``no_object``)."""
+    from bridgenet.monitor.records import prediction_record
+
+    if isinstance(outcome, Prediction):
+        return prediction_record(model.category, model.threshold, origin, digests, source, outcome.status,
+                                 outcome.score, bool(outcome.anomalous))
+    status = "no_object" if isinstance(outcome, NoObjectError) else "error"
+    return prediction_record(model.category, model.threshold, origin, digests, source, status, message=str(outcome))
 
 
 def check_pair(rgb: np.ndarray, xyz: np.ndarray, rgb_name: str = "rgb", xyz_name: str = "xyz") -> None:
@@ -236,10 +248,12 @@ def predict_folder(
     on_empty_foreground: str | None = None,
     heatmaps: bool = True,
     progress: bool = True,
+    log: Path | None = None,
 ) -> tuple[Path, int]:
     """Score every (rgb, xyz) pair with one loaded model; ``out_dir/predictions.csv`` holds a row each
     (and ``heatmaps/`` and ``masks/`` a picture each, in the layout of the input folders). A sample that cannot be scored gets ``status`` ``error``
     and its message; the others are still scored. Returns the CSV's path and the error count.
+    ``log``: the prediction log (:mod:`bridgenet.monitor.log`) gets a record per sample, in one transaction.
     """
     import pandas as pd
     from tqdm import tqdm
@@ -247,10 +261,12 @@ def predict_folder(
     from bridgenet.data.samples import read_rgb, read_xyz
 
     out_dir = Path(out_dir)
-    model = resolve_model(model_ref, tracking_uri, graph=True)
+    from bridgenet.monitor.records import file_digest, load_with_origin, write_records
+
+    model, origin = load_with_origin(model_ref, tracking_uri, graph=True)
     root = Path(*_common_parts([rgb for rgb, _ in pairs]))
     pairs = [(Path(r).resolve(), Path(x).resolve()) for r, x in pairs]
-    rows = []
+    rows, records = [], []
     for rgb_path, xyz_path in tqdm(pairs, desc="predict", unit="sample", disable=not progress):
         row = {"rgb": str(rgb_path), "xyz": str(xyz_path), "status": "error", "score": np.nan,
                "anomalous": True, "threshold": model.threshold, "heatmap": "", "mask": "", "error": ""}
@@ -261,7 +277,9 @@ def predict_folder(
         except (ValueError, OSError) as err:  # NoObjectError (policy "error") included
             LOGGER.error("%s: %s", rgb_path, err)
             row["error"] = str(err)
+            outcome: Prediction | Exception = err
         else:
+            outcome = prediction
             row.update(status=prediction.status, score=prediction.score, anomalous=bool(prediction.anomalous))
             if heatmaps:
                 name = Path(rgb_path).relative_to(root).with_suffix(".png")
@@ -269,12 +287,16 @@ def predict_folder(
                                                out_dir / "masks" / name)
                 row.update(heatmap=heatmap or "", mask=mask or "")
         rows.append(row)
+        if log is not None:
+            records.append(log_record(model, origin, (file_digest(rgb_path), file_digest(xyz_path)), "predict",
+                                      outcome))
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
     path = out_dir / "predictions.csv"
     partial = path.with_name(f".{path.name}.partial")
     table.to_csv(partial, index=False)
     partial.replace(path)
+    write_records(log, records)
     return path, int((table["status"] == "error").sum())
 
 
@@ -297,17 +319,38 @@ def predict_files(
     tracking_uri: str | None = None,
     on_empty_foreground: str | None = None,
     mask_path: Path | None = None,
+    log: Path | None = None,
 ) -> dict[str, Any]:
-    """The ``bridgenet predict`` result as a JSON-able dict (``status``: ``ok`` or ``no_object``)."""
-    from bridgenet.data.samples import read_rgb, read_xyz
+    """The ``bridgenet predict`` result as a JSON-able dict (``status``: ``ok`` or ``no_object``).
 
-    for path in (rgb_path, xyz_path):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"input file {path} does not exist")
-    rgb, xyz = read_rgb(Path(rgb_path)), read_xyz(Path(xyz_path))
-    check_pair(rgb, xyz, str(rgb_path), str(xyz_path))
-    model = resolve_model(model_ref, tracking_uri, graph=True)
-    prediction = predict_arrays(model, rgb, xyz, on_empty_foreground)
+    ``log``: the prediction log (:mod:`bridgenet.monitor.log`) gets the sample's record, a
+    refused one's too (the model is then loaded to say which model refused it).
+    """
+    from bridgenet.data.samples import read_rgb, read_xyz
+    from bridgenet.monitor.records import file_digest, load_with_origin, write_records
+
+    refused: Exception | None = None
+    try:
+        for path in (rgb_path, xyz_path):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"input file {path} does not exist")
+        rgb, xyz = read_rgb(Path(rgb_path)), read_xyz(Path(xyz_path))
+        check_pair(rgb, xyz, str(rgb_path), str(xyz_path))
+    except (ValueError, OSError) as err:
+        refused = err
+    if refused is not None and log is None:
+        raise refused
+    model, origin = load_with_origin(model_ref, tracking_uri, graph=True)
+    if refused is None:
+        try:
+            prediction = predict_arrays(model, rgb, xyz, on_empty_foreground)
+        except ValueError as err:  # NoObjectError (policy "error") included
+            refused = err
+    if log is not None:
+        write_records(log, [log_record(model, origin, (file_digest(rgb_path), file_digest(xyz_path)), "predict",
+                                       refused or prediction)])
+    if refused is not None:
+        raise refused
     heatmap, mask = write_pictures(model, rgb, prediction, heatmap_path, mask_path)
     return {
         "status": prediction.status,

@@ -46,6 +46,7 @@ def tiny_params(root: Path, *extra: str) -> Params:
             f"data.cache_dir={root / 'cache'}",
             f"train.models_dir={root / 'models'}",
             f"eval.reports_dir={root / 'reports'}",
+            f"monitor.log={root / 'reports' / 'monitor' / 'predictions.sqlite'}",
             f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
             *extra,
         ],

@@ -48,7 +48,7 @@ def test_a_bad_sample_is_reported_in_its_row_and_the_command_exits_1(tiny_root, 
     broken = min((folder / "good" / "xyz").iterdir())
     broken.write_bytes(b"not a tiff")
     result = CliRunner().invoke(main, ["predict", "--model", str(model_file), "--folder", str(folder),
-                                       "--out", str(tmp_path / "out"), "--no-heatmaps"])
+                                       "--out", str(tmp_path / "out"), "--no-heatmaps", "--no-log"])
     assert result.exit_code == 1, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     table = pd.read_csv(summary["predictions"])
@@ -66,7 +66,7 @@ def test_a_list_of_pairs_and_usage_errors(tiny_root, model_file, tmp_path):
     pd.DataFrame({"rgb": [str(folder / "rgb" / f"{s}.png") for s in stems],
                   "xyz": [str(folder / "xyz" / f"{s}.tiff") for s in stems]}).to_csv(listing, index=False)
     ok = CliRunner().invoke(main, ["predict", "--model", str(model_file), "--list", str(listing),
-                                   "--out", str(tmp_path / "out")])
+                                   "--out", str(tmp_path / "out"), "--no-log"])
     assert ok.exit_code == 0, ok.output
     assert len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == 2
     neither = CliRunner().invoke(main, ["predict", "--model", str(model_file)])
@@ -140,3 +140,116 @@ def test_a_model_without_a_pixel_threshold_writes_no_mask(trained_bagel, tiny_ro
                         tmp_path / "h.png", mask_path=tmp_path / "m.png")
     assert out["mask"] is None and out["pixel_threshold"] is None and not (tmp_path / "m.png").exists()
     assert (tmp_path / "h.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------ the prediction log
+def sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_folder_predict_logs_one_record_per_sample_in_one_go(tiny_root, model_file, tmp_path):
+    from bridgenet.monitor.log import read
+
+    folder = tmp_path / "line"
+    shutil.copytree(tiny_root / "synth" / "bagel" / "test" / "good", folder / "good")
+    shutil.copytree(tiny_root / "synth" / "bagel" / "test" / "contamination", folder / "contamination")
+    broken = min((folder / "good" / "xyz").iterdir())
+    broken.write_bytes(b"not a tiff")
+    log = tmp_path / "monitor" / "predictions.sqlite"
+    csv_path, errors = predict_folder(model_file, find_pairs(folder), tmp_path / "out", heatmaps=False,
+                                      progress=False, log=log)
+    table, records = pd.read_csv(csv_path), read(log)
+    assert errors == 1 and len(records) == len(table) > 4
+    assert list(records["rgb_digest"]) == [sha256(p) for p in table["rgb"]]
+    assert list(records["xyz_digest"]) == [sha256(p) for p in table["xyz"]]
+    assert set(records["model_digest"]) == {sha256(model_file)} and records["model"].isna().all()
+    assert set(records["category"]) == {"bagel"} and set(records["source"]) == {"predict"}
+    ok = table["status"] == "ok"
+    expected = np.where(table["anomalous"], "defect", "good")
+    assert list(records.loc[ok, "verdict"]) == list(expected[ok])
+    assert np.allclose(records.loc[ok, "score"], table.loc[ok, "score"])
+    assert (records["threshold"] == table["threshold"]).all()
+    bad = records[~ok.to_numpy()]
+    assert list(bad["status"]) == ["error"] and bad["verdict"].isna().all() and bad["score"].isna().all()
+    assert broken.name in bad["message"].iloc[0]
+
+
+def test_cli_logs_to_monitor_log_unless_told_not_to(tiny_root, model_file, tmp_path):
+    from bridgenet.monitor.log import read
+
+    folder = tiny_root / "synth" / "bagel" / "test" / "good"
+    rgb = min((folder / "rgb").iterdir())
+    xyz = folder / "xyz" / f"{rgb.stem}.tiff"
+    log = tmp_path / "log.sqlite"
+
+    def predict(*extra: str):
+        result = CliRunner().invoke(main, ["predict", "--model", str(model_file), "--rgb", str(rgb), "--xyz", str(xyz),
+                                           *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    answer = predict("--set", f"monitor.log={log}")
+    records = read(log)
+    assert len(records) == 1
+    row = records.iloc[0]
+    assert (row["status"], row["score"], row["verdict"]) == ("ok", answer["score"],
+                                                           "defect" if answer["anomalous"] else "good")
+    assert (row["rgb_digest"], row["xyz_digest"]) == (sha256(rgb), sha256(xyz))
+    predict("--set", f"monitor.log={log}", "--no-log")
+    predict("--set", "monitor.log=''")
+    assert len(read(log)) == 1
+    # a refused input is recorded too, and still refused
+    flat = tmp_path / "flat.tiff"
+    flat.write_bytes(b"not a tiff")
+    refused = CliRunner().invoke(main, ["predict", "--model", str(model_file), "--rgb", str(rgb), "--xyz",
+                                        str(flat), "--set", f"monitor.log={log}"])
+    assert refused.exit_code == 1
+    last = read(log).iloc[-1]
+    assert last["status"] == "error" and "flat.tiff" in last["message"] and last["xyz_digest"] == sha256(flat)
+
+
+def test_an_unwritable_log_does_not_fail_a_prediction(tiny_root, model_file, tmp_path, caplog):
+    folder = tiny_root / "synth" / "bagel" / "test" / "good"
+    rgb = min((folder / "rgb").iterdir())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with caplog.at_level("WARNING"):
+        out = predict_files(model_file, rgb, folder / "xyz" / f"{rgb.stem}.tiff", log=blocker / "log.sqlite")
+    assert out["status"] == "ok"
+    assert any(str(blocker / "log.sqlite") in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_the_served_model_logs_each_sample_with_its_files_digests(trained_bagel, tiny_root, tmp_path):
+    import base64
+    from types import SimpleNamespace
+
+    from bridgenet.config import apply_overrides, params_from_dict
+    from bridgenet.model.io import save_model
+    from bridgenet.monitor.log import read
+    from bridgenet.serving.pyfunc_model import BridgeNetPyfunc
+
+    log = tmp_path / "served.sqlite"
+    _, _, model = trained_bagel
+    served = model.with_meta(params=params_from_dict(apply_overrides(model.params.to_dict(), [f"monitor.log={log}"])))
+    path = tmp_path / "model.pt"
+    save_model(served, path)
+    wrapper = BridgeNetPyfunc()
+    wrapper.load_context(SimpleNamespace(artifacts={"model": str(path)}))
+    folder = tiny_root / "synth" / "bagel" / "test" / "good"
+    rgbs = sorted((folder / "rgb").iterdir())[:2]
+    xyzs = [folder / "xyz" / f"{p.stem}.tiff" for p in rgbs]
+    files = {"rgb_png": [base64.b64encode(p.read_bytes()).decode() for p in rgbs],
+             "xyz_tiff": [base64.b64encode(p.read_bytes()).decode() for p in xyzs]}
+    out = wrapper.predict(None, files)
+    records = read(log)
+    assert list(records["rgb_digest"]) == [sha256(p) for p in rgbs]
+    assert list(records["xyz_digest"]) == [sha256(p) for p in xyzs]
+    assert np.allclose(records["score"], out["score"]) and set(records["source"]) == {"serve"}
+    assert set(records["model_digest"]) == {sha256(path)}
+    with pytest.raises(Exception, match="rgb: expected shape"):
+        wrapper.predict(None, {"rgb": np.zeros((2, 3)), "xyz": np.zeros((2, 3))})
+    refused = read(log).iloc[-1]
+    assert refused["status"] == "error" and "expected shape" in refused["message"]
+    assert refused["rgb_digest"] is None

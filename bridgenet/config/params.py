@@ -19,6 +19,7 @@ from bridgenet.config.sections import (
     DataConfig,
     EvalConfig,
     ModelConfig,
+    MonitorConfig,
     PredictConfig,
     PromotionConfig,
     RegistryConfig,
@@ -44,6 +45,7 @@ class Params(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     predict: PredictConfig = PredictConfig()
+    monitor: MonitorConfig = MonitorConfig()
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
     promotion: PromotionConfig = PromotionConfig()

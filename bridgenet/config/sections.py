@@ -190,6 +190,14 @@ class PredictConfig(Section):
     serve_threads: int = Field(1, ge=0, le=256)
 
 
+class MonitorConfig(Section):
+    """Watching the inspection line (docs/cli.md, "The prediction log")."""
+
+    # SQLite file every `bridgenet predict` and every served request appends a record to;
+    # "" (or null) = no log. Relative: to the working directory of the process that predicts.
+    log: str | None = "reports/monitor/predictions.sqlite"
+
+
 class EvalConfig(Section):
     reports_dir: str = "reports"
     aupro_thresholds: int = Field(2000, ge=100, le=1_000_000)

@@ -18,6 +18,11 @@ check); :func:`parse_inputs` validates dtype, range, shape and finiteness. Outpu
 ``predict.on_empty_foreground=anomalous`` flags (with ``error`` such a sample
 is refused). Malformed or refused input raises ``MlflowException`` with
 ``INVALID_PARAMETER_VALUE`` (HTTP 400 from the scoring server).
+
+Each served sample gets a record in the prediction log, the model's ``monitor.log`` (one
+transaction per request; a refused request or sample gets one record saying why), with the
+sha256 of its files (``rgb_png``, ``xyz_tiff``) or of its arrays' bytes (uint8 rgb, float32
+xyz); a log that cannot be written costs a warning, never a request.
 """
 
 from __future__ import annotations
@@ -146,13 +151,20 @@ class BridgeNetPyfunc(PythonModel):
     # The tensor signature given at logging time is the schema; MLflow's type-hint
     # based validation (which wraps predict and warns without hints) is not used.
     _skip_type_hint_validation = True
+    log: Path | None = None  # the prediction log (monitor.log); None: off
+    origin: Any = None  # the ModelOrigin of the served file
 
     def load_context(self, context: Any) -> None:
         import torch
 
+        from bridgenet import paths
         from bridgenet.model.io import load_model
+        from bridgenet.monitor.records import ModelOrigin, file_digest
 
         self.model = load_model(Path(context.artifacts["model"]))
+        # the registered name and version are not known to the served files: the digest says which
+        self.origin = ModelOrigin(None, None, file_digest(context.artifacts["model"]))
+        self.log = paths.prediction_log(self.model.params)
         threads = self.model.params.predict.serve_threads
         if threads:  # one process per worker: its own cap (predict.serve_threads)
             torch.set_num_threads(threads)
@@ -162,19 +174,53 @@ class BridgeNetPyfunc(PythonModel):
         """Score each sample of ``model_input`` (see the module docstring)."""
         from bridgenet.predict import predict_arrays
 
-        rgb, xyz = parse_inputs(model_input)
+        try:
+            rgb, xyz = parse_inputs(model_input)
+        except MlflowException as exc:
+            self._write([((None, None), exc)])
+            raise
+        digests = sample_digests(model_input, rgb, xyz) if self.log is not None else [(None, None)] * len(rgb)
         predictions = []
         for i in range(len(rgb)):
             try:
                 predictions.append(predict_arrays(self.model, rgb[i], xyz[i]))
             except ValueError as exc:  # the sample itself is unusable (e.g. no object found)
+                self._write([(digests[i], exc)])
                 raise _invalid(f"sample {i}: {exc}") from exc
+        self._write(list(zip(digests, predictions)))
         return {
             "score": np.array([p.score for p in predictions], dtype=np.float32),
             "anomaly_map": np.stack([p.anomaly_map for p in predictions]).astype(np.float32),
             "anomalous": np.array([p.anomalous for p in predictions], dtype=bool),
             "status": np.array([p.status for p in predictions], dtype=str),
         }
+
+    def _write(self, outcomes: list[tuple[tuple[str | None, str | None], Any]]) -> None:
+        """Log each (digests, prediction or refusal) in one transaction, where the log is on."""
+        if self.log is None:
+            return
+        from bridgenet.monitor.records import ModelOrigin, write_records
+        from bridgenet.predict import log_record
+
+        origin = self.origin or ModelOrigin(None, None, None)
+        write_records(self.log, [log_record(self.model, origin, d, "serve", o) for d, o in outcomes])
+
+
+def sample_digests(model_input: Mapping, rgb: np.ndarray, xyz: np.ndarray) -> list[tuple[str, str]]:
+    """sha256 of each sample's files (the decoded base64 bytes), or of its arrays' bytes (as
+    :func:`parse_inputs` returns them) for tensor requests."""
+    import base64
+
+    from bridgenet.monitor.records import array_digest, bytes_digest
+
+    if ENCODED_NAMES[0] not in model_input:
+        return [(array_digest(r), array_digest(x)) for r, x in zip(rgb, xyz)]
+    files = []
+    for name in ENCODED_NAMES:
+        values = model_input[name]
+        texts = [values] if isinstance(values, str | bytes) else list(np.asarray(values, dtype=object).ravel())
+        files.append([bytes_digest(base64.b64decode(t)) for t in texts])
+    return list(zip(*files))
 
 
 set_model(BridgeNetPyfunc())

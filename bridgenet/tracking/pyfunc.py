@@ -89,6 +89,25 @@ def model_location(uri: str, tracking_uri: str) -> str:
     return client.get_model_version_download_uri(name, str(version)).rstrip("/")
 
 
+def registered_version(uri: str, tracking_uri: str | None = None) -> tuple[str, str] | None:
+    """(name, version) of the registered model version that ``models:/NAME@ALIAS`` (the alias
+    resolved now) or ``models:/NAME/VERSION`` names; None for any other URI. Errors name the URI."""
+    match = _MODELS_URI.fullmatch(uri.rstrip("/"))
+    if match is None or not uri.startswith("models:/"):
+        return None
+    name, alias, version = match.group("name", "alias", "version")
+    if version is not None:
+        return name, version
+    if alias is None:  # models:/m-ID: a logged model, not a registered version
+        return None
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        raise FileNotFoundError(f"{uri}: no version of {name} has the alias {alias} in {tracking_uri} ({exc})") from exc
+
+
 def download_model_file(
     uri: str, tracking_uri: str | None = None, dst_dir: Path | str | None = None
 ) -> Path:

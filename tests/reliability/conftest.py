@@ -92,6 +92,7 @@ def make_params(root: Path, *overrides: str) -> Params:
         "eval.aupro_thresholds=100",
         "eval.heatmap_samples=1",
         f"eval.reports_dir={root / 'reports'}",
+        f"monitor.log={root / 'reports' / 'monitor' / 'predictions.sqlite'}",
         f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
         "tracking.create=true",
         "tracking.retries=1",

@@ -46,6 +46,7 @@ def make_params(root: Path, *overrides: str) -> Params:
         "eval.aupro_thresholds=200",
         "eval.heatmap_samples=2",
         f"eval.reports_dir={root / 'reports'}",
+        f"monitor.log={root / 'reports' / 'monitor' / 'predictions.sqlite'}",
         f"train.models_dir={root / 'models_good'}",
         f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
         "tracking.retry_delay_s=0.01",
