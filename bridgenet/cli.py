@@ -264,6 +264,44 @@ def promote(params: Params, category: tuple[str, ...]) -> None:
     click.echo(json.dumps(results, indent=2, default=str))
 
 
+@main.command("bank")
+@click.argument("action", type=click.Choice(["add"]))
+@click.option("--category", "-c", required=True, help="Category whose model takes the new good parts.")
+@click.option("--from", "folder", required=True, type=click.Path(path_type=Path),
+              help="Folder of good parts: rgb/<stem>.png + xyz/<stem>.tiff pairs (an MVTec good/ folder too).")
+@click.option("--model", "model_ref", default=None,
+              help="model.pt path or MLflow URI (default: the champion if registered, else models/<cat>/model.pt).")
+@click.option("--no-register", is_flag=True, help="Write the new model file only; do not register it.")
+@with_params
+@fail_cleanly
+def bank(params: Params, action: str, category: str, folder: Path, model_ref: str | None, no_register: bool) -> None:
+    """`bank add`: new good parts join the model's memory bank without retraining.
+
+    Writes a new model (recalibrated, new thresholds) under <train.models_dir>/bank_updates/<cat>/
+    and registers it as the challenger; `bridgenet promote` decides.
+    """
+    from bridgenet.bank import add_to_bank, tracking_absent
+
+    run = _runs(params, (category,))[0]
+    update = add_to_bank(run.params, run.category, folder, model_ref)
+    result: dict[str, Any] = {"model": update.model_path, "parent": update.parent, "samples": update.samples,
+                              "threshold": [update.threshold_before, update.threshold],
+                              "seconds": round(update.seconds, 2), "memory": update.memory}
+    absent = tracking_absent(run.params)
+    if no_register or absent:
+        result["registered"] = f"no: {absent or '--no-register'}; the model file is left at {update.model_path}"
+    else:
+        from bridgenet.register import register_bank_update
+        from bridgenet.tracking.retry import TrackingUnavailableError
+
+        try:
+            result["registered"] = register_bank_update(run.params, update)
+        except (TrackingUnavailableError, ValueError, OSError) as exc:
+            LOGGER.warning("not registered (%s); the model file is %s", exc, update.model_path)
+            result["registered"] = f"no: {type(exc).__name__}: {exc}"
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
 @main.command("pipeline")
 @click.option("--category", "-c", multiple=True, help="Category (repeatable; default: all).")
 @click.option("--no-register", is_flag=True, help="Skip MLflow registration and promotion.")

@@ -4,6 +4,8 @@
                                  /checkpoint.pt             last epoch's state (train --resume)
                                  /train_summary.json        the training summary
                                  /anomaly_preview.png       generated validation anomalies
+    <train.models_dir>/bank_updates/<category>/<UTC time>/  ``bridgenet bank add``: model.pt, its
+                                                            bank_update.json and train_summary.json
     <eval.reports_dir>/categories/<category>/               the evaluate stage: evaluation.json,
                                                             report files, figures
     <eval.reports_dir>/evaluations/<category>/<model>-<data>.json   evaluations by fingerprint
@@ -58,6 +60,13 @@ def train_summary_file(params: Params, category: str) -> Path:
 def anomaly_preview_file(params: Params, category: str) -> Path:
     """The sheet of generated validation anomalies beside the model."""
     return model_dir(params, category) / PREVIEW_FILE
+
+
+def bank_updates_dir(params: Params, category: str) -> Path:
+    """``<train.models_dir>/bank_updates/<category>``: the models ``bridgenet bank add`` writes, one
+    folder each. Outside ``<train.models_dir>/<category>``, the train stage's DVC output, which
+    ``dvc repro`` replaces whole."""
+    return Path(params.train.models_dir) / "bank_updates" / category
 
 
 # ------------------------------------------------------------------ evaluate and report stages

@@ -293,3 +293,69 @@ def _register_logged(params: Params, record: TrainingRunRecord, logged: LoggedTr
         "champion_version": gate.champion_version,
         "would_promote": None if champion is None else bool(gate.decision["promote"]),
     }
+
+
+BANK_TAGS = ("bank.parent", "bank.parent_sha256", "bank.parent_version", "bank.source", "bank.source_sha256",
+             "bank.samples_added")
+
+
+def bank_update_tags(update: Any) -> dict[str, str]:
+    """A bank update's lineage (a :class:`bridgenet.bank.BankUpdate`) as run and version tags."""
+    tags = {"bank.parent": update.parent, "bank.parent_sha256": update.parent_sha256,
+            "bank.parent_version": update.parent_version or "not registered", "bank.source": update.source,
+            "bank.source_sha256": update.source_sha256, "bank.samples_added": str(update.samples)}
+    return {key: tags[key] for key in BANK_TAGS}
+
+
+def register_bank_update(params: Params, update: Any, repo_root: Path | str = ".") -> dict[str, Any]:
+    """Register the model of a bank update (:func:`bridgenet.bank.add_to_bank`) as the challenger.
+
+    As :func:`register_category` does for a trained model, with what differs: the new model is
+    scored on the current test split here (its evaluation kept where the gate looks for it,
+    :func:`bridgenet.evaluate.keep_evaluation`; the evaluate stage's folder is left alone),
+    its training input is the folder of added parts, and the run and the version carry the
+    update's lineage (:func:`bank_update_tags`). ``bridgenet promote`` then decides.
+    """
+    from bridgenet.evaluate import (
+        evaluate_category,
+        keep_evaluation,
+        load_test_split,
+        write_category_figures,
+    )
+    from bridgenet.files import sha256_file
+    from bridgenet.model.io import load_model
+    from bridgenet.model.summary import load_train_summary
+    from bridgenet.serving.spec import pyfunc_spec
+    from bridgenet.tracking import registry
+    from bridgenet.tracking.lineage import lineage_tags
+    from bridgenet.tracking.runs import TrainingRunRecord, end_run_as, log_training_run
+
+    category, model_file = update.category, Path(update.model_path)
+    model = load_model(model_file)
+    split = load_test_split(params, category)
+    evaluation, small_maps = evaluate_category(params, model, split, model_fingerprint=sha256_file(model_file))
+    kept = keep_evaluation(params, evaluation)
+    folder = model_file.parent
+    figures = write_category_figures(evaluation, split, small_maps, {
+        "heatmaps": folder / f"heatmaps_{category}.png", "defect_auroc": folder / f"defect_auroc_{category}.png",
+    }, params.eval.heatmap_samples)
+    tags = bank_update_tags(update)
+    record = TrainingRunRecord(
+        category=category, trained_params=model.params, model_file=model_file,
+        pyfunc=pyfunc_spec(params.data, category), summary=load_train_summary(folder), evaluation=evaluation,
+        lineage={**lineage_tags(repo_root, params), **tags, "bridgenet.stage": "bank_add"}, figures=figures,
+        records=(kept,),
+        datasets=({"name": f"{category}/bank_add", "source": update.source, "digest": update.source_sha256,
+                   "context": "training"},
+                  {"name": f"{category}/test", "source": str(Path(params.data.root) / category / "test"),
+                   "digest": evaluation.data_fingerprint or "unknown", "context": "test"}),
+    )
+    logged = log_training_run(params, record)
+    try:
+        result = _register_logged(params, record, logged, split)
+        registry.set_version_tags(params, result["model_name"], result["version"], tags)
+    except BaseException as exc:
+        end_run_as(params, logged.run_id, "FAILED",
+                   f"registration failed after the run was logged: {type(exc).__name__}: {exc}")
+        raise
+    return {**result, **tags}

@@ -96,15 +96,48 @@ def _greedy(points: torch.Tensor, n_keep: int, generator: torch.Generator) -> tu
     n = points.shape[0]
     n_keep = min(n_keep, n)
     squares = (points * points).sum(1)
-    kept = torch.empty(n_keep, dtype=torch.long, device=points.device)
-    kept[0] = int(torch.randint(n, (1,), generator=generator))
-    nearest = (squares - 2 * (points @ points[kept[0]]) + squares[kept[0]]).clamp_min_(0)
-    for i in range(1, n_keep):
+    first = int(torch.randint(n, (1,), generator=generator))
+    nearest = (squares - 2 * (points @ points[first]) + squares[first]).clamp_min_(0)
+    rest = _farthest_first(points, squares, nearest, n_keep - 1)
+    return torch.cat([torch.tensor([first], device=points.device), rest]), nearest.sqrt()
+
+
+def _farthest_first(points: torch.Tensor, squares: torch.Tensor, nearest: torch.Tensor, n_add: int) -> torch.Tensor:
+    """``n_add`` greedy k-centre picks (indices into ``points`` (N, p)), each the point farthest
+    from everything kept so far; ``nearest`` (N,), each point's squared distance to what is kept
+    already, is updated in place. ``squares`` (N,): the points' squared norms."""
+    kept = torch.empty(max(n_add, 0), dtype=torch.long, device=points.device)
+    for i in range(len(kept)):
         farthest = int(torch.argmax(nearest))
         kept[i] = farthest
         candidate = (squares - 2 * (points @ points[farthest]) + squares[farthest]).clamp_min_(0)
         torch.minimum(nearest, candidate, out=nearest)
-    return kept, nearest.sqrt()
+    return kept
+
+
+def grow_coreset(
+    bank: torch.Tensor, rows: torch.Tensor, n_add: int, projection_dim: int, generator: torch.Generator,
+) -> Coreset:
+    """Greedy k-centre continued from a kept ``bank`` (K, D): ``n_add`` of the new ``rows`` (N, D).
+
+    Every entry of ``bank`` stays; each pick is the new row farthest from the bank and from
+    the rows picked before it (distances after the same kind of seeded random projection as
+    :func:`greedy_coreset`), so new rows that the bank already covers cost no entry. The
+    radius returned is measured exactly, in the rows' own space: every new row lies within
+    it of the grown bank (``bank`` plus the picked rows).
+    """
+    if rows.shape[0] == 0:
+        raise ValueError("grow_coreset: no new rows to add")
+    if bank.shape[0] == 0:
+        raise ValueError("grow_coreset: the bank to grow is empty (use greedy_coreset)")
+    points = torch.cat([bank, rows]).float()
+    if 0 < projection_dim < points.shape[1]:
+        points = points @ random_projection(points.shape[1], projection_dim, generator).to(points.device)
+    old, new = points[:bank.shape[0]], points[bank.shape[0]:]
+    nearest = nearest_distance(new, old).square()
+    picked = _farthest_first(new, (new * new).sum(1), nearest, min(n_add, rows.shape[0]))
+    grown = torch.cat([bank.float(), rows[picked].float()])
+    return Coreset(picked, float(nearest_distance(rows.float(), grown).max()))
 
 
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -181,6 +214,45 @@ class MemoryBank(nn.Module):
             setattr(self, f"{m}_bank", rows[coreset.indices].float().contiguous())
             info.update({f"{m}_candidates": float(rows.shape[0]), f"{m}_bank": float(len(coreset.indices)),
                          f"{m}_radius": coreset.radius})
+        return info
+
+    @torch.no_grad()
+    def extend(
+        self, embeddings: dict[str, torch.Tensor], keep: torch.Tensor, cfg: MemoryConfig,
+        generator: torch.Generator,
+    ) -> dict[str, float]:
+        """Add new good parts' (N, D, h, w) embeddings on patches ``keep`` (N, h, w) to every bank.
+
+        The size rule of :meth:`fit` applied to the new candidates: ``coreset_ratio`` of them
+        join the bank, so that it stays about that share of every candidate it has seen, and
+        it never passes ``max_bank``. They are chosen by :func:`grow_coreset`: the bank is kept
+        whole and each new entry is the new patch farthest from it. A bank already at
+        ``max_bank`` is instead selected again, ``max_bank`` entries by :func:`greedy_coreset`
+        among its entries and the new patches together (``<m>_reselected`` 1). Either way
+        every new patch lies within ``<m>_radius`` (exact, in the embedding space) of an
+        entry. Returns, per modality, the new candidates, entries added, bank size, radius.
+        """
+        info: dict[str, float] = {}
+        flat_keep = keep.flatten()
+        for m in self.modalities:
+            emb, bank = embeddings[m], self.bank(m)
+            rows = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])[flat_keep.to(emb.device)].float()
+            if rows.shape[0] == 0:
+                raise ValueError(f"memory bank {m}: the new parts have no patch to add")
+            room = cfg.max_bank - bank.shape[0]
+            n_add = min(room, max(1, round(cfg.coreset_ratio * rows.shape[0])))
+            if n_add > 0:
+                grown = grow_coreset(bank, rows, n_add, cfg.projection_dim, generator)
+                new_bank, radius = torch.cat([bank, rows[grown.indices].to(bank.device)]), grown.radius
+            else:
+                union = torch.cat([bank, rows.to(bank.device)])
+                chosen = greedy_coreset(union, cfg.max_bank, cfg.projection_dim, generator, cfg.chunk_size)
+                new_bank = union[chosen.indices]
+                radius = float(nearest_distance(rows, new_bank).max())
+            setattr(self, f"{m}_bank", new_bank.float().contiguous())
+            info.update({f"{m}_new_candidates": float(rows.shape[0]), f"{m}_added": float(max(n_add, 0)),
+                         f"{m}_bank": float(new_bank.shape[0]), f"{m}_radius": radius,
+                         f"{m}_reselected": float(n_add <= 0)})
         return info
 
     def distances(self, modality: str, rows: torch.Tensor) -> torch.Tensor:

@@ -131,3 +131,63 @@ def test_memory_scorer_without_a_bank_is_refused():
         net(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64))
     with pytest.raises(ValueError, match="model.scorer"):
         net.scorer = "nearest"
+
+
+def _bank_with(rows: torch.Tensor, cfg: MemoryConfig) -> MemoryBank:
+    bank = MemoryBank(("rgb",), rows.shape[1])
+    grid = rows.T.reshape(1, rows.shape[1], 1, len(rows))  # (1, D, 1, N): one "image" of N patches
+    bank.fit({"rgb": grid}, torch.ones(1, 1, len(rows), dtype=torch.bool), cfg, torch.Generator().manual_seed(0))
+    return bank
+
+
+@pytest.mark.parametrize("projection_dim", [0, 8])
+def test_extending_keeps_the_bank_and_covers_every_new_patch(projection_dim):
+    """A new cluster far from the bank gets entries; the old entries stay, in front; every new
+    patch lies within the reported radius (exact space) of an entry; size: ratio x new ones."""
+    cfg = MemoryConfig(coreset_ratio=0.1, max_bank=1000, projection_dim=projection_dim)
+    old = clustered_rows(seed=0, n=600)
+    bank = _bank_with(old, cfg)
+    before = bank.bank("rgb").clone()
+    gen = torch.Generator().manual_seed(5)
+    new = torch.randn(300, old.shape[1], generator=gen) * 0.3 + 40.0  # a feature the bank lacks
+    assert float(nearest_distance(new, before).min()) > 100
+    info = bank.extend({"rgb": new.T.reshape(1, -1, 1, 300)}, torch.ones(1, 1, 300, dtype=torch.bool), cfg,
+                       torch.Generator().manual_seed(0))
+    after = bank.bank("rgb")
+    assert torch.equal(after[:len(before)], before)
+    assert info["rgb_added"] == 30 and len(after) == len(before) + 30 and info["rgb_reselected"] == 0
+    nearest = torch.cdist(new, after).amin(1)
+    assert float(nearest.max()) <= info["rgb_radius"] * (1 + 1e-4)
+    assert float(nearest.max()) == pytest.approx(info["rgb_radius"], rel=1e-3)
+    assert info["rgb_radius"] < 5  # the cluster's own spread, not its distance to the old bank
+
+
+def test_new_patches_the_bank_covers_add_nothing_new_to_the_radius():
+    """Patches like the training ones stay within about the bank's own radius."""
+    cfg = MemoryConfig(coreset_ratio=0.1, max_bank=1000, projection_dim=0)
+    bank = _bank_with(clustered_rows(seed=0, n=600), cfg)
+    fit_radius = float(torch.cdist(clustered_rows(seed=0, n=600), bank.bank("rgb")).amin(1).max())
+    similar = clustered_rows(seed=0, n=900)[600:]  # the same clusters, new draws
+    info = bank.extend({"rgb": similar.T.reshape(1, -1, 1, 300)}, torch.ones(1, 1, 300, dtype=torch.bool), cfg,
+                       torch.Generator().manual_seed(0))
+    assert info["rgb_radius"] <= fit_radius * 1.01
+
+
+def test_a_full_bank_is_selected_again_over_old_and_new_and_still_covers_the_new_patches():
+    cfg = MemoryConfig(coreset_ratio=0.5, max_bank=60, projection_dim=0)
+    bank = _bank_with(clustered_rows(seed=0, n=600), cfg)
+    assert len(bank.bank("rgb")) == 60
+    new = torch.randn(100, 32, generator=torch.Generator().manual_seed(1)) * 0.3 + 40.0
+    info = bank.extend({"rgb": new.T.reshape(1, -1, 1, 100)}, torch.ones(1, 1, 100, dtype=torch.bool), cfg,
+                       torch.Generator().manual_seed(0))
+    assert info["rgb_reselected"] == 1 and len(bank.bank("rgb")) == 60
+    assert float(torch.cdist(new, bank.bank("rgb")).amin(1).max()) <= info["rgb_radius"] * (1 + 1e-4)
+    assert info["rgb_radius"] < 5
+
+
+def test_extending_with_no_patch_is_refused():
+    cfg = MemoryConfig(projection_dim=0)
+    bank = _bank_with(clustered_rows(n=100), cfg)
+    with pytest.raises(ValueError, match="no patch to add"):
+        bank.extend({"rgb": torch.zeros(1, 32, 1, 4)}, torch.zeros(1, 1, 4, dtype=torch.bool), cfg,
+                    torch.Generator().manual_seed(0))
