@@ -107,7 +107,7 @@ def default_model_ref(params: Params, category: str) -> tuple[str, str | None]:
 def load_parent(ref: str, params: Params) -> tuple[TrainedModel, Path]:
     """The model ``ref`` names (a file or an MLflow URI, as ``predict`` reads them) and its local file."""
     from bridgenet.model.io import load_model
-    from bridgenet.predict import MLFLOW_SCHEMES
+    from bridgenet.monitor.records import MLFLOW_SCHEMES
 
     if ref.startswith(MLFLOW_SCHEMES):
         from bridgenet.tracking.pyfunc import download_model_file
