@@ -19,6 +19,7 @@ from bridgenet.config.sections import (
     DataConfig,
     EvalConfig,
     ModelConfig,
+    MonitorConfig,
     PredictConfig,
     PromotionConfig,
     RegistryConfig,
@@ -49,6 +50,7 @@ class Params(Section):
     promotion: PromotionConfig = PromotionConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     dask: DaskConfig = DaskConfig()
+    monitor: MonitorConfig = MonitorConfig()
     category_overrides: dict[str, dict[str, Any]] = {}  # noqa: RUF012 - a pydantic field (copied per instance)
 
     @model_validator(mode="after")

@@ -1,0 +1,1 @@
+"""Watching the inspection line: the prediction log and the drift monitor over it."""
