@@ -269,7 +269,7 @@ class MonitorConfig(Section):
     max_flag_rate_ratio: float = Field(5.0, gt=0)  # flagged share / (1 - the model's threshold quantile)
     psi_limit: float = Field(0.25, gt=0)  # population stability index of the scores vs validation goods
     psi_bins: int = Field(10, ge=2, le=100)  # reference quantile bins, fewer for a small reference:
-    psi_min_per_bin: int = Field(5, ge=1)  # ... at least this many reference scores per bin
+    psi_min_per_bin: int = Field(10, ge=1)  # ... at least this many reference scores per bin
     ks_pvalue: float = Field(0.01, gt=0, lt=1)  # two-sample KS test: drift below this p-value
     max_no_object_rate: float = Field(0.05, ge=0, le=1)  # share of records with status no_object
 
