@@ -346,6 +346,32 @@ def schedule(params: Params, repo: Path, name: str) -> None:
     serve(["--repo", str(repo), "--params", str(given["params_file"]), "--name", name])
 
 
+@main.command("monitor")
+@click.option("--category", "-c", required=True, help="Category whose predictions to watch.")
+@click.option("--model", "model_ref", default=None,
+              help="Model file or MLflow URI the log's records must come from (default: the category's champion).")
+@click.option("--no-event", is_flag=True, help="Do not emit the Prefect drift event.")
+@with_params
+@fail_cleanly
+def monitor(params: Params, category: str, model_ref: str | None, no_event: bool) -> None:
+    """One drift-monitoring pass over the prediction log (monitor.log): prints a JSON summary.
+
+    Exit 0 within the limits (monitor.*), 3 on drift (and the event bridgenet.drift.detected
+    is emitted to the Prefect API), 4 when the window holds too few records to judge.
+    """
+    from bridgenet.monitor.drift import DRIFT
+    from bridgenet.monitor.watch import exit_code, monitor_category
+
+    summary = monitor_category(params, category, model_ref)
+    if summary["status"] == DRIFT and not no_event:
+        from bridgenet.monitor.events import emit_drift_event
+
+        event = emit_drift_event(summary)
+        summary["event_id"] = None if event is None else str(event.id)
+    click.echo(json.dumps(summary, indent=2))
+    sys.exit(exit_code(summary["status"]))
+
+
 @main.command("summary")
 @with_params
 def summary(params: Params) -> None:

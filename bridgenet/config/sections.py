@@ -190,14 +190,6 @@ class PredictConfig(Section):
     serve_threads: int = Field(1, ge=0, le=256)
 
 
-class MonitorConfig(Section):
-    """Watching the inspection line (docs/cli.md, "The prediction log")."""
-
-    # SQLite file every `bridgenet predict` and every served request appends a record to;
-    # "" (or null) = no log. Relative: to the working directory of the process that predicts.
-    log: str | None = "reports/monitor/predictions.sqlite"
-
-
 class EvalConfig(Section):
     reports_dir: str = "reports"
     aupro_thresholds: int = Field(2000, ge=100, le=1_000_000)
@@ -264,6 +256,31 @@ class ScheduleConfig(Section):
     # the scheduled `dvc repro` and each task of `bridgenet pipeline` fail past these
     timeout_minutes: float = Field(720, gt=0)
     task_timeout_minutes: float = Field(240, gt=0)
+    monitor_cron: str = "0 * * * *"  # the drift monitor's passes (flows/monitor.py)
+
+
+class MonitorConfig(Section):
+    """The prediction log (docs/cli.md) and the drift monitor's window and limits (docs/scheduling.md)."""
+
+    # SQLite file every `bridgenet predict` and every served request appends a record to;
+    # "" (or null) = no log. Relative: to the working directory of the process that predicts.
+    log: str | None = "reports/monitor/predictions.sqlite"
+    window: int = Field(200, ge=1)  # the last this many ok records of a category (of the model monitored)
+    window_hours: float = Field(0.0, ge=0)  # and only records of the last this many hours (0 = no time limit)
+    min_samples: int = Field(50, ge=2)  # fewer ok records in the window: "not enough data", never "ok"
+    max_flag_rate_ratio: float = Field(5.0, gt=0)  # flagged share / (1 - the model's threshold quantile)
+    psi_limit: float = Field(0.25, gt=0)  # population stability index of the scores vs validation goods
+    psi_bins: int = Field(10, ge=2, le=100)  # reference quantile bins, fewer for a small reference:
+    psi_min_per_bin: int = Field(10, ge=1)  # ... at least this many reference scores per bin
+    ks_pvalue: float = Field(0.01, gt=0, lt=1)  # two-sample KS test: drift below this p-value
+    max_no_object_rate: float = Field(0.05, ge=0, le=1)  # share of records with status no_object
+
+    @model_validator(mode="after")
+    def _enough_in_a_window(self) -> MonitorConfig:
+        if self.min_samples > self.window:
+            raise ValueError(f"monitor.min_samples ({self.min_samples}) must not exceed monitor.window "
+                             f"({self.window}): no window would ever hold enough data")
+        return self
 
 
 class DaskConfig(Section):

@@ -1,0 +1,153 @@
+"""One drift-monitoring pass of a category: the prediction log's window against the model's reference.
+
+:func:`monitor_category` reads the last ``monitor.window`` ok records of the category that
+the watched model scored (same model file digest; of the last ``monitor.window_hours`` only,
+where set) from the prediction log (``monitor.log``), judges them with
+:func:`bridgenet.monitor.drift.assess` against the model's validation goods
+(:mod:`bridgenet.monitor.reference`), writes ``drift.json`` and ``drift.png`` under
+``<eval.reports_dir>/monitor/<category>/`` and logs the same as a monitoring run
+(:mod:`bridgenet.monitor.runs`). The watched model is the category's registered champion
+unless another model file or MLflow URI is given. :func:`exit_code` gives the command's
+exit status; the event on drift is :mod:`bridgenet.monitor.events`'s.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bridgenet.config import MonitorConfig, Params
+from bridgenet.files import json_safe, sha256_file, write_json
+from bridgenet.monitor import log
+from bridgenet.monitor.drift import DRIFT, NOT_ENOUGH_DATA, OK, Assessment, Window, assess, limits
+from bridgenet.monitor.reference import monitor_dir, reference_scores
+
+LOGGER = logging.getLogger(__name__)
+EXIT_CODES = {OK: 0, DRIFT: 3, NOT_ENOUGH_DATA: 4}  # 1 and 2 are click's (an error, a usage error)
+
+
+def exit_code(status: str) -> int:
+    """``bridgenet monitor``'s exit status for a pass's status: 0 ok, 3 drift, 4 not enough data."""
+    return EXIT_CODES[status]
+
+
+def champion_ref(params: Params, category: str) -> str:
+    """The model a pass watches by default: ``models:/<registry.prefix>-<category>@<champion alias>``."""
+    return f"models:/{params.registry.prefix}-{category}@{params.registry.champion_alias}"
+
+
+def category_dir(params: Params, category: str) -> Path:
+    """``<eval.reports_dir>/monitor/<category>``: the last pass's ``drift.json`` and ``drift.png``."""
+    return monitor_dir(params) / category
+
+
+def _read_log(path: Path, category: str) -> pd.DataFrame:
+    """The prediction log's records of ``category``, oldest first; none when there is no log yet."""
+    if not path.is_file():
+        LOGGER.warning("no prediction log at %s (monitor.log) yet: no records", path)
+        return pd.DataFrame(columns=list(log.COLUMNS))
+    return log.read(path, category=category)
+
+
+def select_window(records: pd.DataFrame, model_digest: str, cfg: MonitorConfig,
+                  now: dt.datetime) -> tuple[Window, dict[str, Any]]:
+    """The window of ``records`` (one category's, oldest first) a pass judges, and where it lies.
+
+    The records of the model with file digest ``model_digest`` (of the last
+    ``cfg.window_hours``, where above 0); of them the last ``cfg.window`` ok ones, and the
+    no_object and error records from the first of those on.
+    """
+    mine = records[records["model_digest"] == model_digest]
+    other_models = int(len(records) - len(mine))
+    if cfg.window_hours > 0 and len(mine):
+        times = pd.to_datetime(mine["time"], utc=True, format="ISO8601")
+        mine = mine[times >= pd.Timestamp(now) - pd.Timedelta(hours=cfg.window_hours)]
+    ok = mine[mine["status"] == "ok"].tail(cfg.window)
+    stretch = mine[mine["id"] >= ok["id"].iloc[0]] if len(ok) else mine.tail(cfg.window)
+    window = Window(scores=ok["score"].to_numpy(dtype=np.float64),
+                    flagged=(ok["verdict"] == "defect").to_numpy(),
+                    no_object=int((stretch["status"] == "no_object").sum()),
+                    errors=int((stretch["status"] == "error").sum()))
+    where = {"first": str(stretch["time"].iloc[0]) if len(stretch) else None,
+             "last": str(stretch["time"].iloc[-1]) if len(stretch) else None,
+             "records_of_other_models": other_models}
+    return window, where
+
+
+def _model_file(ref: str, tracking_uri: str) -> Path:
+    from bridgenet.predict import MLFLOW_SCHEMES
+
+    if ref.startswith(MLFLOW_SCHEMES):
+        from bridgenet.tracking.pyfunc import download_model_file
+
+        return download_model_file(ref, tracking_uri)
+    path = Path(ref)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    return path
+
+
+def monitor_category(params: Params, category: str, model_ref: str | None = None,
+                     now: dt.datetime | None = None, track: bool = True) -> dict[str, Any]:
+    """One pass over ``category``'s window of the log; returns its summary (status, crossed limits,
+    numbers, limits, model, window, files, MLflow run). ``model_ref``: a model file or MLflow URI
+    (default :func:`champion_ref`); ``track``: log the monitoring run to MLflow."""
+    from bridgenet.model.io import load_model
+
+    cfg = params.monitor
+    now = now or dt.datetime.now(dt.timezone.utc)
+    ref = model_ref or champion_ref(params, category)
+    path = _model_file(ref, params.tracking.uri)
+    digest = sha256_file(path)
+    model = load_model(path)
+    if model.category != category:
+        raise ValueError(f"{ref} is a model of {model.category!r}, not of {category!r}")
+    reference = reference_scores(params, category, model, digest)
+    window, where = select_window(_read_log(Path(cfg.log), category), digest, cfg, now)
+    result = assess(window, reference, model.params.train.threshold_quantile, cfg)
+    folder = category_dir(params, category)
+    summary = {"category": category, "status": result.status, "crossed": list(result.crossed),
+               "time": now.isoformat(), **result.numbers, "limits": limits(cfg),
+               "model": {"ref": ref, "digest": digest, "threshold": model.threshold,
+                         "threshold_quantile": model.params.train.threshold_quantile},
+               "window": where, "log": str(cfg.log),
+               "files": {"summary": str(folder / "drift.json"), "figure": str(folder / "drift.png")}}
+    write_figure(Path(summary["files"]["figure"]), reference, window, result, category)
+    if track:
+        from bridgenet.monitor.runs import log_monitoring_run
+
+        summary["mlflow_run_id"] = log_monitoring_run(params, summary)
+    write_json(summary["files"]["summary"], summary)
+    LOGGER.info("%s: %s%s", category, result.status, f" ({', '.join(result.crossed)})" if result.crossed else "")
+    return json_safe(summary)
+
+
+def write_figure(path: Path, reference: np.ndarray, window: Window, result: Assessment, category: str) -> Path:
+    """The two score distributions (validation goods, the window) and the flagged rate against its limit."""
+    from matplotlib.figure import Figure
+
+    from bridgenet.reports import save_figure
+
+    n = result.numbers
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
+    values = np.concatenate([reference, window.scores])
+    bins = np.histogram_bin_edges(values, bins=30) if values.size else 10
+    left.hist(reference, bins=bins, density=True, alpha=0.55, label=f"validation goods (n={reference.size})")
+    if window.scores.size:
+        left.hist(window.scores, bins=bins, density=True, alpha=0.55, label=f"window (n={window.scores.size})")
+    stats = (f"PSI {n['psi']:.3f}, KS p {n['ks_pvalue']:.2g}" if n["psi"] is not None else "no ok record")
+    left.set(xlabel="image score", ylabel="density", title=f"{category}: scores ({stats})")
+    left.legend(loc="upper right")
+    rates = [n["flag_rate"] or 0.0, n["expected_flag_rate"], n["no_object_rate"] or 0.0]
+    right.bar(["flagged", "promised", "no object"], rates, color=["tab:red", "tab:green", "tab:grey"])
+    right.axhline(n["flag_rate_limit"], color="tab:red", linestyle="--", label="flagged limit")
+    right.set(ylabel="share of records", title=result.status.replace("_", " "))
+    right.legend(loc="upper right")
+    fig.tight_layout()
+    return save_figure(fig, path)
