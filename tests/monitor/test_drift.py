@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, TINY_OVERRIDES, tiny_params
 
 from bridgenet.config import MonitorConfig
 from bridgenet.monitor.drift import (
@@ -36,6 +35,7 @@ from bridgenet.monitor.drift import (
 )
 from bridgenet.monitor.events import DRIFT_EVENT, drift_event
 from bridgenet.monitor.watch import exit_code, monitor_category, select_window
+from tests.conftest import REPO, TINY_OVERRIDES, tiny_params
 
 DARKER = 0.3  # the drifted line's rgb factor (see the module docstring)
 SCHEMA = """CREATE TABLE predictions (
