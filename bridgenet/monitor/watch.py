@@ -80,7 +80,7 @@ def select_window(records: pd.DataFrame, model_digest: str, cfg: MonitorConfig,
 
 
 def _model_file(ref: str, tracking_uri: str) -> Path:
-    from bridgenet.predict import MLFLOW_SCHEMES
+    from bridgenet.monitor.records import MLFLOW_SCHEMES
 
     if ref.startswith(MLFLOW_SCHEMES):
         from bridgenet.tracking.pyfunc import download_model_file
