@@ -22,6 +22,7 @@ spells the same layout for DVC's stage outputs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,6 +130,13 @@ def unfinished_runs_journal(params: Params) -> Path:
 
 
 # ------------------------------------------------------------------ predict and serving
+NO_LOG_ENV = "BRIDGENET_NO_PREDICTION_LOG"  # set (to 1) where predictions are not the line's
+
+
 def prediction_log(params: Params) -> Path | None:
-    """The prediction log ``monitor.log`` (:mod:`bridgenet.monitor.log`); None when it is off (``""``)."""
+    """The prediction log ``monitor.log`` (:mod:`bridgenet.monitor.log`); None when it is off: ``""``,
+    or :data:`NO_LOG_ENV` set, as while MLflow scores a model's input example to log it (not a
+    prediction of the line, so it must not reach the line's log or its drift monitor)."""
+    if os.environ.get(NO_LOG_ENV, "") not in ("", "0"):
+        return None
     return Path(params.monitor.log) if params.monitor.log else None

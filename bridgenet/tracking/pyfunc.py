@@ -10,7 +10,10 @@ it in a fresh virtualenv built from those requirements (tests/tracking/test_serv
 from __future__ import annotations
 
 import logging
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +53,27 @@ def log_pyfunc_model(model_path: Path | str, spec: PyfuncSpec, name: str = MODEL
         raise FileNotFoundError(f"model file {model_path} does not exist")
     if mlflow.active_run() is None:
         raise RuntimeError("log_pyfunc_model needs an active MLflow run (mlflow.start_run)")
+    # MLflow scores the input example to check it: not a prediction of the line, so not logged
+    with _prediction_log_off():
+        return _log_model(model_path, spec, name, __version__)
+
+
+@contextmanager
+def _prediction_log_off() -> Iterator[None]:
+    from bridgenet.paths import NO_LOG_ENV
+
+    before = os.environ.get(NO_LOG_ENV)
+    os.environ[NO_LOG_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(NO_LOG_ENV, None)
+        else:
+            os.environ[NO_LOG_ENV] = before
+
+
+def _log_model(model_path: Path, spec: PyfuncSpec, name: str, version: str) -> ModelInfo:
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(spec.code),
@@ -58,7 +82,7 @@ def log_pyfunc_model(model_path: Path | str, spec: PyfuncSpec, name: str = MODEL
         input_example=spec.input_example,
         pip_requirements=spec.pip_requirements,
         code_paths=[str(p) for p in spec.code_paths] or None,
-        metadata={"bridgenet_version": __version__, "model_format": "bridgenet-model/1"},
+        metadata={"bridgenet_version": version, "model_format": "bridgenet-model/1"},
     )
 
 

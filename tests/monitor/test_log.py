@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
+from bridgenet.config import DEFAULT_PARAMS, load_params
 from bridgenet.monitor import log
 from bridgenet.monitor.records import ModelOrigin, array_digest, prediction_record, write_records
 
@@ -125,3 +126,27 @@ def test_write_cost_is_well_under_a_millisecond_per_record(tmp_path):
     for _ in range(100):
         log.append(path, [record()])
     assert (time.perf_counter() - start) / 100 < 0.02  # measured ~0.2 ms on a busy 2-core machine
+
+
+def test_logging_a_model_keeps_mlflow_s_input_example_out_of_the_log(tmp_path, monkeypatch):
+    """MLflow scores the input example while a model is logged: not a prediction of the line."""
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from bridgenet.paths import NO_LOG_ENV, prediction_log
+    from bridgenet.tracking import pyfunc
+
+    params = load_params(DEFAULT_PARAMS)
+
+    def logging_off() -> bool:
+        return prediction_log(params) is None
+
+    seen = []
+    monkeypatch.setattr(pyfunc, "_log_model", lambda *args: seen.append(logging_off()))
+    monkeypatch.setattr(mlflow, "active_run", lambda: SimpleNamespace(info=SimpleNamespace(run_id="run")))
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    monkeypatch.delenv(NO_LOG_ENV, raising=False)
+    pyfunc.log_pyfunc_model(model, pyfunc.PyfuncSpec(code=tmp_path / "serve.py", signature=None, pip_requirements=[]))
+    assert seen == [True] and not logging_off()
