@@ -134,8 +134,8 @@ def read_good_parts(folder: Path, model: TrainedModel) -> tuple[Batch, list[Path
     smaller than the backbone's coarsest stride, and a part without an object above the
     support plane (for a model trained on parts with one).
     """
+    from bridgenet.data.batch import Batch
     from bridgenet.data.samples import read_rgb, read_xyz
-    from bridgenet.inference import batch_from_arrays
     from bridgenet.predict import check_pair, find_pairs, minimum_side
     from bridgenet.preprocess import network_inputs
 
@@ -162,7 +162,7 @@ def read_good_parts(folder: Path, model: TrainedModel) -> tuple[Batch, list[Path
             f"bank add: {len(empty)} of {len(pairs)} samples under {folder} show no object above the support "
             f"plane (first {empty[0]}); a good part for the bank must show the part: remove them")
     rgbs, depths, foregrounds = (np.stack(a) for a in zip(*arrays))
-    return batch_from_arrays(rgbs, depths, foregrounds), [rgb for rgb, _ in pairs]
+    return Batch.from_arrays(rgbs, depths, foregrounds), [rgb for rgb, _ in pairs]
 
 
 @torch.no_grad()

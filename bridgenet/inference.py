@@ -4,7 +4,7 @@ Training's validation, ``evaluate``, ``predict`` (one sample, folder, list), ser
 benches all score through :func:`score`; exports trace the same network forward
 (``dense``: :class:`bridgenet.export.ExportedScorer`). Preparing a sample from its files
 (visible depth, crop) is :func:`bridgenet.preprocess.network_inputs`, the same for the
-cache and for online prediction; :func:`batch_from_arrays` turns its arrays into a batch.
+cache and for online prediction; :meth:`bridgenet.data.batch.Batch.from_arrays` turns its arrays into a batch.
 """
 
 from __future__ import annotations
@@ -28,14 +28,6 @@ class Scored:
     scores: np.ndarray
     maps: np.ndarray
     frames: np.ndarray | None = None
-
-
-def batch_from_arrays(rgb: np.ndarray, depth: np.ndarray, foreground: np.ndarray | None = None) -> Batch:
-    """Network-size arrays (rgb uint8 (N, S, S, 3), depth float (N, S, S)) -> a :class:`Batch`."""
-    rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float().div(255.0)
-    depth_t = torch.from_numpy(np.ascontiguousarray(depth)).unsqueeze(1).float()
-    fg = depth_t[:, 0] > 0 if foreground is None else torch.from_numpy(np.asarray(foreground, dtype=bool))
-    return Batch(rgb_t, depth_t, fg)
 
 
 @torch.inference_mode()

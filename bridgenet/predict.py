@@ -99,6 +99,7 @@ def predict_arrays(
     decides for an input without an object (module docstring).
     """
     from bridgenet import inference
+    from bridgenet.data.batch import Batch
     from bridgenet.preprocess import network_inputs
 
     policy = on_empty_foreground or model.params.predict.on_empty_foreground
@@ -124,7 +125,7 @@ def predict_arrays(
         mask = None if model.pixel_threshold is None else np.ones(rgb.shape[:2], bool)
         return Prediction(top, True, model.threshold, full, "no_object", mask)
     device = next(model.network.parameters()).device
-    scored = inference.score(model.network, inference.batch_from_arrays(rgb_small[None], depth[None], foreground[None]),
+    scored = inference.score(model.network, Batch.from_arrays(rgb_small[None], depth[None], foreground[None]),
                              device, 1, boxes=np.array([box]), frame=rgb.shape[:2])
     score = float(scored.scores[0])
     anomaly_map = scored.frames[0]

@@ -28,12 +28,18 @@ class Batch:
     foreground: torch.Tensor
 
     @classmethod
-    def from_split(cls, split: CachedSplit, index: np.ndarray | slice = slice(None)) -> Batch:
+    def from_arrays(cls, rgb: np.ndarray, depth: np.ndarray, foreground: np.ndarray) -> Batch:
+        """Network-size arrays, as the cache holds them: rgb uint8 (N, S, S, 3), depth float (N, S, S),
+        foreground bool (N, S, S)."""
         return cls(
-            rgb=torch.from_numpy(split.rgb[index]).permute(0, 3, 1, 2).float().div(255.0),
-            depth=torch.from_numpy(split.depth[index]).unsqueeze(1).float(),
-            foreground=torch.from_numpy(split.foreground[index]),
+            rgb=torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float().div(255.0),
+            depth=torch.from_numpy(np.ascontiguousarray(depth)).unsqueeze(1).float(),
+            foreground=torch.from_numpy(np.ascontiguousarray(foreground, dtype=bool)),
         )
+
+    @classmethod
+    def from_split(cls, split: CachedSplit, index: np.ndarray | slice = slice(None)) -> Batch:
+        return cls.from_arrays(split.rgb[index], split.depth[index], split.foreground[index])
 
     def to(self, device: torch.device) -> Batch:
         return Batch(self.rgb.to(device), self.depth.to(device), self.foreground.to(device))
