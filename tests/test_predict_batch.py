@@ -252,4 +252,4 @@ def test_the_served_model_logs_each_sample_with_its_files_digests(trained_bagel,
         wrapper.predict(None, {"rgb": np.zeros((2, 3)), "xyz": np.zeros((2, 3))})
     refused = read(log).iloc[-1]
     assert refused["status"] == "error" and "expected shape" in refused["message"]
-    assert refused["rgb_digest"] is None
+    assert pd.isna(refused["rgb_digest"])
