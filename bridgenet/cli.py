@@ -279,8 +279,8 @@ def feedback(params: Params, category: str, rgb_path: Path | None, xyz_path: Pat
     folder = paths.feedback_dir(params, category)
     click.echo(json.dumps({"category": category, "added": result.added, "duplicates": result.duplicates,
                            "record": str(result.record),
-                           "next": f"dvc add {folder} && git add {folder}.dvc; the next dvc repro trains "
-                                   "on the goods and gates on the defects"}, indent=2))
+                           "next": f"dvc add {folder} && git add {folder}.dvc {folder.parent / '.gitignore'}; "
+                                   "the next dvc repro trains on the goods and gates on the defects"}, indent=2))
 
 
 @main.command("pipeline")

@@ -9,8 +9,9 @@ each into ``<feedback.root>/<category>`` (:func:`bridgenet.paths.feedback_dir`):
     feedback.csv                                 one row per part: sources, sha256s, verdict, time
 
 Every part is checked before anything is copied (all or nothing): the files are read with
-the readers the pipeline uses, rgb and xyz (and the mask) must have the same size, a defect
-the frame of the category's test parts (the gate scores them together). A part whose rgb
+the readers the pipeline uses, rgb and xyz (and the mask) must have the same size, a good part an object
+above the support plane (training refuses one without), a defect the frame of the category's
+test parts (the gate scores them together). A part whose rgb
 and xyz digests are already recorded is a duplicate: reported, not copied again. Numbers
 continue after the highest in the folder; no file is ever overwritten.
 """
@@ -28,8 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bridgenet import paths
-from bridgenet.config import Params
+from bridgenet.config import DataConfig, Params
+from bridgenet.data.depth import visible_depth
 from bridgenet.data.readers import discover_categories, scan_category
 from bridgenet.data.samples import (
     GOOD,
@@ -114,7 +118,7 @@ def read_parts_csv(path: Path) -> list[Part]:
             for line, row in enumerate(rows, start=2)]
 
 
-def _check_files(part: Part, frame: tuple[int, int] | None) -> list[str]:
+def _check_files(part: Part, frame: tuple[int, int] | None, data_cfg: DataConfig) -> list[str]:
     """What is wrong with one part's files (empty when nothing is); reads them as the pipeline will."""
     wanted = [("rgb", part.rgb, RGB_EXTENSIONS), ("xyz", part.xyz, XYZ_EXTENSIONS)]
     wanted += [("mask", part.mask, GT_EXTENSIONS)] if part.mask is not None else []
@@ -134,13 +138,24 @@ def _check_files(part: Part, frame: tuple[int, int] | None) -> list[str]:
         wrong.append(f"mask {part.mask} is {mask.shape[1]}x{mask.shape[0]}, its rgb {size[1]}x{size[0]}")
     elif mask is not None and not mask.any():
         wrong.append(f"mask {part.mask} marks no pixel (leave it out when the defect's place is unknown)")
+    if part.verdict == "good" and not wrong and not _has_object(xyz, data_cfg):
+        wrong.append(f"xyz {part.xyz}: no object above the support plane (training refuses such a good part)")
     if part.verdict == "defect" and frame is not None and size != frame:
         wrong.append(f"rgb {part.rgb} is {size[1]}x{size[0]}, the category's test parts {frame[1]}x{frame[0]} "
                      "(the gate scores the line's defects beside them)")
     return wrong
 
 
-def check_part(part: Part, frame: tuple[int, int] | None) -> list[str]:
+def _has_object(xyz: np.ndarray, data_cfg: DataConfig) -> bool:
+    """Whether the visible depth finds a foreground, as preprocessing will (seeded: deterministic)."""
+    try:
+        _, foreground = visible_depth(xyz, data_cfg, np.random.default_rng(0))
+    except ValueError:
+        return False
+    return bool(foreground.any())
+
+
+def check_part(part: Part, frame: tuple[int, int] | None, data_cfg: DataConfig) -> list[str]:
     """Every problem of one part, each starting with ``part.where``; empty when it can be taken."""
     wrong = []
     if part.verdict not in VERDICTS:
@@ -152,7 +167,7 @@ def check_part(part: Part, frame: tuple[int, int] | None) -> list[str]:
     given = (("rgb", part.rgb), ("xyz", part.xyz), ("mask", part.mask))
     missing = [f"{name}: no path given" if str(path) in ("", ".") else f"{name} {path} is not a file"
                for name, path in given if path is not None and not path.is_file()]
-    wrong += missing or _check_files(part, frame)
+    wrong += missing or _check_files(part, frame, data_cfg)
     return [f"{part.where}: {problem}" for problem in wrong]
 
 
@@ -199,7 +214,7 @@ def add_feedback(params: Params, category: str, parts: Sequence[Part], now: str 
     twice, are skipped and listed in ``duplicates``.
     """
     frame = frame_of_test_parts(params, category)
-    problems = [problem for part in parts for problem in check_part(part, frame)]
+    problems = [problem for part in parts for problem in check_part(part, frame, params.data)]
     if problems:
         raise FeedbackError(problems)
     record_path = paths.feedback_record(params, category)

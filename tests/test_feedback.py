@@ -130,6 +130,15 @@ def test_each_refusal_names_what_is_wrong(mini, tmp_path, part, says):
     assert not (tmp_path / "feedback").exists()
 
 
+def test_a_good_part_without_an_object_is_refused_before_training_would_be(mini, tmp_path):
+    rgb, xyz = tmp_path / "empty.png", tmp_path / "empty.tiff"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(rgb)
+    u, v = np.meshgrid(np.linspace(-0.05, 0.05, 64), np.linspace(-0.05, 0.05, 64))
+    tifffile.imwrite(xyz, np.dstack([u, v, np.full_like(u, 0.4)]).astype(np.float32), photometric="rgb")
+    with pytest.raises(FeedbackError, match="no object above the support plane"):
+        add_feedback(params_for(mini, tmp_path), "bagel", [Part(rgb, xyz, "good")])
+
+
 def test_an_unknown_category_is_refused(mini, tmp_path):
     good = source(mini)
     with pytest.raises(ValueError, match="unknown category 'teapot'"):
@@ -165,7 +174,7 @@ def test_the_cli_takes_one_part_and_refuses_a_half_given_one(mini, tmp_path):
     from bridgenet.cli import main
 
     params = params_for(mini, tmp_path)
-    kind, bad = a_defect(mini)
+    _, bad = a_defect(mini)
     args = ["feedback", "-c", "bagel", "--rgb", str(bad["rgb"]), "--xyz", str(bad["xyz"]), "--verdict", "defect",
             "--mask", str(bad["gt"]), *as_cli(params)]
     result = CliRunner().invoke(main, args)
@@ -184,7 +193,7 @@ def test_preprocess_trains_on_the_feedback_goods_and_caches_the_defects_apart(mi
 
     params = params_for(mini, tmp_path)
     before = load_cached_split(mini / "cache", "bagel", "train")  # the mini set's own cache
-    kind, bad = a_defect(mini)
+    _, bad = a_defect(mini)
     good = source(mini, "validation", "good", "000")  # a good part the training split lacks
     add_feedback(params, "bagel", [Part(good["rgb"], good["xyz"], "good"),
                                    Part(bad["rgb"], bad["xyz"], "defect", mask=bad["gt"]),

@@ -54,7 +54,7 @@ def test_the_gate_scores_both_models_on_the_line_s_defects(tiny, good_models, co
     store = [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"eval.reports_dir={tmp_path / 'reports'}",
              f"data.cache_dir={tmp_path / 'cache'}", f"feedback.root={tmp_path / 'feedback'}"]
     test = tiny.root / "data" / "bagel" / "test"
-    kind = sorted(p.name for p in test.iterdir() if p.name != "good")[0]
+    kind = min(p.name for p in test.iterdir() if p.name != "good")
     parts = [Part(test / kind / "rgb" / f"{stem}.png", test / kind / "xyz" / f"{stem}.tiff", "defect",
                   mask=test / kind / "gt" / f"{stem}.png" if stem == "000" else None, kind="dent")
              for stem in ("000", "001")]
