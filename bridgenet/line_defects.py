@@ -27,7 +27,8 @@ from bridgenet.data.samples import LINE_SPLIT
 if TYPE_CHECKING:
     from bridgenet.evaluate import CategoryEvaluation
 
-REPORTED = ("image_auroc", "image_ap", "pixel_auroc", "aupro_30", "recall_at_threshold")
+RANKING = ("image_auroc", "image_ap", "pixel_auroc", "aupro_30")  # threshold-free, from the evaluation
+REPORTED = (*RANKING, "recall_at_threshold")
 
 
 def load_line_split(params: Params, category: str, test: CachedSplit) -> CachedSplit | None:
@@ -49,7 +50,7 @@ def line_counts(split: CachedSplit) -> dict[str, int]:
 def line_numbers(evaluation: CategoryEvaluation) -> dict[str, Any]:
     """What the gate's report shows of one model on the line's defects (nan where undefined)."""
     at = evaluation.at_threshold()
-    return {**{k: float(evaluation.metrics[k]) for k in REPORTED[:4]}, "recall_at_threshold": float(at["recall"]),
+    return {**{k: float(evaluation.metrics[k]) for k in RANKING}, "recall_at_threshold": float(at["recall"]),
             "found_at_threshold": f"{at['tp']} of {at['tp'] + at['fn']}", "per_defect": evaluation.per_defect}
 
 
