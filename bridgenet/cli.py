@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,60 +12,10 @@ import click
 import yaml
 
 from bridgenet import __version__, paths
-from bridgenet.config import DEFAULT_PARAMS, ConfigError, Params, load_params
+from bridgenet.cli_options import fail_cleanly, setup_logging, with_params
+from bridgenet.config import DEFAULT_PARAMS, Params
 
 LOGGER = logging.getLogger("bridgenet")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
-def with_params(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a verb ``--params FILE`` and repeated ``--set key=value``; pass ``params``."""
-
-    @click.option(
-        "--params",
-        "params_file",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=DEFAULT_PARAMS,
-        show_default=True,
-        help="Parameter file.",
-    )
-    @click.option(
-        "--set",
-        "overrides",
-        multiple=True,
-        metavar="SECTION.KEY=VALUE",
-        help="Override one parameter (value parsed as YAML); repeatable.",
-    )
-    @functools.wraps(func)
-    def wrapper(*args: Any, params_file: Path, overrides: tuple[str, ...], **kwargs: Any) -> Any:
-        try:
-            params = load_params(params_file, overrides)
-        except ConfigError as exc:
-            raise click.UsageError(str(exc)) from None
-        return func(*args, params=params, **kwargs)
-
-    return wrapper
-
-
-def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the project's expected errors into a one-paragraph message and exit 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
-            LOGGER.debug("failure", exc_info=True)
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,7 +23,7 @@ def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """BridgeNet: multimodal (RGB + 3D) industrial anomaly detection."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
 
 @main.command("params")
@@ -300,6 +248,39 @@ def bank(params: Params, action: str, category: str, folder: Path, model_ref: st
             LOGGER.warning("not registered (%s); the model file is %s", exc, update.model_path)
             result["registered"] = f"no: {type(exc).__name__}: {exc}"
     click.echo(json.dumps(result, indent=2, default=str))
+
+
+@main.command("feedback")
+@click.option("--category", "-c", required=True, help="Category of the part(s).")
+@click.option("--rgb", "rgb_path", type=click.Path(path_type=Path), default=None, help="RGB image (PNG).")
+@click.option("--xyz", "xyz_path", type=click.Path(path_type=Path), default=None,
+              help="Point cloud (TIFF, H x W x 3).")
+@click.option("--verdict", type=click.Choice(["good", "defect"]), default=None, help="What the operator confirmed.")
+@click.option("--mask", "mask_path", type=click.Path(path_type=Path), default=None,
+              help="Defect mask (PNG, non-zero = defect), where known.")
+@click.option("--kind", default=None, help="Defect type, the test folder's name (default: line_defect).")
+@click.option("--note", default="", help="The operator's note, kept in feedback.csv.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Many parts: columns rgb, xyz, verdict (optional: mask, kind, note); paths relative to the CSV.")
+@with_params
+@fail_cleanly
+def feedback(params: Params, category: str, rgb_path: Path | None, xyz_path: Path | None, verdict: str | None,
+             mask_path: Path | None, kind: str | None, note: str, csv_path: Path | None) -> None:
+    """Confirmed parts join the data: goods are trained on by the next `dvc repro`, defects gate
+    the next challenger (<feedback.root>/<cat>/, MVTec 3D-AD layout). All or nothing; a part
+    already recorded (same digests) is a duplicate, skipped."""
+    from bridgenet.feedback import Part, add_feedback, read_parts_csv
+
+    single = any(v is not None for v in (rgb_path, xyz_path, verdict, mask_path, kind))
+    if single == (csv_path is not None) or (single and None in (rgb_path, xyz_path, verdict)):
+        raise click.UsageError("give --rgb, --xyz and --verdict (--mask, --kind) for one part, or --csv for many")
+    parts = read_parts_csv(csv_path) if csv_path else [Part(rgb_path, xyz_path, verdict, mask_path, kind, note)]
+    result = add_feedback(params, category, parts)
+    folder = paths.feedback_dir(params, category)
+    click.echo(json.dumps({"category": category, "added": result.added, "duplicates": result.duplicates,
+                           "record": str(result.record),
+                           "next": f"dvc add {folder} && git add {folder}.dvc {folder.parent / '.gitignore'}; "
+                                   "the next dvc repro trains on the goods and gates on the defects"}, indent=2))
 
 
 @main.command("pipeline")

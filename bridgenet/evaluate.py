@@ -169,8 +169,8 @@ def evaluate_category(
     device = device or resolve_device(params.train.device)
     category = split.category
     scores, small_maps, maps = score_split(model, split, params.eval.batch_size, device)
-    masks = np.stack(split.gt)
-    values = metrics.compute_all(scores, split.labels, maps, masks, params.eval.aupro_thresholds)
+    masks, known = np.stack(split.gt), split.known_masks()  # a line defect without a mask: image level only
+    values = metrics.compute_all(scores, split.labels, maps, masks, params.eval.aupro_thresholds, known)
     families = defect_families(split.defects)
     evaluation = CategoryEvaluation(
         category=category,
@@ -181,7 +181,7 @@ def evaluate_category(
         labels=split.labels,
         defects=split.defects,
         roc=metrics.roc_curve_points(scores, split.labels),
-        pro=metrics.pro_curve_points(maps, masks, params.eval.aupro_thresholds),
+        pro=metrics.pro_curve_points(maps[known], masks[known], params.eval.aupro_thresholds),
         threshold=model.threshold,
         display_range=model.display_range(),
         model_fingerprint=model_fingerprint,

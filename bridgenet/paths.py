@@ -14,6 +14,8 @@
     <eval.reports_dir>/registry/<category>.json             the register stage's result
     <eval.reports_dir>/registry/unfinished_runs.json        MLflow runs not yet ended
     <monitor.log>                                           the prediction log (predict, serving)
+    <feedback.root>/<category>/train/good/, test/<kind>/    the operator's confirmed parts
+                          /feedback.csv                     ``bridgenet feedback``'s record of them
 
 Pass a category's resolved params (:func:`bridgenet.stages.resolve`): a category
 override of ``train.models_dir`` or ``eval.reports_dir`` moves its files. ``dvc.yaml``
@@ -127,6 +129,20 @@ def registry_result_file(params: Params, category: str) -> Path:
 def unfinished_runs_journal(params: Params) -> Path:
     """The journal of MLflow runs started and not yet ended, ``<eval.reports_dir>/registry/``."""
     return reports_dir(params) / "registry" / UNFINISHED_RUNS_FILE
+
+
+# ------------------------------------------------------------------ operator feedback
+FEEDBACK_RECORD_FILE = "feedback.csv"
+
+
+def feedback_dir(params: Params, category: str) -> Path:
+    """``<feedback.root>/<category>``: the operator's confirmed parts of a category, MVTec 3D-AD layout."""
+    return Path(params.feedback.root) / category
+
+
+def feedback_record(params: Params, category: str) -> Path:
+    """``<feedback.root>/<category>/feedback.csv``: one row per part ``bridgenet feedback`` took in."""
+    return feedback_dir(params, category) / FEEDBACK_RECORD_FILE
 
 
 # ------------------------------------------------------------------ predict and serving

@@ -1,5 +1,9 @@
 """Preprocessing stage: ``data.root`` -> cached, network-ready arrays in ``data.cache_dir``.
 
+The operator's confirmed parts under ``feedback.root`` (``bridgenet feedback``) join their
+category: goods the ``train`` split (stems ``feedback-NNN``), defects the ``line`` split, which
+no stage trains on and the promotion gate scores (:mod:`bridgenet.line_defects`).
+
 One compressed ``.npz`` per sample at ``{cache_dir}/{category}/{split}/{defect}/{stem}.npz``:
 
 - ``rgb`` uint8 (S, S, 3): antialiased bilinear resize of the RGB image's crop box;
@@ -49,6 +53,7 @@ from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from bridgenet import paths
 from bridgenet.config import DataConfig, Params
 from bridgenet.data.cache import (
     CACHE_VERSION,
@@ -60,6 +65,7 @@ from bridgenet.data.cache import (
 )
 from bridgenet.data.crop import crop, object_box, whole_frame
 from bridgenet.data.depth import resize_depth_and_mask, visible_depth
+from bridgenet.data.mvtec import scan_feedback_category
 from bridgenet.data.readers import load_sample, scan_dataset
 from bridgenet.data.samples import DataError, Sample
 from bridgenet.files import TMP_SUFFIX, write_bytes_atomic, write_text_atomic
@@ -245,6 +251,10 @@ def _preprocess_category(
         rel = cache_path(sample)
         target = cache_dir / rel
         progress.update(1)
+        if rel in by_rel:
+            failures.append(DataError(sample.rgb_path, f"same cache entry {rel} as {by_rel[rel].rgb_path}"))
+            counts["failed"] += 1
+            continue
         try:
             stamp = fingerprint(sample, settings)
             # The entry's own fingerprint decides, not the manifest: a killed run may have
@@ -315,7 +325,7 @@ def _refuse_empty_training_samples(
 
 
 def run_preprocess(params: Params) -> dict[str, object]:
-    """Bring ``data.cache_dir`` up to date with ``data.root``; return the work counts.
+    """Bring ``data.cache_dir`` up to date with ``data.root`` and ``feedback.root``; return the work counts.
 
     Returns ``{"cache_dir", "written", "reused", "failed", "removed", "categories": {...}}``.
     Bad samples are logged, left out of the cache and, once every other sample
@@ -324,6 +334,10 @@ def run_preprocess(params: Params) -> dict[str, object]:
     data_cfg = params.data
     cache_dir = Path(data_cfg.cache_dir)
     index, problems = scan_dataset(data_cfg)
+    for category in index:
+        feedback, found = scan_feedback_category(paths.feedback_dir(params, category), category)
+        index[category] = [*index[category], *feedback]
+        problems.extend(found)
     for problem in problems:
         LOGGER.error("bad sample %s", problem)
     failures: list[DataError] = list(problems)

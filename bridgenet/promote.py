@@ -8,6 +8,8 @@ or no gated metric is worse than the champion's by more than its tolerance.
 version's evaluation on the current test split is read from where it was stored
 (:func:`evaluation_of_version`), so a model is scored again only when its stored
 evaluation was made on other data. Numbers computed on other data are never compared.
+Where operators confirmed defects on the line (:mod:`bridgenet.line_defects`), both models are
+also scored on those with the test split's goods, and compared there under the same tolerances.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from bridgenet.evaluate import (
     stored_evaluation,
 )
 from bridgenet.files import sha256_file, write_json
+from bridgenet.line_defects import line_counts, line_numbers, line_tags, load_line_split
 from bridgenet.paths import EVALUATION_FILE, promotion_report_file
 
 LOGGER = logging.getLogger(__name__)
@@ -141,12 +144,17 @@ def _against_champion(
 def decide(
     challenger: CategoryEvaluation, champion: CategoryEvaluation | None, promotion: PromotionConfig,
     challenger_is_champion: bool = False,
+    line: tuple[CategoryEvaluation, CategoryEvaluation | None] | None = None,
 ) -> dict[str, Any]:
     """The gate's decision between two evaluations on the same test split (no I/O).
 
     ``outcome`` is ``promoted``, ``rejected``, or ``unchanged`` when the challenger already
     holds the champion alias (``challenger_is_champion``; ``champion`` is then None). The
     rest is :func:`compare_metrics`'s document under ``promotion``'s tolerances, floors and caps.
+    ``line``: the challenger's and the champion's evaluations on the line's defects, compared
+    under the same tolerances (no floors: the test split has them) and reported under
+    ``line_defects``; a loss beyond a tolerance there rejects the challenger when
+    ``promotion.line_defects`` is ``block``.
     """
     new = gate_metrics(challenger)
     tolerances = dict(promotion.tolerances)
@@ -159,8 +167,28 @@ def decide(
              "recall_at_threshold": f" ({at['tp']} of {at['tp'] + at['fn']} defective test parts found)"}
     decision = compare_metrics(new, None if champion is None else gate_metrics(champion), tolerances,
                                promotion.floors(), promotion.caps(), notes)
+    if line is not None:
+        decision["line_defects"] = _line_decision(*line, promotion)
+        if decision["line_defects"]["blocks"]:
+            stated = "" if decision["promote"] else f"{decision['reason']}; "
+            decision.update(promote=False, reason=f"{stated}on the line's own defects: "
+                                                  f"{decision['line_defects']['reason']}")
     decision["outcome"] = "promoted" if decision["promote"] else "rejected"
     return decision
+
+
+def _line_decision(
+    challenger: CategoryEvaluation, champion: CategoryEvaluation | None, promotion: PromotionConfig
+) -> dict[str, Any]:
+    """Challenger against champion on the line's defects: ``{policy, passed, blocks, reason, compared,
+    challenger, champion}`` (a first model always passes)."""
+    compared = compare_metrics(gate_metrics(challenger), None if champion is None else gate_metrics(champion),
+                               dict(promotion.tolerances))
+    passed = champion is None or compared["promote"]
+    return {"policy": promotion.line_defects, "passed": passed,
+            "blocks": not passed and promotion.line_defects == "block", "reason": compared["reason"],
+            "compared": compared["metrics"], "challenger": line_numbers(challenger),
+            "champion": None if champion is None else line_numbers(champion)}
 
 
 @dataclass
@@ -245,9 +273,16 @@ def promote_category(params: Params, category: str) -> dict[str, Any]:
     old = None
     if champion is not None and champion.version != challenger.version:
         old = evaluation_of_version(params, category, champion, split)
+    line_split, line = load_line_split(params, category, split), None
+    if line_split is not None and (old is not None or champion is None):
+        line = (evaluation_of_version(params, category, challenger, line_split).evaluation,
+                None if old is None else evaluation_of_version(params, category, champion, line_split).evaluation)
     decision = decide(new.evaluation, old.evaluation if old else None, params.promotion,
-                      challenger_is_champion=champion is not None and old is None)
+                      challenger_is_champion=champion is not None and old is None, line=line)
     report = promotion_report(params, category, decision, new, old, champion, len(split), int(split.labels.sum()))
+    if line is not None:
+        report["line_defects"] = {**line_counts(line_split), **decision["line_defects"],
+                                  "fingerprint": line[0].data_fingerprint}
     path = promotion_report_file(params, category)
     write_json(path, report)  # the decision and its reasons are kept before the registry is touched
     try:
@@ -309,7 +344,11 @@ def _record_decision(params: Params, name: str, report: Mapping[str, Any]) -> No
 
     version = report["challenger"]["version"]
     registry.set_version_tags(params, name, version, {"promotion.decision": report["decision"],
-                                                      "promotion.reason": report["reason"]})
+                                                      "promotion.reason": report["reason"], **line_tags(report)})
+    if report.get("line_defects"):
+        line = report["line_defects"]["challenger"]
+        registry.log_run_metrics(params, report["challenger"]["run_id"],
+                                 {f"line_{k}": v for k, v in line.items() if isinstance(v, float)})
     registry.set_version_description(params, name, version, with_decision(
         registry.version_description(params, name, version), decision_markdown(report)))
     before = report["champion_before"]

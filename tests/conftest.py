@@ -48,6 +48,7 @@ def tiny_params(root: Path, *extra: str) -> Params:
             f"eval.reports_dir={root / 'reports'}",
             f"monitor.log={root / 'reports' / 'monitor' / 'predictions.sqlite'}",
             f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+            f"feedback.root={root / 'feedback'}",
             *extra,
         ],
     )

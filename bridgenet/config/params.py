@@ -18,6 +18,7 @@ from bridgenet.config.sections import (
     DaskConfig,
     DataConfig,
     EvalConfig,
+    FeedbackConfig,
     ModelConfig,
     MonitorConfig,
     PredictConfig,
@@ -39,6 +40,7 @@ class Params(Section):
     """Every parameter; ``category_overrides`` holds per-category changes (see :meth:`for_category`)."""
 
     data: DataConfig = DataConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     synth: SynthConfig = SynthConfig()
     model: ModelConfig = ModelConfig()
     anomalies: AnomaliesConfig = AnomaliesConfig()

@@ -42,6 +42,14 @@ class DataConfig(Section):
     crop_margin: float = Field(1.15, ge=1.0, le=3.0)  # the square's side / the part's extent
 
 
+class FeedbackConfig(Section):
+    """The operator's confirmed parts (``bridgenet feedback``), in the MVTec 3D-AD layout."""
+
+    # <root>/<cat>/train/good: confirmed goods, trained on by the next run; <root>/<cat>/test/<kind>:
+    # confirmed defects, the promotion gate's second test set (docs/cli.md, "feedback")
+    root: str = "data/feedback"
+
+
 class SynthConfig(Section):
     out: str = "data/mvtec3d_synth"
     categories: tuple[str, ...] = ("bagel", "dowel", "cookie", "cable")
@@ -224,6 +232,9 @@ class PromotionConfig(Section):
     # good parts it rejects (false rejects: scrap) and the share of defective parts it finds
     max_fpr_at_threshold: float = Field(0.2, ge=0, le=1)  # 1 = no cap
     min_recall_at_threshold: float = Field(0.5, ge=0, le=1)  # 0 = no floor
+    # the line's own defects (feedback) with the test split's goods: "block" applies the tolerances
+    # there too (challenger against champion), "report" only reports them
+    line_defects: Literal["block", "report"] = "block"
 
     def floors(self) -> dict[str, float]:
         """Minima a challenger must reach (those set above 0)."""

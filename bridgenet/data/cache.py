@@ -14,13 +14,13 @@ import csv
 import hashlib
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from bridgenet.config import DataConfig
-from bridgenet.data.samples import SPLITS
+from bridgenet.data.samples import LINE_SPLIT, SPLITS
 
 CACHE_VERSION = 3  # 2: entries hold their fingerprint; 3: and their crop box
 SETTING_KEYS = (
@@ -75,7 +75,9 @@ class CachedSplit:
     (N, S, S), labels int64 (N,), defects/stems lists of N strings, gt a list of
     N bool (H0, W0) masks at original resolution, original_sizes int64 (N, 2),
     crop_boxes int64 (N, 4): the box of the original frame each sample's arrays show
-    (top, left, height, width).
+    (top, left, height, width); masked bool (N,) or None: whether each sample's ground truth
+    is known (False: a confirmed line defect without a mask, scored at image level only;
+    None: every one's is).
     """
 
     category: str
@@ -89,6 +91,7 @@ class CachedSplit:
     gt: list[np.ndarray]
     original_sizes: np.ndarray
     crop_boxes: np.ndarray
+    masked: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -101,22 +104,61 @@ class CachedSplit:
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 
+    def known_masks(self) -> np.ndarray:
+        """(N,) bool: the samples whose ground-truth mask is known (pixel metrics read only these)."""
+        return np.ones(len(self), bool) if self.masked is None else np.asarray(self.masked, bool)
+
+    def select(self, index: np.ndarray) -> CachedSplit:
+        """The samples at ``index`` (integer positions), in that order."""
+        index = np.asarray(index, dtype=np.int64)
+        picked = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("rgb", "depth", "foreground", "labels", "original_sizes", "crop_boxes"):
+            picked[name] = picked[name][index]
+        for name in ("defects", "stems", "gt"):
+            picked[name] = [picked[name][i] for i in index]
+        picked["masked"] = self.known_masks()[index]
+        return CachedSplit(**picked)
+
+
+def join_splits(first: CachedSplit, second: CachedSplit, split: str) -> CachedSplit:
+    """``first``'s samples then ``second``'s, as one split named ``split`` (same category and side)."""
+    if first.category != second.category or first.rgb.shape[1:] != second.rgb.shape[1:]:
+        raise ValueError(f"cannot join {first.category}/{first.split} {first.rgb.shape[1:]} and "
+                         f"{second.category}/{second.split} {second.rgb.shape[1:]}")
+    joined = {"category": first.category, "split": split}
+    for name in ("rgb", "depth", "foreground", "labels", "original_sizes", "crop_boxes"):
+        joined[name] = np.concatenate([getattr(first, name), getattr(second, name)])
+    for name in ("defects", "stems", "gt"):
+        joined[name] = [*getattr(first, name), *getattr(second, name)]
+    joined["masked"] = np.concatenate([first.known_masks(), second.known_masks()])
+    return CachedSplit(**joined)
+
 
 def _stale(folder: Path, why: str) -> ValueError:
     return ValueError(f"{folder}: stale preprocessing cache ({why}); run `bridgenet preprocess`")
 
 
+def cached_splits(cache_dir: str | Path, category: str) -> set[str]:
+    """The splits ``{cache_dir}/{category}/index.csv`` lists samples of (empty when there is no index)."""
+    index_path = Path(cache_dir) / category / INDEX
+    if not index_path.is_file():
+        return set()
+    with index_path.open(newline="") as handle:
+        return {row["split"] for row in csv.DictReader(handle)}
+
+
 def load_cached_split(
     cache_dir: str | Path, category: str, split: str, data_cfg: DataConfig | None = None
 ) -> CachedSplit:
-    """Load ``{cache_dir}/{category}``'s entries of ``split`` (train, validation or test).
+    """Load ``{cache_dir}/{category}``'s entries of ``split`` (train, validation, test, or ``line``:
+    the operator's confirmed defects, :mod:`bridgenet.feedback`).
 
     With ``data_cfg``, the cache must have been built with its settings
     (image_size, plane fit, ...). A missing cache raises FileNotFoundError, a
     stale or inconsistent one ValueError; both name the folder.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split not in (*SPLITS, LINE_SPLIT):
+        raise ValueError(f"split must be one of {(*SPLITS, LINE_SPLIT)}, got {split!r}")
     folder = Path(cache_dir) / category
     index_path, manifest_path = folder / INDEX, folder / MANIFEST
     if not index_path.is_file() or not manifest_path.is_file():
@@ -187,4 +229,5 @@ def load_cached_split(
         gt=arrays["gt"],
         original_sizes=np.stack(arrays["original_size"]).astype(np.int64, copy=False),
         crop_boxes=np.stack(arrays["crop_box"]).astype(np.int64, copy=False),
+        masked=np.array([row["gt_path"] != "" or row["label"] == "0" for row in rows], dtype=bool),
     )

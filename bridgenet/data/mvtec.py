@@ -3,17 +3,21 @@
     ROOT/<cat>/{train,validation}/good/{rgb,xyz}/NNN.{png,tiff}
     ROOT/<cat>/test/<defect|good>/{rgb,xyz,gt}/NNN.{png,tiff,png}
 
-Anything else inside a split folder is an error that names the file; other folders
+The feedback root (``bridgenet feedback``) uses the same layout without a validation split,
+and its test defects may lack a mask (:func:`scan_feedback_category`). Anything else inside a split folder is an error that names the file; other folders
 beside the splits (MVTec's ``calibration``) and hidden files are ignored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from bridgenet.data.samples import (
+    FEEDBACK_STEM_PREFIX,
     GOOD,
     GT_EXTENSIONS,
+    LINE_SPLIT,
     RGB_EXTENSIONS,
     SPLITS,
     XYZ_EXTENSIONS,
@@ -65,7 +69,7 @@ def _scan_mvtec_defect(
 ) -> list[Sample]:
     defect = folder.name
     parts = {"rgb": RGB_EXTENSIONS, "xyz": XYZ_EXTENSIONS, "gt": GT_EXTENSIONS}
-    required = ("rgb", "xyz", "gt") if split == "test" else ("rgb", "xyz")
+    required = ("rgb", "xyz", "gt") if split == "test" else ("rgb", "xyz")  # line defects: mask optional
     for entry in visible_entries(folder):
         if entry.name not in parts or not entry.is_dir():
             problems.append(
@@ -131,4 +135,34 @@ def scan_mvtec_category(folder: Path, category: str) -> tuple[list[Sample], list
                 problems.append(DataError(entry, f"extra folder: {split} holds only '{GOOD}'"))
             else:
                 samples.extend(_scan_mvtec_defect(entry, category, split, problems))
+    return samples, problems
+
+
+def scan_feedback_category(folder: Path, category: str) -> tuple[list[Sample], list[DataError]]:
+    """Index one category of the feedback root: the operator's confirmed parts.
+
+    ``train/good`` holds confirmed goods: split ``train``, stems prefixed with
+    :data:`FEEDBACK_STEM_PREFIX`. ``test/<kind>`` holds confirmed defects: split
+    :data:`LINE_SPLIT`, a mask (``gt/``) where the operator gave one, ``gt_path`` None
+    where not. A missing folder holds nothing; a ``test/good`` or ``validation`` folder is a
+    problem (confirmed goods are trained on, they go to ``train/good``).
+    """
+    problems: list[DataError] = []
+    samples: list[Sample] = []
+    if not folder.is_dir():
+        return samples, problems
+    for split in ("validation", f"test/{GOOD}"):
+        if (folder / split).exists():
+            problems.append(DataError(folder / split, f"the feedback root holds confirmed goods in "
+                                      f"train/{GOOD} only (they are trained on)"))
+    goods = folder / "train" / GOOD
+    if goods.is_dir():
+        samples += [dataclasses.replace(s, stem=FEEDBACK_STEM_PREFIX + s.stem)
+                    for s in _scan_mvtec_defect(goods, category, "train", problems)]
+    test = folder / "test"
+    for entry in visible_entries(test) if test.is_dir() else []:
+        if not entry.is_dir():
+            problems.append(DataError(entry, f"extra file: {test} holds only defect folders"))
+        elif entry.name != GOOD:
+            samples += _scan_mvtec_defect(entry, category, LINE_SPLIT, problems)
     return samples, problems

@@ -21,6 +21,10 @@ LOGGER = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 GOOD = "good"
+# The operator's confirmed parts (``bridgenet feedback``): goods join ``train`` under stems with this
+# prefix (so they never collide with data.root's), defects form the ``line`` split, never trained on.
+FEEDBACK_STEM_PREFIX = "feedback-"
+LINE_SPLIT = "line"
 RGB_EXTENSIONS = (".png",)
 XYZ_EXTENSIONS = (".tiff", ".tif")
 GT_EXTENSIONS = (".png",)

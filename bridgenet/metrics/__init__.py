@@ -85,6 +85,7 @@ def compute_all(
     anomaly_maps: np.ndarray,
     masks: np.ndarray,
     num_thresholds: int | None = DEFAULT_NUM_THRESHOLDS,
+    masked: np.ndarray | None = None,
 ) -> dict[str, float | int]:
     """Every metric of one category, sorting the pixel scores once.
 
@@ -94,6 +95,9 @@ def compute_all(
         anomaly_maps: (N, H, W) pixel scores at the ground truth's resolution.
         masks: (N, H, W) binary ground truth; all zero for good images.
         num_thresholds: AU-PRO thresholds, None = exact curve.
+        masked: (N,) bool, the images whose mask is known; the pixel metrics read only
+            these (an anomalous image without a known mask counts at image level only).
+            None: all.
     Returns:
         dict with exactly the keys of ``METRIC_KEYS`` (floats, nan where undefined;
         ``n_test`` and ``n_anomalous`` ints).
@@ -105,13 +109,16 @@ def compute_all(
         raise ValueError(
             f"anomaly_maps: expected {scores.size} maps (one per score), found {n_maps}"
         )
-    px = split_pixels(anomaly_maps, masks, regions=True)
+    known = np.ones(scores.size, bool) if masked is None else np.asarray(masked, bool)
+    if known.shape != (scores.size,):
+        raise ValueError(f"masked: expected shape ({scores.size},), found {known.shape}")
+    px = split_pixels(np.asarray(anomaly_maps)[known], np.asarray(masks)[known], regions=True)
     gt_any = np.asarray(masks).reshape(scores.size, -1).any(axis=1)
     wrong = np.flatnonzero(gt_any & ~y)
     if wrong.size:
         i = int(wrong[0])
         raise ValueError(f"masks[{i}] has anomalous pixels but labels[{i}] is 0 (good)")
-    empty = np.flatnonzero(~gt_any & y)
+    empty = np.flatnonzero(~gt_any & y & known)
     if empty.size:
         LOGGER.warning("anomalous images %s have an empty mask", empty[:10].tolist())
     fpr, pro = pro_curve_of(px, num_thresholds)

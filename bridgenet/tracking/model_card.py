@@ -147,7 +147,19 @@ def decision_markdown(report: Mapping[str, Any]) -> str:
     at = report["challenger"].get("at_threshold") or {}
     counts = (f"At the threshold: {at['fp']} of {at['fp'] + at['tn']} good test parts rejected, "
               f"{at['tp']} of {at['tp'] + at['fn']} defective ones found." if at else "")
-    return f"{line} {counts}".rstrip() + "\n\n"
+    return f"{line} {counts} {line_defects_sentence(report.get('line_defects'))}".rstrip() + "\n\n"
+
+
+def line_defects_sentence(line: Mapping[str, Any] | None) -> str:
+    """The gate's result on the line's own defects in one sentence ("" when there were none)."""
+    if not line:
+        return ""
+    new, old = line["challenger"], line.get("champion")
+    against = f" (champion {number_text(old['image_auroc'])})" if old else ""
+    verdict = "." if line["passed"] else ("; this blocks the promotion." if line["blocks"] else "; reported only.")
+    return (f"On the line's own {line['n_defects']} confirmed defects ({line['n_defects_with_mask']} with a mask) "
+            f"and the {line['n_good']} good test parts: image AUROC {number_text(new['image_auroc'])}{against}, "
+            f"{new['found_at_threshold']} found at the threshold{verdict}")
 
 
 def with_decision(description: str, decision_text: str) -> str:

@@ -64,6 +64,16 @@ def set_version_tags(params: Params, name: str, version: str, tags: Mapping[str,
         )
 
 
+def log_run_metrics(params: Params, run_id: str | None, metrics: Mapping[str, float]) -> None:
+    """Log ``metrics`` to run ``run_id`` (an ended run too); undefined (nan) ones are left out."""
+    if not run_id:
+        return
+    client = tracking_client(params)
+    for key, value in metrics.items():
+        if not math.isnan(value):
+            call_tracking(params.tracking, client.log_metric, run_id, key, float(value))
+
+
 DESCRIPTION_LIMIT = 5000  # characters MLflow's store keeps of a version's description
 
 

@@ -49,6 +49,7 @@ def make_params(root: Path, *overrides: str) -> Params:
         f"monitor.log={root / 'reports' / 'monitor' / 'predictions.sqlite'}",
         f"train.models_dir={root / 'models_good'}",
         f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+        f"feedback.root={root / 'feedback'}",
         "tracking.retry_delay_s=0.01",
         "tracking.retries=1",
         "tracking.create=true",
