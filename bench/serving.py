@@ -9,8 +9,11 @@ Renders a small synthetic category at the default size (400 x 400, as params.yam
 - ``bridgenet predict --rgb --xyz`` of one sample, as a fresh process each time
   (``--repeats``): wall seconds, median and range, start-up and model load included,
   with ``model.pt`` and with its TorchScript export (which loads without timm);
-- ``bridgenet predict --folder`` over the test split: samples per second with the
-  model loaded once, CSV, heatmaps and masks included, and without pictures;
+- folder predict over ``--folder-samples`` pairs (160: the test split's 40 four times),
+  CSV only and with heatmaps and masks, each ``--folder-repeats`` times in turn (median):
+  samples per second as a fresh ``bridgenet predict --folder`` (start-up and model load
+  included) and once started (``predict_folder`` in this process); ``--workers`` sets
+  ``predict.workers``;
 
 - REST: the model saved as the pyfunc that registration logs, served by ``mlflow models
   serve --workers 1`` on 127.0.0.1, loaded by ``--requests`` requests (default 200) from
@@ -130,19 +133,71 @@ def measure_cli(model: Path, test: Path, repeats: int, work: Path, log: str = "o
     return out
 
 
-def measure_folder(model: Path, test: Path, work: Path, logs: tuple[str, ...] = ("on",)) -> dict[str, Any]:
-    """Folder predict's rate with and without pictures, for each prediction-log mode in ``logs``
-    (labels get a ``_log_off`` suffix without the log, as do all of them with ``--log both``)."""
-    n = len(list(test.glob("*/rgb/*.png")))
-    out: dict[str, Any] = {"samples": n}
+def line_folder(test: Path, work: Path, samples: int) -> Path:
+    """A folder of ``samples`` pairs, the test split's over and over (hard links where the file
+    system allows, else copies): long enough that a folder's rate is not its start-up's."""
+    import shutil
+
+    line = work / f"line-{samples}"
+    pairs = sorted(test.glob("*/rgb/*.png"))
+    if len(list(line.glob("*/*/rgb/*.png"))) == samples:
+        return line
+    shutil.rmtree(line, ignore_errors=True)
+    for i in range(samples):
+        rgb = pairs[i % len(pairs)]
+        xyz = rgb.parent.parent / "xyz" / f"{rgb.stem}.tiff"
+        copy = line / f"round{i // len(pairs):03d}" / rgb.parent.parent.name
+        for source, target in ((rgb, copy / "rgb" / rgb.name), (xyz, copy / "xyz" / xyz.name)):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+    return line
+
+
+FOLDER_MODES = (("csv_only", ["--no-heatmaps"]), ("with_pictures", []))
+
+
+def measure_folder(model: Path, test: Path, work: Path, logs: tuple[str, ...] = ("on",), samples: int = 160,
+                   repeats: int = 3, workers: int = 0) -> dict[str, Any]:
+    """Folder predict's rate (samples/s, median of ``repeats`` runs of each mode in turn) with and
+    without pictures over a folder of ``samples`` pairs, for each prediction-log mode in ``logs``
+    (labels get a ``_log_off`` suffix without the log, as do all of them with ``--log both``):
+    ``samples_per_s`` as a fresh ``bridgenet predict --folder`` (start-up and model load included)
+    and ``scoring_samples_per_s``, :func:`bridgenet.batch_predict.predict_folder` in this process
+    (model load included, no start-up)."""
+    from bridgenet.batch_predict import predict_folder
+    from bridgenet.predict import default_workers, find_pairs, predict_threads
+
+    line = line_folder(test, work, samples)
+    pairs = find_pairs(line)
+    workers_set = ["--set", f"predict.workers={workers}"]
+    out: dict[str, Any] = {"samples": samples, "repeats": repeats, "workers": workers or default_workers(),
+                           "torch_threads": predict_threads()}
     for log in logs:
         suffix = "" if logs == ("on",) else f"_log_{log}"
-        for label, extra in (("with_pictures", []), ("csv_only", ["--no-heatmaps"])):
-            wall, done = bridgenet("predict", "--model", str(model), "--folder", str(test),
-                                   "--out", str(work / f"folder_{label}{suffix}"), *extra, *log_args(log, work))
-            report = json.loads(done.stdout.strip().splitlines()[-1])
-            assert report["samples"] == n and report["errors"] == 0, report
-            out[f"{label}{suffix}"] = {"wall_s": wall, "samples_per_s": n / wall}
+        runs: dict[str, dict[str, list[float]]] = {label: {"cli": [], "in_process": []} for label, _ in FOLDER_MODES}
+        for _ in range(repeats):
+            for label, extra in FOLDER_MODES:
+                target = work / f"folder_{label}{suffix}"
+                wall, done = bridgenet("predict", "--model", str(model), "--folder", str(line), "--out", str(target),
+                                       *extra, *log_args(log, work), *workers_set)
+                report = json.loads(done.stdout.strip().splitlines()[-1])
+                assert report["samples"] == samples and report["errors"] == 0, report
+                runs[label]["cli"].append(samples / wall)
+                start = time.perf_counter()
+                _, errors = predict_folder(model, pairs, target, heatmaps=not extra, progress=False, workers=workers,
+                                           log=work / "predictions.sqlite" if log == "on" else None)
+                assert errors == 0
+                runs[label]["in_process"].append(samples / (time.perf_counter() - start))
+        for label, rates in runs.items():
+            out[f"{label}{suffix}"] = {"samples_per_s": summary(rates["cli"]),
+                                       "scoring_samples_per_s": summary(rates["in_process"])}
+            print(f"folder predict, {label}{suffix}: {statistics.median(rates['cli']):.1f} samples/s as a command "
+                  f"(start-up included), {statistics.median(rates['in_process']):.1f} once started; "
+                  f"{samples} samples, median of {repeats}, {out['workers']} worker(s), "
+                  f"{out['torch_threads']} torch thread(s)", file=sys.stderr)
     return out
 
 
@@ -250,6 +305,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--no-rest", action="store_true")
     parser.add_argument("--no-cli", action="store_true", help="skip the one-sample predicts")
+    parser.add_argument("--folder-samples", type=int, default=160, help="pairs in the folder predict's folder")
+    parser.add_argument("--folder-repeats", type=int, default=3, help="runs of each folder mode (median)")
+    parser.add_argument("--workers", type=int, default=0, help="predict.workers (0: half the cores)")
+    parser.add_argument("--no-folder", action="store_true", help="skip folder predict")
     parser.add_argument("--log", choices=sorted(LOG_MODES), default="on",
                         help="prediction log written (on), not (off), or each way (both)")
     parser.add_argument("--work", type=Path, default=WORK)
@@ -264,8 +323,10 @@ def main() -> None:
                                                 {"--model": "MODEL", "--work": "WORK", "--out": "OUT"})},
         "model": portable_path(model.resolve(), {"WORK": work}),
         "log": args.log,
-        "folder": measure_folder(model, test, work, LOG_MODES[args.log]),
     }
+    if not args.no_folder:
+        result["folder"] = measure_folder(model, test, work, LOG_MODES[args.log], args.folder_samples,
+                                          args.folder_repeats, args.workers)
     if not args.no_cli:
         result["cli"] = measure_cli(model, test, args.repeats, work, LOG_MODES[args.log][0])
     if not args.no_rest:

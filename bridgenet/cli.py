@@ -156,14 +156,17 @@ def predict(params: Params, model_ref: str, rgb_path: Path | None, xyz_path: Pat
         from bridgenet.predict import predict_files
 
         result = predict_files(model_ref, rgb_path, xyz_path, heatmap_path, params.tracking.uri,
-                               params.predict.on_empty_foreground, mask_path, log)
+                               params.predict.on_empty_foreground, mask_path, log, params.predict.threads)
         click.echo(json.dumps(result))
         return
-    from bridgenet.predict import find_pairs, predict_folder, read_pair_list
+    from bridgenet.batch_predict import predict_folder, read_pair_list
+    from bridgenet.predict import find_pairs
 
     pairs = find_pairs(folder) if folder else read_pair_list(list_path)
     csv_path, errors = predict_folder(model_ref, pairs, out_dir, params.tracking.uri,
-                                      params.predict.on_empty_foreground, heatmaps=not no_heatmaps, log=log)
+                                      params.predict.on_empty_foreground, heatmaps=not no_heatmaps, log=log,
+                                      workers=params.predict.workers, batch_size=params.predict.batch_size,
+                                      threads=params.predict.threads)
     click.echo(json.dumps({"predictions": str(csv_path), "samples": len(pairs), "errors": errors}))
     if errors:
         raise SystemExit(1)

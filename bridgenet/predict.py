@@ -11,6 +11,9 @@ holds no patch of its own and is refused.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from bridgenet.config import DataConfig
 from bridgenet.model.contract import TrainedModel
 
 if TYPE_CHECKING:
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 EMPTY_FOREGROUND_POLICIES = ("error", "anomalous")
+MAX_AUTO_WORKERS = 4
 
 
 class NoObjectError(ValueError):
@@ -84,9 +89,78 @@ def check_pair(rgb: np.ndarray, xyz: np.ndarray, rgb_name: str = "rgb", xyz_name
         raise ValueError(f"{xyz_name}: empty point cloud (no valid point)")
 
 
+def default_workers(cores: int | None = None) -> int:
+    """Folder predict's worker processes by default: half of the cores (the other half runs the
+    network), at least 1, at most :data:`MAX_AUTO_WORKERS`."""
+    cores = cores or available_cores()
+    return max(1, min(MAX_AUTO_WORKERS, cores // 2))
+
+
+def available_cores() -> int:
+    """The cores this process may run on (``taskset``, a container's cpuset), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def predict_threads(threads: int = 0) -> int:
+    """Torch threads of ``bridgenet predict``, one sample or many: ``threads``, or (0) the cores that
+    folder predict's default workers leave. One rule for both, whatever ``predict.workers`` says: a
+    reduction split over another number of threads rounds differently (~1e-7), and a sample must
+    score the same alone and in a folder."""
+    cores = available_cores()
+    return threads or max(1, cores - default_workers(cores))
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Torch runs on ``threads`` threads inside the block, as before it after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def minimum_side(model: TrainedModel) -> int:
     """Smallest input side the model scores: its backbone's coarsest stride (one patch)."""
     return max(model.network.strides)
+
+
+@dataclass(frozen=True)
+class PreparedSample:
+    """One sample made ready for the network (:func:`prepare_sample`): network-size arrays
+    (rgb uint8 (S, S, 3), depth float32 (S, S), foreground bool (S, S)), the frame's box
+    they show (top, left, height, width) and the frame's size (H, W)."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    foreground: np.ndarray
+    box: tuple[int, int, int, int]
+    frame: tuple[int, int]
+
+
+def prepare_sample(rgb: np.ndarray, xyz: np.ndarray, data_cfg: DataConfig, side: int, rgb_name: str = "rgb",
+                   xyz_name: str = "xyz") -> PreparedSample:
+    """Check a pair (:func:`check_pair`; at least ``side`` pixels, :func:`minimum_side`) and prepare
+    it as the cache prepares a sample (:func:`bridgenet.preprocess.network_inputs`, RANSAC seed 0).
+    Needs no model, so that folder predict runs it in worker processes."""
+    from bridgenet.preprocess import network_inputs
+
+    check_pair(rgb, xyz, rgb_name, xyz_name)
+    if min(rgb.shape[:2]) < side:
+        raise ValueError(f"input is {rgb.shape[1]}x{rgb.shape[0]} pixels; the model needs at least "
+                         f"{side}x{side} (its backbone's coarsest stride)")
+    rgb_small, depth, foreground, box = network_inputs(rgb, xyz, data_cfg, np.random.default_rng(0))
+    return PreparedSample(rgb_small, depth, foreground, tuple(box), (int(rgb.shape[0]), int(rgb.shape[1])))
+
+
+def empty_foreground_policy(model: TrainedModel, on_empty_foreground: str | None) -> str:
+    """The caller's ``on_empty_foreground``, else the model's ``predict.on_empty_foreground``; checked."""
+    policy = on_empty_foreground or model.params.predict.on_empty_foreground
+    if policy not in EMPTY_FOREGROUND_POLICIES:
+        raise ValueError(f"predict.on_empty_foreground must be one of {EMPTY_FOREGROUND_POLICIES}, "
+                         f"got {policy!r}")
+    return policy
 
 
 @torch.inference_mode()
@@ -98,39 +172,54 @@ def predict_arrays(
     ``on_empty_foreground`` (default: the model's ``predict.on_empty_foreground``)
     decides for an input without an object (module docstring).
     """
+    policy = empty_foreground_policy(model, on_empty_foreground)
+    outcome = predict_prepared(model, [prepare_sample(rgb, xyz, model.params.data, minimum_side(model))], policy)[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+@torch.inference_mode()
+def predict_prepared(model: TrainedModel, samples: list[PreparedSample], policy: str) -> list[Prediction | NoObjectError]:
+    """Score prepared samples in one network batch per frame size (per-sample scores do not
+    depend on the batch: tests/test_predict_batch.py); a sample without an object is flagged or
+    refused (its :class:`NoObjectError`) by ``policy``, the others keep their order."""
     from bridgenet import inference
     from bridgenet.data.batch import Batch
-    from bridgenet.preprocess import network_inputs
 
-    policy = on_empty_foreground or model.params.predict.on_empty_foreground
-    if policy not in EMPTY_FOREGROUND_POLICIES:
-        raise ValueError(f"predict.on_empty_foreground must be one of {EMPTY_FOREGROUND_POLICIES}, "
-                         f"got {policy!r}")
-    check_pair(rgb, xyz)
-    side = minimum_side(model)
-    if min(rgb.shape[:2]) < side:
-        raise ValueError(f"input is {rgb.shape[1]}x{rgb.shape[0]} pixels; the model needs at least "
-                         f"{side}x{side} (its backbone's coarsest stride)")
-    rgb_small, depth, foreground, box = network_inputs(rgb, xyz, model.params.data,
-                                                       np.random.default_rng(0))
-    if not foreground.any() and model.foreground_fraction > 0:
-        message = ("no object found above the support plane (part missing or sensor failure?), "
-                   f"but {model.category} was trained on samples with one")
-        if policy == "error":
-            raise NoObjectError(f"{message} (predict.on_empty_foreground=error)")
-        LOGGER.warning("%s: flagged as anomalous (predict.on_empty_foreground=anomalous)", message)
-        # Scored at the top of the model's colour range (1 for the discriminator): above the threshold.
-        top = model.display_range()[1]
-        full = np.full(rgb.shape[:2], top, np.float32)
-        mask = None if model.pixel_threshold is None else np.ones(rgb.shape[:2], bool)
-        return Prediction(top, True, model.threshold, full, "no_object", mask)
+    outcomes: list[Prediction | NoObjectError | None] = [None] * len(samples)
+    by_frame: dict[tuple[int, int], list[int]] = {}
+    for i, sample in enumerate(samples):
+        if not sample.foreground.any() and model.foreground_fraction > 0:
+            outcomes[i] = no_object(model, sample.frame, policy)
+        else:
+            by_frame.setdefault(sample.frame, []).append(i)
     device = next(model.network.parameters()).device
-    scored = inference.score(model.network, Batch.from_arrays(rgb_small[None], depth[None], foreground[None]),
-                             device, 1, boxes=np.array([box]), frame=rgb.shape[:2])
-    score = float(scored.scores[0])
-    anomaly_map = scored.frames[0]
-    return Prediction(score, score > model.threshold, model.threshold, anomaly_map, "ok",
-                      predicted_mask(model, anomaly_map))
+    for frame, indices in by_frame.items():
+        chosen = [samples[i] for i in indices]
+        batch = Batch.from_arrays(np.stack([s.rgb for s in chosen]), np.stack([s.depth for s in chosen]),
+                                  np.stack([s.foreground for s in chosen]))
+        scored = inference.score(model.network, batch, device, len(chosen),
+                                 boxes=np.array([s.box for s in chosen]), frame=frame)
+        for i, score, anomaly_map in zip(indices, scored.scores, scored.frames):
+            score = float(score)
+            outcomes[i] = Prediction(score, score > model.threshold, model.threshold, anomaly_map, "ok",
+                                     predicted_mask(model, anomaly_map))
+    return outcomes  # type: ignore[return-value]  # every slot filled above
+
+
+def no_object(model: TrainedModel, frame: tuple[int, int], policy: str) -> Prediction | NoObjectError:
+    """An input without an object, for a model trained on samples with one: refused (``error``) or
+    flagged at the top of the model's colour range (``anomalous``: above the threshold)."""
+    message = ("no object found above the support plane (part missing or sensor failure?), "
+               f"but {model.category} was trained on samples with one")
+    if policy == "error":
+        return NoObjectError(f"{message} (predict.on_empty_foreground=error)")
+    LOGGER.warning("%s: flagged as anomalous (predict.on_empty_foreground=anomalous)", message)
+    top = model.display_range()[1]  # 1 for the discriminator
+    full = np.full(frame, top, np.float32)
+    mask = None if model.pixel_threshold is None else np.ones(frame, bool)
+    return Prediction(top, True, model.threshold, full, "no_object", mask)
 
 
 def predicted_mask(model: TrainedModel, anomaly_map: np.ndarray) -> np.ndarray | None:
@@ -138,43 +227,6 @@ def predicted_mask(model: TrainedModel, anomaly_map: np.ndarray) -> np.ndarray |
     if model.pixel_threshold is None:
         return None
     return anomaly_map > model.pixel_threshold
-
-
-def write_mask(mask: np.ndarray, path: Path) -> Path:
-    """The predicted mask as a black-and-white PNG (255 where anomalous), the input's size."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
-    return path
-
-
-def write_heatmap(rgb: np.ndarray, anomaly_map: np.ndarray, path: Path, value_range: tuple[float, float] = (0.0, 1.0),
-                  pixel_threshold: float | None = None, title: str | None = None, alpha: float = 0.5) -> Path:
-    """The anomaly map over the RGB image, with a colour bar over ``value_range``, the
-    ``pixel_threshold`` as a contour (and a mark on the bar) and ``title``; a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    low, high = value_range
-    height, width = anomaly_map.shape
-    fig, ax = plt.subplots(figsize=(6.4, 6.4 * height / width + 0.6), dpi=100, layout="constrained")
-    ax.imshow(rgb)
-    shown = ax.imshow(anomaly_map, cmap="inferno", vmin=low, vmax=high, alpha=alpha, interpolation="bilinear")
-    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label="anomaly score")
-    if pixel_threshold is not None:
-        if anomaly_map.max() > pixel_threshold > anomaly_map.min():
-            ax.contour(anomaly_map, levels=[pixel_threshold], colors="cyan", linewidths=1.5)
-        bar.ax.axhline(pixel_threshold, color="cyan", linewidth=2)
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.set_axis_off()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def heatmap_title(model: TrainedModel, prediction: Prediction) -> str:
@@ -191,13 +243,10 @@ def heatmap_title(model: TrainedModel, prediction: Prediction) -> str:
 def write_pictures(model: TrainedModel, rgb: np.ndarray, prediction: Prediction, heatmap_path: Path | None,
                    mask_path: Path | None) -> tuple[str | None, str | None]:
     """Heatmap and mask PNGs where paths are given (no mask for a model without a pixel threshold)."""
-    heatmap = mask = None
-    if heatmap_path is not None:
-        heatmap = str(write_heatmap(rgb, prediction.anomaly_map, Path(heatmap_path), model.display_range(),
-                                    model.pixel_threshold, heatmap_title(model, prediction)))
-    if mask_path is not None and prediction.mask is not None:
-        mask = str(write_mask(prediction.mask, Path(mask_path)))
-    return heatmap, mask
+    from bridgenet.pictures import write_pictures as draw
+
+    return draw(rgb, prediction.anomaly_map, prediction.mask, heatmap_path, mask_path, model.display_range(),
+                model.pixel_threshold, heatmap_title(model, prediction))
 
 
 def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
@@ -222,96 +271,6 @@ def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def read_pair_list(path: Path) -> list[tuple[Path, Path]]:
-    """(rgb, xyz) pairs from a CSV with columns ``rgb`` and ``xyz`` (relative paths: to the CSV)."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sample list {path} does not exist")
-    table = pd.read_csv(path, dtype=str)
-    missing = {"rgb", "xyz"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: needs the columns rgb and xyz, lacks {sorted(missing)}")
-    if table[["rgb", "xyz"]].isna().any().any() or table.empty:
-        raise ValueError(f"{path}: every row needs an rgb and an xyz path (and there must be one)")
-    return [(path.parent / r, path.parent / x) for r, x in zip(table["rgb"], table["xyz"])]
-
-
-PREDICTION_COLUMNS = ("rgb", "xyz", "status", "score", "anomalous", "threshold", "heatmap", "mask", "error")
-
-
-def predict_folder(
-    model_ref: str | Path,
-    pairs: list[tuple[Path, Path]],
-    out_dir: Path,
-    tracking_uri: str | None = None,
-    on_empty_foreground: str | None = None,
-    heatmaps: bool = True,
-    progress: bool = True,
-    log: Path | None = None,
-) -> tuple[Path, int]:
-    """Score every (rgb, xyz) pair with one loaded model; ``out_dir/predictions.csv`` holds a row each
-    (and ``heatmaps/`` and ``masks/`` a picture each, in the layout of the input folders). A sample that cannot be scored gets ``status`` ``error``
-    and its message; the others are still scored. Returns the CSV's path and the error count.
-    ``log``: the prediction log (:mod:`bridgenet.monitor.log`) gets a record per sample, in one transaction.
-    """
-    import pandas as pd
-    from tqdm import tqdm
-
-    from bridgenet.data.samples import read_rgb, read_xyz
-
-    out_dir = Path(out_dir)
-    from bridgenet.monitor.records import file_digest, load_with_origin, write_records
-
-    model, origin = load_with_origin(model_ref, tracking_uri, graph=True)
-    root = Path(*_common_parts([rgb for rgb, _ in pairs]))
-    pairs = [(Path(r).resolve(), Path(x).resolve()) for r, x in pairs]
-    rows, records = [], []
-    for rgb_path, xyz_path in tqdm(pairs, desc="predict", unit="sample", disable=not progress):
-        row = {"rgb": str(rgb_path), "xyz": str(xyz_path), "status": "error", "score": np.nan,
-               "anomalous": True, "threshold": model.threshold, "heatmap": "", "mask": "", "error": ""}
-        try:
-            rgb, xyz = read_rgb(Path(rgb_path)), read_xyz(Path(xyz_path))
-            check_pair(rgb, xyz, str(rgb_path), str(xyz_path))
-            prediction = predict_arrays(model, rgb, xyz, on_empty_foreground)
-        except (ValueError, OSError) as err:  # NoObjectError (policy "error") included
-            LOGGER.error("%s: %s", rgb_path, err)
-            row["error"] = str(err)
-            outcome: Prediction | Exception = err
-        else:
-            outcome = prediction
-            row.update(status=prediction.status, score=prediction.score, anomalous=bool(prediction.anomalous))
-            if heatmaps:
-                name = Path(rgb_path).relative_to(root).with_suffix(".png")
-                heatmap, mask = write_pictures(model, rgb, prediction, out_dir / "heatmaps" / name,
-                                               out_dir / "masks" / name)
-                row.update(heatmap=heatmap or "", mask=mask or "")
-        rows.append(row)
-        if log is not None:
-            records.append(log_record(model, origin, (file_digest(rgb_path), file_digest(xyz_path)), "predict",
-                                      outcome))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
-    path = out_dir / "predictions.csv"
-    partial = path.with_name(f".{path.name}.partial")
-    table.to_csv(partial, index=False)
-    partial.replace(path)
-    write_records(log, records)
-    return path, int((table["status"] == "error").sum())
-
-
-def _common_parts(paths: list[Path]) -> tuple[str, ...]:
-    """The longest folder prefix that ``paths`` share (heatmaps keep the layout below it)."""
-    parents = [Path(p).resolve().parent.parts for p in paths]
-    common: list[str] = []
-    for parts in zip(*parents):
-        if len(set(parts)) > 1:
-            break
-        common.append(parts[0])
-    return tuple(common) or ("/",)
-
-
 def predict_files(
     model_ref: str | Path,
     rgb_path: Path,
@@ -321,11 +280,13 @@ def predict_files(
     on_empty_foreground: str | None = None,
     mask_path: Path | None = None,
     log: Path | None = None,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """The ``bridgenet predict`` result as a JSON-able dict (``status``: ``ok`` or ``no_object``).
 
     ``log``: the prediction log (:mod:`bridgenet.monitor.log`) gets the sample's record, a
-    refused one's too (the model is then loaded to say which model refused it).
+    refused one's too (the model is then loaded to say which model refused it). ``threads``:
+    torch's, :func:`predict_threads`.
     """
     from bridgenet.data.samples import read_rgb, read_xyz
     from bridgenet.monitor.records import file_digest, load_with_origin, write_records
@@ -344,7 +305,8 @@ def predict_files(
     model, origin = load_with_origin(model_ref, tracking_uri, graph=True)
     if refused is None:
         try:
-            prediction = predict_arrays(model, rgb, xyz, on_empty_foreground)
+            with torch_threads(predict_threads(threads)):
+                prediction = predict_arrays(model, rgb, xyz, on_empty_foreground)
         except ValueError as err:  # NoObjectError (policy "error") included
             refused = err
     if log is not None:

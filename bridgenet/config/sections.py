@@ -196,6 +196,13 @@ class PredictConfig(Section):
     # torch threads of the served model (pyfunc/REST): one per worker process, so that
     # several workers or a busy host do not oversubscribe the cores; 0 = torch's default
     serve_threads: int = Field(1, ge=0, le=256)
+    # folder/list predict: processes reading and preparing samples ahead of the network and
+    # drawing the pictures (0 = half of the cores, 1 to 4); torch gets the other cores
+    workers: int = Field(0, ge=0, le=64)
+    # torch threads of bridgenet predict, one sample or many (0 = the cores the default
+    # workers leave); one value for both, so that a sample scores the same alone and in a folder
+    threads: int = Field(0, ge=0, le=256)
+    batch_size: int = Field(8, ge=1, le=256)  # folder/list predict: samples per network call
 
 
 class EvalConfig(Section):
