@@ -133,7 +133,10 @@ def predict_folder(
         raise ValueError(f"predict_folder: workers must be >= 0 and batch_size >= 1, got {workers} and {batch_size}")
     workers = workers or default_workers()
     out_dir = Path(out_dir)
-    model, origin = load_with_origin(model_ref, tracking_uri, graph=True)
+    # The network itself, not the traced graph that one-sample predict starts from: its search of
+    # the bank reads only the scored patches (faiss), about twice the graph's speed here, and the
+    # second of importing timm is paid once per folder. Scores agree with the graph's to ~1e-6.
+    model, origin = load_with_origin(model_ref, tracking_uri, graph=False)
     policy = empty_foreground_policy(model, on_empty_foreground)
     root = Path(*_common_parts([rgb for rgb, _ in pairs]))
     pairs = [(Path(r).resolve(), Path(x).resolve()) for r, x in pairs]

@@ -273,3 +273,20 @@ def test_the_served_model_logs_each_sample_with_its_files_digests(trained_bagel,
     refused = read(log).iloc[-1]
     assert refused["status"] == "error" and "expected shape" in refused["message"]
     assert pd.isna(refused["rgb_digest"])
+
+
+def test_folder_predict_scores_as_one_sample_predict_from_a_file_with_its_graph(trained_bagel, tiny_root, tmp_path):
+    """A trained model file carries its traced graph: one-sample predict starts from it, folder predict
+    runs the network (faster per sample); the two agree to float rounding, verdicts equal."""
+    from bridgenet.train import fast_start_graph
+
+    model = trained_bagel[2]
+    path = tmp_path / "model.pt"
+    save_model(model, path, graph=fast_start_graph(model))
+    pairs = find_pairs(tiny_root / "synth" / "bagel" / "test")
+    csv_path, errors = predict_folder(path, pairs, tmp_path / "out", heatmaps=False, progress=False)
+    table = pd.read_csv(csv_path, float_precision="round_trip")
+    assert errors == 0
+    singles = [predict_files(path, rgb, xyz) for rgb, xyz in pairs]
+    np.testing.assert_allclose(table["score"], [s["score"] for s in singles], rtol=1e-5, atol=1e-6)
+    assert list(table["anomalous"]) == [s["anomalous"] for s in singles]
