@@ -107,14 +107,9 @@ def default_model_ref(params: Params, category: str) -> tuple[str, str | None]:
 def load_parent(ref: str, params: Params) -> tuple[TrainedModel, Path]:
     """The model ``ref`` names (a file or an MLflow URI, as ``predict`` reads them) and its local file."""
     from bridgenet.model.io import load_model
-    from bridgenet.monitor.records import MLFLOW_SCHEMES
+    from bridgenet.monitor.records import local_model_file
 
-    if ref.startswith(MLFLOW_SCHEMES):
-        from bridgenet.tracking.pyfunc import download_model_file
-
-        path = Path(download_model_file(ref, params.tracking.uri))
-    else:
-        path = Path(ref)
+    path = local_model_file(ref, params.tracking.uri)
     return load_model(path), path
 
 

@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")  # model references MLflow resolves
+
 if TYPE_CHECKING:
     from bridgenet.config import Params
 

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bridgenet.monitor.log import PredictionRecord, append, utc_now
+from bridgenet.paths import MLFLOW_SCHEMES
 
 if TYPE_CHECKING:
     from bridgenet.model.contract import TrainedModel
 
 LOGGER = logging.getLogger(__name__)
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")  # model references fetched from MLflow
 _WARNED: set[str] = set()  # logs this process has warned about
 
 
@@ -58,6 +58,19 @@ def load_with_origin(ref: str | Path, tracking_uri: str | None = None, graph: bo
     else:
         path = Path(text)
     return load_model(path, graph=graph), ModelOrigin(name, version, file_digest(path) if digest else None)
+
+
+def local_model_file(ref: str | Path, tracking_uri: str | None = None) -> Path:
+    """The local ``model.pt`` that ``ref`` names: a model file as it is (it must exist), or an MLflow
+    URI's file (:func:`bridgenet.tracking.pyfunc.download_model_file`; MLflow is imported only then)."""
+    if str(ref).startswith(MLFLOW_SCHEMES):
+        from bridgenet.tracking.pyfunc import download_model_file
+
+        return download_model_file(str(ref), tracking_uri)
+    path = Path(ref)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    return path
 
 
 def file_digest(path: str | Path) -> str | None:

@@ -79,17 +79,6 @@ def select_window(records: pd.DataFrame, model_digest: str, cfg: MonitorConfig,
     return window, where
 
 
-def _model_file(ref: str, tracking_uri: str) -> Path:
-    from bridgenet.monitor.records import MLFLOW_SCHEMES
-
-    if ref.startswith(MLFLOW_SCHEMES):
-        from bridgenet.tracking.pyfunc import download_model_file
-
-        return download_model_file(ref, tracking_uri)
-    path = Path(ref)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    return path
 
 
 def monitor_category(params: Params, category: str, model_ref: str | None = None,
@@ -98,11 +87,12 @@ def monitor_category(params: Params, category: str, model_ref: str | None = None
     numbers, limits, model, window, files, MLflow run). ``model_ref``: a model file or MLflow URI
     (default :func:`champion_ref`); ``track``: log the monitoring run to MLflow."""
     from bridgenet.model.io import load_model
+    from bridgenet.monitor.records import local_model_file
 
     cfg = params.monitor
     now = now or dt.datetime.now(dt.timezone.utc)
     ref = model_ref or champion_ref(params, category)
-    path = _model_file(ref, params.tracking.uri)
+    path = local_model_file(ref, params.tracking.uri)
     digest = sha256_file(path)
     model = load_model(path)
     if model.category != category:
