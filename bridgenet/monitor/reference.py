@@ -33,22 +33,28 @@ def reference_file(params: Params, category: str, model_digest: str) -> Path:
 
 
 def reference_scores(params: Params, category: str, model: TrainedModel, model_digest: str) -> np.ndarray:
-    """The validation goods' scores (R,) of ``model`` (file digest ``model_digest``), scored once.
+    """The validation goods' scores (R,) of ``model`` (file digest ``model_digest``), scored once
+    for that model and those goods: a stored reference of another model, or of validation goods
+    that have changed since (another fingerprint), is scored again.
 
     Reads ``data.cache_dir``'s validation split of ``category``, which must have been built
     with the model's own data settings (a stale cache is refused, naming the folder).
     """
-    path = reference_file(params, category, model_digest)
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("model_digest") == model_digest:
-            return np.asarray(stored["scores"], dtype=np.float64)
-        LOGGER.warning("%s holds another model's reference (%s); scoring again", path, stored.get("model_digest"))
     from bridgenet.data.batch import Batch, resolve_device
     from bridgenet.data.cache import load_cached_split
     from bridgenet.inference import score
 
     split = load_cached_split(params.data.cache_dir, category, "validation", model.params.data)
+    path = reference_file(params, category, model_digest)
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("model_digest") != model_digest:
+            LOGGER.warning("%s holds another model's reference (%s); scoring again", path, stored.get("model_digest"))
+        elif stored.get("validation_fingerprint") != split.fingerprint():
+            LOGGER.warning("%s was scored on other validation goods than %s/%s holds now; scoring again",
+                           path, params.data.cache_dir, category)
+        else:
+            return np.asarray(stored["scores"], dtype=np.float64)
     goods = np.flatnonzero(split.labels == 0)
     if goods.size < 2:
         raise ValueError(f"{params.data.cache_dir}/{category}: {goods.size} validation goods; "

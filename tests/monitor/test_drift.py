@@ -194,6 +194,10 @@ def test_the_reference_is_scored_once_per_model(drift_case, tmp_path, monkeypatc
 
     monkeypatch.setattr("bridgenet.inference.score", no_scoring)
     assert monitor_category(run, "bagel", str(model_file), now=NOW, track=False)["n_reference"] == 24
+    # validation goods that changed since (another fingerprint): the stored reference is not theirs
+    path.write_text(json.dumps({**stored, "validation_fingerprint": "other goods"}))
+    with pytest.raises(AssertionError, match="scored again"):
+        monitor_category(run, "bagel", str(model_file), now=NOW, track=False)
 
 
 def _cli_args(root: Path, log: Path, model_file: Path) -> list[str]:
