@@ -68,7 +68,7 @@ class MemoryConfig(Section):
     """Memory-bank head: greedy k-centre coreset of the clean training patches, per modality."""
 
     coreset_ratio: float = Field(0.1, gt=0, le=1)
-    max_bank: int = Field(4096, ge=1, le=10_000_000)
+    max_bank: int = Field(2048, ge=1, le=10_000_000)
     chunk_size: int = Field(16_384, ge=256, le=100_000_000)  # first greedy pass: candidates per chunk
     projection_dim: int = Field(128, ge=0, le=4096)  # random projection for the selection; 0 = none
 

@@ -1,0 +1,125 @@
+"""How small can the memory bank be? Saved models' banks cut to their first K greedy picks.
+
+A greedy k-centre selection keeps its entries in the order it picked them, and the first K
+picks are the selection it would have made for K (same candidates, same start), so one
+trained model answers for every smaller cap without training again. For each model and
+each K: each modality's bank cut to its first K entries, calibration and both thresholds
+set again on the validation set by training's rules (:func:`bridgenet.training.finish.finish`),
+then the test split scored by evaluation's own path; plus the fused forward's time per
+sample at batch 8 on one thread (process time, so other work on the machine counts less).
+
+    python -m bench.bank_size --cache CACHE --sizes 4096 2048 1024 --models M1 M2 M3 --out bench/results
+
+``--cache``: the preprocessing cache the models were trained on (its validation and test
+splits). Writes ``bank_size.json`` and ``bank_size.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import bench_command, machine_info
+from bench.results import write_results
+
+
+def cut_banks(network: Any, size: int) -> None:
+    """Keep each modality's first ``size`` bank entries (the greedy selection's first picks)."""
+    for modality in network.modalities:
+        setattr(network.memory, f"{modality}_bank", network.memory.bank(modality)[:size].contiguous())
+
+
+def forward_ms(network: Any, rgb: torch.Tensor, depth: torch.Tensor, repeats: int = 5) -> float:
+    """Median process time (ms) per sample of the eval forward on one batch, one torch thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            network(rgb, depth)
+            times = []
+            for _ in range(repeats):
+                start = time.process_time()
+                network(rgb, depth)
+                times.append(time.process_time() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return float(np.median(times)) / len(rgb) * 1000
+
+
+def measure(model_file: Path, cache: Path, sizes: list[int]) -> list[dict[str, Any]]:
+    from bridgenet.data.batch import Batch, resolve_device
+    from bridgenet.data.cache import load_cached_split
+    from bridgenet.evaluate import evaluate_category
+    from bridgenet.model.contract import TrainedModel
+    from bridgenet.model.io import load_model
+    from bridgenet.training.finish import finish
+    from bridgenet.training.validation import build_validation_set
+
+    base = load_model(model_file)
+    params, device = base.params, resolve_device("cpu")
+    validation = load_cached_split(cache, base.category, "validation", params.data)
+    test = load_cached_split(cache, base.category, "test", params.data)
+    probe = Batch.from_split(test, slice(0, 8))
+    rows = []
+    for size in sizes:
+        network = copy.deepcopy(base.network).eval()
+        cut_banks(network, size)
+        done = finish(network, build_validation_set(validation, params, network.modalities), device,
+                      params.eval.batch_size, params.train.threshold_quantile)
+        model = TrainedModel(network, base.meta).with_meta(threshold=done.threshold,
+                                                            pixel_threshold=done.pixel_threshold)
+        evaluation, _ = evaluate_category(params, model, test, device)
+        row = {"model": model_file.parent.parent.name, "category": base.category, "max_bank": size,
+               "bank": {m: int(network.memory.bank(m).shape[0]) for m in network.modalities},
+               "validation_image_auroc": done.metrics.get("val_image_auroc"),
+               "image_auroc": evaluation.metrics["image_auroc"], "aupro_30": evaluation.metrics["aupro_30"],
+               "per_defect": evaluation.per_defect, "ms_per_sample_1_thread": forward_ms(network, probe.rgb,
+                                                                                         probe.depth)}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def report(rows: list[dict[str, Any]], command: str) -> str:
+    """Markdown: one line per cap, means (± std) over the models."""
+    lines = [f"`{command}`", "", "| max_bank | models | validation | test image AUROC | AU-PRO@0.3 | worst defect "
+             "(mean over models) | ms per sample, 1 thread |", "|---:|---:|---:|---:|---:|---|---:|"]
+    for size in sorted({r["max_bank"] for r in rows}, reverse=True):
+        group = [r for r in rows if r["max_bank"] == size]
+        mean = lambda key: float(np.mean([r[key] for r in group]))  # noqa: E731
+        defects = {d: float(np.mean([r["per_defect"][d] for r in group])) for d in group[0]["per_defect"]}
+        worst = min(defects, key=defects.get)
+        image = [r["image_auroc"] for r in group]
+        lines.append(f"| {size} | {len(group)} | {mean('validation_image_auroc'):.3f} | {np.mean(image):.3f} ± "
+                     f"{np.std(image):.3f} | {mean('aupro_30'):.3f} | {worst} {defects[worst]:.3f} | "
+                     f"{mean('ms_per_sample_1_thread'):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, required=True, help="the cache the models were trained on")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 2048, 1024])
+    parser.add_argument("--models", type=Path, nargs="+", required=True, help="model.pt files")
+    parser.add_argument("--out", type=Path, required=True, help="folder for bank_size.json and .md")
+    args = parser.parse_args(argv)
+    rows = [row for model_file in args.models for row in measure(model_file, args.cache, args.sizes)]
+    command = bench_command("bank_size", "--cache", "CACHE", "--sizes", *map(str, args.sizes),
+                           "--models", "MODEL...", "--out", "OUT")
+    write_results(args.out / "bank_size.json", {"machine": machine_info(command, torch=torch.__version__),
+                                                "rows": rows})
+    (args.out / "bank_size.md").write_text(report(rows, command))
+    print(report(rows, command))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
