@@ -38,6 +38,8 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `bridgenet predict` sets it (predict_threads)
 from typing import Any
 
 from bench.common import PARAMS, REPO, RESULTS, portable_command, portable_path

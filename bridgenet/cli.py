@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,8 @@ def predict(params: Params, model_ref: str, rgb_path: Path | None, xyz_path: Pat
     if many and out_dir is None:
         raise click.UsageError("--folder / --list need --out (where predictions.csv goes)")
     log = None if no_log else paths.prediction_log(params)
+    if "torch" not in sys.modules:  # read once, when torch's threads start: idle threads sleep, not
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spin (bridgenet.predict.predict_threads)
     if single:
         from bridgenet.predict import predict_files
 
