@@ -89,11 +89,15 @@ def measure(model_file: Path, cache: Path, sizes: list[int]) -> list[dict[str, A
 
 def report(rows: list[dict[str, Any]], command: str) -> str:
     """Markdown: one line per cap, means (± std) over the models."""
-    lines = [f"`{command}`", "", "| max_bank | models | validation | test image AUROC | AU-PRO@0.3 | worst defect "
-             "(mean over models) | ms per sample, 1 thread |", "|---:|---:|---:|---:|---:|---|---:|"]
+    header = ("| max_bank | models | validation | test image AUROC | AU-PRO@0.3 | worst defect "
+              "(mean over models) | ms per sample, 1 thread |")
+    lines = [f"`{command}`", "", header, "|---:|---:|---:|---:|---:|---|---:|"]
     for size in sorted({r["max_bank"] for r in rows}, reverse=True):
         group = [r for r in rows if r["max_bank"] == size]
-        mean = lambda key: float(np.mean([r[key] for r in group]))  # noqa: E731
+
+        def mean(key: str, group: list[dict[str, Any]] = group) -> float:
+            return float(np.mean([r[key] for r in group]))
+
         defects = {d: float(np.mean([r["per_defect"][d] for r in group])) for d in group[0]["per_defect"]}
         worst = min(defects, key=defects.get)
         image = [r["image_auroc"] for r in group]

@@ -45,20 +45,24 @@ def _invalid(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def _decoded(values: Any, name: str) -> np.ndarray:
-    """Base64 files (one string per sample) -> stacked arrays (B, H, W, 3), as the readers give them."""
+def _decoded(values: Any, name: str) -> tuple[np.ndarray, list[str]]:
+    """Base64 files (one string per sample) -> stacked arrays (B, H, W, 3), as the readers give them,
+    and each file's sha256 (for the prediction log: the bytes are decoded once)."""
     import base64
     import binascii
     import io
     import struct
 
+    from bridgenet.monitor.records import bytes_digest
+
     texts = [values] if isinstance(values, str | bytes) else list(np.asarray(values, dtype=object).ravel())
-    arrays = []
+    arrays, digests = [], []
     for i, text in enumerate(texts):
         try:
             raw = base64.b64decode(text, validate=True)
         except (binascii.Error, TypeError, ValueError) as exc:
             raise _invalid(f"{name}[{i}]: not base64 ({exc})") from None
+        digests.append(bytes_digest(raw))
         try:
             if name == "rgb_png":
                 from PIL import Image
@@ -80,17 +84,20 @@ def _decoded(values: Any, name: str) -> np.ndarray:
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise _invalid(f"{name}: samples of one request must share their size, got {sorted(shapes)}")
-    return np.stack(arrays)
+    return np.stack(arrays), digests
 
 
-def _named_inputs(model_input: Mapping) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
-    """The request's rgb and xyz, from tensors (``rgb``, ``xyz``) or files (``rgb_png``, ``xyz_tiff``)."""
+def _named_inputs(model_input: Mapping) -> tuple[np.ndarray, np.ndarray, tuple[str, str], list[tuple[str, str]] | None]:
+    """The request's rgb and xyz, from tensors (``rgb``, ``xyz``) or files (``rgb_png``, ``xyz_tiff``);
+    the files' sha256 per sample (None for tensors)."""
     tensors = [n for n in INPUT_NAMES if n in model_input]
     encoded = [n for n in ENCODED_NAMES if n in model_input]
     if len(tensors) == 2 and not encoded:
-        return np.asarray(model_input["rgb"]), np.asarray(model_input["xyz"]), INPUT_NAMES
+        return np.asarray(model_input["rgb"]), np.asarray(model_input["xyz"]), INPUT_NAMES, None
     if len(encoded) == 2 and not tensors:
-        return _decoded(model_input["rgb_png"], "rgb_png"), _decoded(model_input["xyz_tiff"], "xyz_tiff"), ENCODED_NAMES
+        (rgb, rgb_sums), (xyz, xyz_sums) = _decoded(model_input["rgb_png"], "rgb_png"), _decoded(
+            model_input["xyz_tiff"], "xyz_tiff")
+        return rgb, xyz, ENCODED_NAMES, list(zip(rgb_sums, xyz_sums))
     raise _invalid(
         f"expected either the tensors {list(INPUT_NAMES)} or the base64 files {list(ENCODED_NAMES)}, "
         f"got {sorted(map(str, model_input))}"
@@ -98,7 +105,14 @@ def _named_inputs(model_input: Mapping) -> tuple[np.ndarray, np.ndarray, tuple[s
 
 
 def parse_inputs(model_input: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validate the request before any conversion: returns rgb uint8 (B, H, W, 3) and xyz float32 (B, H, W, 3).
+    """Validate the request before any conversion: returns rgb uint8 (B, H, W, 3) and xyz float32
+    (B, H, W, 3) (:func:`parse_request`, without the files' digests)."""
+    return parse_request(model_input)[:2]
+
+
+def parse_request(model_input: Any) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]] | None]:
+    """Validate the request before any conversion: returns rgb uint8 (B, H, W, 3), xyz float32
+    (B, H, W, 3), and the sha256 of each sample's files where it sent files (None for tensors).
 
     ``rgb`` must hold integers in 0..255 (JSON gives them as int64: accepted and
     converted only when every value fits); a float image (say in [0, 1]) is refused,
@@ -111,7 +125,7 @@ def parse_inputs(model_input: Any) -> tuple[np.ndarray, np.ndarray]:
             f"expected named inputs {list(INPUT_NAMES)} or {list(ENCODED_NAMES)} (a dict), "
             f"got {type(model_input).__name__}"
         )
-    rgb, xyz, (rgb_name, xyz_name) = _named_inputs(model_input)
+    rgb, xyz, (rgb_name, xyz_name), files = _named_inputs(model_input)
     if rgb.ndim == 3 and xyz.ndim == 3:
         rgb, xyz = rgb[None], xyz[None]
     if rgb.ndim != 4 or rgb.shape[-1] != 3:
@@ -142,7 +156,7 @@ def parse_inputs(model_input: Any) -> tuple[np.ndarray, np.ndarray]:
         raise _invalid(
             f"{xyz_name}: empty point cloud (no point with z != 0) in sample(s) {empty.tolist()}"
         )
-    return rgb, xyz
+    return rgb, xyz, files
 
 
 class BridgeNetPyfunc(PythonModel):
@@ -175,11 +189,11 @@ class BridgeNetPyfunc(PythonModel):
         from bridgenet.predict import predict_arrays
 
         try:
-            rgb, xyz = parse_inputs(model_input)
+            rgb, xyz, files = parse_request(model_input)
         except MlflowException as exc:
             self._write([((None, None), exc)])
             raise
-        digests = sample_digests(model_input, rgb, xyz) if self.log is not None else [(None, None)] * len(rgb)
+        digests = sample_digests(rgb, xyz, files) if self.log is not None else [(None, None)] * len(rgb)
         predictions = []
         for i in range(len(rgb)):
             try:
@@ -206,21 +220,12 @@ class BridgeNetPyfunc(PythonModel):
         write_records(self.log, [log_record(self.model, origin, d, "serve", o) for d, o in outcomes])
 
 
-def sample_digests(model_input: Mapping, rgb: np.ndarray, xyz: np.ndarray) -> list[tuple[str, str]]:
-    """sha256 of each sample's files (the decoded base64 bytes), or of its arrays' bytes (as
-    :func:`parse_inputs` returns them) for tensor requests."""
-    import base64
+def sample_digests(rgb: np.ndarray, xyz: np.ndarray, files: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    """sha256 of each sample's files (``files``, as :func:`parse_request` hashed the decoded base64
+    bytes), or of its arrays' bytes (as :func:`parse_request` returns them) for tensor requests."""
+    from bridgenet.monitor.records import array_digest
 
-    from bridgenet.monitor.records import array_digest, bytes_digest
-
-    if ENCODED_NAMES[0] not in model_input:
-        return [(array_digest(r), array_digest(x)) for r, x in zip(rgb, xyz)]
-    files = []
-    for name in ENCODED_NAMES:
-        values = model_input[name]
-        texts = [values] if isinstance(values, str | bytes) else list(np.asarray(values, dtype=object).ravel())
-        files.append([bytes_digest(base64.b64decode(t)) for t in texts])
-    return list(zip(*files))
+    return files if files is not None else [(array_digest(r), array_digest(x)) for r, x in zip(rgb, xyz)]
 
 
 set_model(BridgeNetPyfunc())
