@@ -62,6 +62,15 @@ def test_the_two_pass_selection_covers_every_candidate(projection_dim):
     assert coreset.radius < float(torch.cdist(space, space).max()) / 4  # every cluster has a kept row
 
 
+def test_one_exact_pass_where_two_would_cost_more():
+    """Two passes cost about oversample * K * (chunk + K) distances, one pass N * K: below that
+    size one exact greedy pass is taken, the same selection as without chunks."""
+    rows = clustered_rows(n=2000)  # 4 * 40 * (500 + 40) > 2000 * 40
+    chunked = greedy_coreset(rows, 40, 0, torch.Generator().manual_seed(0), chunk_size=500)
+    single = greedy_coreset(rows, 40, 0, torch.Generator().manual_seed(0))
+    assert torch.equal(chunked.indices, single.indices) and chunked.radius == single.radius
+
+
 def test_the_two_pass_selection_sees_rows_that_a_random_pool_would_miss():
     """A small cluster of 20 rows among 5,000: the selection keeps one of them whatever the chunking."""
     gen = torch.Generator().manual_seed(5)
