@@ -104,12 +104,14 @@ def render(params: Any) -> Path:
 
 
 def good_pairs(root: Path, category: str) -> list[tuple[Path, Path]]:
-    """The (rgb, xyz) files of ``root/<category>/test/good``, by stem."""
+    """The (rgb, xyz) files of ``root/<category>/test/good`` (:func:`bridgenet.predict.find_pairs`)."""
+    from bridgenet.predict import find_pairs
+
     folder = root / category / "test" / "good"
-    rgbs = sorted((folder / "rgb").glob("*.png"))
-    if not rgbs:
+    pairs = find_pairs(folder)
+    if not pairs:
         raise FileNotFoundError(f"{folder}/rgb: no test goods")
-    return [(rgb, folder / "xyz" / f"{rgb.stem}.tiff") for rgb in rgbs]
+    return pairs
 
 
 def darkened_pairs(pairs: list[tuple[Path, Path]], amount: float, folder: Path) -> list[tuple[Path, Path]]:
