@@ -87,7 +87,7 @@ class ModelConfig(Section):
     image_score: Literal["map_max", "patch_max"] = "map_max"  # the smoothed map's peak, or the top patch's
     depth_input: Literal["relief", "height"] = "relief"  # what the backbone reads of the visible depth
     relief_sigma: float = Field(0.05, gt=0, le=1)  # relief: Gaussian removed from the height, x input side
-    relief_gain: float = Field(1.0, gt=0, le=100)  # relief: grey levels per standard deviation of clean relief
+    relief_gain: float = Field(0.5, gt=0, le=100)  # relief: grey levels per standard deviation of clean relief
     memory_fusion: Literal["sum", "max"] = "sum"  # how the modalities' standardised memory scores combine
     foreground_only: bool = True
     backbone_cpu_batch: int = Field(2, ge=0, le=1024)
