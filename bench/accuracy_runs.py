@@ -204,16 +204,20 @@ def params_digest(part: str = "all") -> str:
 def caps_unbound(run: dict[str, Any], memory: Any) -> bool:
     """Whether ``run``'s memory bank is the one ``memory`` (``model.memory``) would build.
 
-    It is when neither the cap the run was trained under nor ``memory``'s bound: every bank
-    holds the uncapped share of its candidates. Runs whose bank was chosen among a random
-    pool of the candidates (``memory_caps.max_candidates``, before the selection saw every
-    candidate) are never reused where the pool was smaller than the candidates.
+    It is when the run was trained under today's caps (bound or not), or when neither the cap
+    it was trained under nor ``memory``'s bound: every bank holds the uncapped share of its
+    candidates. Runs whose bank was chosen among a random pool of the candidates
+    (``memory_caps.max_candidates``, before the selection saw every candidate) are never
+    reused where the pool was smaller than the candidates.
     """
     info = run.get("memory") or {}
-    stored_pool = (run.get("memory_caps") or {}).get("max_candidates", 0)
+    stored_caps = run.get("memory_caps") or {}
+    stored_pool = stored_caps.get("max_candidates", 0)
     modalities = [k.removesuffix("_candidates") for k in info if k.endswith("_candidates")]
     if not modalities:
         return False
+    if set(stored_caps) == set(CAP_KEYS) and all(stored_caps[k] == getattr(memory, k) for k in CAP_KEYS):
+        return True
     for m in modalities:
         candidates, bank = int(info[f"{m}_candidates"]), int(info[f"{m}_bank"])
         uncapped = max(1, round(memory.coreset_ratio * candidates))

@@ -165,7 +165,7 @@ def test_the_readme_block_names_the_command_machine_and_date_and_replaces_only_i
     assert not update_readme(block, readme) and readme.read_text() == "no markers\n"
 
 
-def test_a_run_is_reused_under_other_bank_caps_only_where_no_cap_bound():
+def test_a_run_is_reused_under_its_own_bank_caps_or_where_no_cap_bound():
     from bridgenet.config import MemoryConfig
 
     run = {"memory": {"rgb_candidates": 9000.0, "rgb_bank": 900.0, "depth_candidates": 13126.0, "depth_bank": 1313.0}}
@@ -177,4 +177,7 @@ def test_a_run_is_reused_under_other_bank_caps_only_where_no_cap_bound():
     pooled = {**run, "memory_caps": {"max_bank": 4096, "max_candidates": 10000}}
     assert not caps_unbound(pooled, MemoryConfig(coreset_ratio=0.1))
     assert not caps_unbound({"memory": {}}, MemoryConfig())  # no bank recorded: train again
+    # trained under today's cap, which bound: the bank is the one training builds today
+    assert caps_unbound({**capped, "memory_caps": {"max_bank": 1000}}, MemoryConfig(coreset_ratio=0.1, max_bank=1000))
+    assert not caps_unbound({**capped, "memory_caps": {"max_bank": 1000}}, MemoryConfig(coreset_ratio=0.1))
 
