@@ -75,6 +75,19 @@ def fitted_depth_image(root: Path, category: str, params, n: int = 32):
     return image
 
 
+def clipped_share(depth_image, depths: list[np.ndarray]) -> float:
+    """Share of the object's pixels (depth > 0) that the depth image shows as pure black or white:
+    relief beyond the grey levels ``model.relief_gain`` gives it, whose shape the backbone cannot see."""
+    clipped = total = 0
+    for depth in depths:
+        with torch.no_grad():
+            shown = depth_image(torch.from_numpy(depth)[None, None])[0, 0].numpy()
+        on = depth > 0
+        clipped += int(((shown[on] <= 0) | (shown[on] >= 1)).sum())
+        total += int(on.sum())
+    return clipped / max(total, 1)
+
+
 def draw(rows: list[tuple[str, dict[str, np.ndarray]]], depth_image, path: Path, title: str) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -129,6 +142,11 @@ def main() -> None:
     depth_image = fitted_depth_image(args.data_root, args.category, params)
     title = (f"{args.category}: visible depth, foreground and network inputs "
              f"(crop {params.data.crop}, depth input {params.model.depth_input}, image size {params.data.image_size})")
+    if params.model.depth_input == "relief":
+        share = clipped_share(depth_image, [a["depth"] for _, a in rows])
+        print(f"relief gain {params.model.relief_gain}: {100 * share:.1f} % of the object's pixels "
+              "shown pure black or white")
+        title += f"; relief gain {params.model.relief_gain}: {100 * share:.0f} % of the part clipped"
     print(draw(rows, depth_image, args.out, title))
 
 

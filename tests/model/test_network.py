@@ -266,3 +266,20 @@ def test_one_hot_patch_stays_below_the_threshold_while_a_small_defect_exceeds_it
     net.image_score = "patch_max"
     raw = net.result_from_patches(torch.cat([glint, defect]), MEMORY, size).pred_score
     assert float(raw[0]) == float(raw[1]) == pytest.approx(level)
+
+
+def test_the_depth_figure_counts_the_clipped_share_of_the_part():
+    from bench.depth_figure import clipped_share
+
+    clean = torch.cat([_ring(seed=s) for s in range(4)])
+    part = _ring(seed=9)[0, 0].numpy()
+    shares = []
+    for gain in (1.0, 0.5):
+        image = DepthImage("relief", sigma=0.05, gain=gain)
+        image.fit(clean)
+        shown = image(torch.from_numpy(part)[None, None])[0, 0].numpy()
+        on = part > 0
+        expected = float(((shown[on] <= 0) | (shown[on] >= 1)).mean())
+        shares.append(clipped_share(image, [part, part]))
+        assert shares[-1] == pytest.approx(expected)
+    assert shares[0] > shares[1] > 0
