@@ -43,8 +43,12 @@ SCHEMA = """CREATE TABLE predictions (
     model_digest TEXT, rgb_digest TEXT, xyz_digest TEXT, score REAL, verdict TEXT, status TEXT,
     message TEXT, threshold REAL, source TEXT)"""
 NOW = dt.datetime(2026, 1, 5, 12, 0, tzinfo=dt.timezone.utc)
+# The tiny set's validation goods score above its test goods (median 0.757 against 0.662 at relief
+# gain 1.0, 0.809 against 0.682 at the default 0.5: a property of these 96-px renders, not of the
+# monitor). At 0.5 that offset alone crosses the PSI limit, so this model keeps the gain the
+# undrifted case was measured at; bench/drift.py measures the monitor on a default model.
 MONITOR_SET = ("synth.categories=[bagel]", "data.categories=[bagel]", "synth.n_validation=24",
-               "synth.n_test_good=60", "synth.n_test_per_defect=1", "train.epochs=8")
+               "synth.n_test_good=60", "synth.n_test_per_defect=1", "train.epochs=8", "model.relief_gain=1.0")
 
 
 def write_log(path: Path, scores, threshold: float, digest: str, statuses=None, start: dt.datetime = NOW,
