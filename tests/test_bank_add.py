@@ -66,7 +66,6 @@ def bank_bagel(tiny_root, tmp_path_factory):
     measured at (an open point in docs/cli.md, "bank add")."""
     from bridgenet.model.io import load_model
     from bridgenet.train import train_category
-
     from tests.conftest import tiny_params
 
     params = tiny_params(tiny_root, "train.epochs=8", "model.relief_gain=1.0")
