@@ -38,9 +38,11 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `bridgenet predict` sets it (predict_threads)
 from typing import Any
+
+# Before bench.common, which imports torch: torch reads it once, as `bridgenet predict` sets it
+# (bridgenet.predict.predict_threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bench.common import PARAMS, REPO, RESULTS, portable_command, portable_path
 from bench.results import write_results

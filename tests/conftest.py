@@ -81,13 +81,18 @@ def prefect_api_url():
             yield PREFECT_API_URL.value()
 
 
-@pytest.fixture(scope="session")
-def trained_bagel(tiny_root, tmp_path_factory):
-    """(params, summary, TrainedModel): bagel trained 8 epochs on the tiny set, once per session."""
+def train_tiny_bagel(tiny_root: Path, out: Path, *extra: str):
+    """(params, summary, TrainedModel): bagel trained 8 epochs on the tiny set into ``out``,
+    ``extra`` overrides on top."""
     from bridgenet.model.io import load_model
     from bridgenet.train import train_category
 
-    params = tiny_params(tiny_root, "train.epochs=8")
-    out = tmp_path_factory.mktemp("trained")
+    params = tiny_params(tiny_root, "train.epochs=8", *extra)
     summary = train_category(params, "bagel", out_dir=out)
     return params, summary, load_model(out / "model.pt")
+
+
+@pytest.fixture(scope="session")
+def trained_bagel(tiny_root, tmp_path_factory):
+    """(params, summary, TrainedModel): bagel trained 8 epochs on the tiny set, once per session."""
+    return train_tiny_bagel(tiny_root, tmp_path_factory.mktemp("trained"))

@@ -64,14 +64,9 @@ def bank_bagel(tiny_root, tmp_path_factory):
     Bank add changes the memory bank only, not the discriminator, which still sees the label.
     The update's mechanics do not depend on the gain; this model keeps the one they were
     measured at (an open point in docs/cli.md, "bank add")."""
-    from bridgenet.model.io import load_model
-    from bridgenet.train import train_category
-    from tests.conftest import tiny_params
+    from tests.conftest import train_tiny_bagel
 
-    params = tiny_params(tiny_root, "train.epochs=8", "model.relief_gain=1.0")
-    out = tmp_path_factory.mktemp("bank-trained")
-    summary = train_category(params, "bagel", out_dir=out)
-    return params, summary, load_model(out / "model.pt")
+    return train_tiny_bagel(tiny_root, tmp_path_factory.mktemp("bank-trained"), "model.relief_gain=1.0")
 
 
 @pytest.fixture(scope="module")

@@ -95,8 +95,8 @@ def _named_inputs(model_input: Mapping) -> tuple[np.ndarray, np.ndarray, tuple[s
     if len(tensors) == 2 and not encoded:
         return np.asarray(model_input["rgb"]), np.asarray(model_input["xyz"]), INPUT_NAMES, None
     if len(encoded) == 2 and not tensors:
-        (rgb, rgb_sums), (xyz, xyz_sums) = _decoded(model_input["rgb_png"], "rgb_png"), _decoded(
-            model_input["xyz_tiff"], "xyz_tiff")
+        rgb, rgb_sums = _decoded(model_input["rgb_png"], "rgb_png")
+        xyz, xyz_sums = _decoded(model_input["xyz_tiff"], "xyz_tiff")
         return rgb, xyz, ENCODED_NAMES, list(zip(rgb_sums, xyz_sums))
     raise _invalid(
         f"expected either the tensors {list(INPUT_NAMES)} or the base64 files {list(ENCODED_NAMES)}, "
