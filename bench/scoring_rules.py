@@ -1,7 +1,7 @@
 """Scoring rules: how a trained model's patch evidence becomes an image score, on every data set at hand.
 
     python -m bench.scoring_rules --models DIR [DIR ...] [--extra-test NAME=CACHE_DIR ...]
-                                  [--name NAME] [--out bench/results]
+                                  [--aupro] [--name NAME] [--out bench/results]
 
 Every ``model.pt`` under the ``--models`` folders (the accuracy bench's synthetic models,
 the real-data bench's models) is scored on the splits its own params name: the
@@ -14,8 +14,8 @@ typical good part's highest patch, on the validation goods): the discriminator's
 and each modality's memory distance. Every rule of :data:`COMBINES` x :data:`PEAKS`
 turns them into image scores:
 
-- combination per patch: the discriminator alone, the memory modalities summed or their
-  maximum, the discriminator and the summed memory weighted ``w : 1 - w``, and an
+- combination per patch: the discriminator alone, each modality's memory alone, the memory
+  modalities summed or their maximum, the discriminator and the summed memory weighted ``w : 1 - w``, and an
   inverse-variance weighting whose weights come from the spread of each component's peaks
   over the validation goods (a component that fires on clean parts gets less say);
 - image score from the patch map: the highest patch; the peak of the map upsampled and
@@ -24,6 +24,9 @@ turns them into image scores:
   its nearest bank entry is among its 9 nearest bank neighbours (memory only).
 
 Image AUROC per split, mean over the models found (and per defect type on test splits).
+With ``--aupro``, each combination's map (upsampled, smoothed with sigma 2, 4 or 8, pasted into
+the frame) is also scored against the test splits' ground truth: AU-PRO@0.3, and per defect
+type at the model's sigma 4; it says whether a rule moves localisation, not only detection.
 The rule the product uses is chosen on the validation sets and the synthetic presets; a
 real data set's test split only confirms it. Writes ``--out/scoring_rules_<name>.json`` and
 ``.md``.
@@ -61,6 +64,9 @@ def combines(ivw: dict[str, float]) -> dict[str, Callable[[dict[str, torch.Tenso
         "memory sum": lambda z: _memory(z, "sum"),
         "memory max": lambda z: _memory(z, "max"),
     }
+    for name in ivw:
+        if name.startswith("memory_"):
+            out[f"memory {name.removeprefix('memory_')} alone"] = lambda z, name=name: z[name]
     for w in WEIGHTS:
         out[f"fused sum w={w}"] = lambda z, w=w: w * z["discriminator"] + (1 - w) * _memory(z, "sum")
         out[f"fused max w={w}"] = lambda z, w=w: w * z["discriminator"] + (1 - w) * _memory(z, "max")
@@ -189,6 +195,42 @@ def split_scores(network, rgb: torch.Tensor, depth: torch.Tensor, ivw: dict[str,
     return out, z
 
 
+AUPRO_SIGMAS = (2.0, 4.0, 8.0)  # the map-peak rules' smoothing, input pixels (the model's: 4)
+
+
+def map_aupros(z: dict[str, torch.Tensor], split, ivw: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """AU-PRO@0.3 of every combination's map on ``split``'s samples with a known mask.
+
+    The map is the combination's patch grid upsampled to the input side, smoothed with each
+    of :data:`AUPRO_SIGMAS` and pasted into the frame as the model does it; keyed like the
+    image-score rules (``"<combination> | map max s4"``); per defect type at sigma 4.
+    """
+    from bridgenet.data.crop import paste_maps
+    from bridgenet.metrics import GOOD, aupro
+    from bridgenet.model.depth_image import gaussian_blur
+
+    known = torch.from_numpy(split.known_masks())
+    gt = np.stack([m for m, k in zip(split.gt, known.tolist()) if k]).astype(bool)
+    defects = [d for d, k in zip(split.defects, known.tolist()) if k]
+    boxes = np.asarray(split.crop_boxes)[known.numpy()]
+    frame = tuple(int(v) for v in split.original_sizes[0])
+    size = split.rgb.shape[1]
+    out: dict[str, dict[str, Any]] = {}
+    for cname, combine in combines(ivw).items():
+        grid = combine(z)[known].float()
+        up = F.interpolate(grid.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
+        for sigma in AUPRO_SIGMAS:
+            frames = paste_maps(gaussian_blur(up, sigma), boxes, frame).numpy()
+            cell: dict[str, Any] = {"aupro_30": float(aupro(frames, gt))}
+            if sigma == 4.0:
+                cell["per_defect_aupro"] = {}
+                for d in sorted(set(defects) - {GOOD}):
+                    sel = np.array([x in (GOOD, d) for x in defects])
+                    cell["per_defect_aupro"][d] = float(aupro(frames[sel], gt[sel]))
+            out[f"{cname} | map max s{sigma:g}"] = cell
+    return out
+
+
 def inverse_variance(z: dict[str, torch.Tensor], size: int) -> dict[str, float]:
     """Weights per component, proportional to 1 / variance of its smoothed peaks on clean parts."""
     inv = {k: 1.0 / max(float(smoothed_peak(v, size, 4.0).var()), 1e-6) for k, v in z.items()}
@@ -208,8 +250,9 @@ def aurocs(scores: dict[str, np.ndarray], labels: np.ndarray, defects: list[str]
     return out
 
 
-def score_model(path: Path, extra: dict[str, Path]) -> dict[str, Any]:
-    """Every rule's image AUROC on the model's validation set, its test split and the extra tests."""
+def score_model(path: Path, extra: dict[str, Path], with_aupro: bool = False) -> dict[str, Any]:
+    """Every rule's image AUROC on the model's validation set, its test split and the extra tests;
+    ``with_aupro``: the map rules' AU-PRO@0.3 on the test splits too (:func:`map_aupros`)."""
     from bridgenet.data.batch import Batch
     from bridgenet.data.cache import load_cached_split
     from bridgenet.model.io import load_model
@@ -232,8 +275,11 @@ def score_model(path: Path, extra: dict[str, Path]) -> dict[str, Any]:
             continue
         split = load_cached_split(cache, category, "test")
         data = Batch.from_split(split)
-        scores, _ = split_scores(network, data.rgb, data.depth, ivw)
+        scores, z = split_scores(network, data.rgb, data.depth, ivw)
         result["splits"][name] = aurocs(scores, split.labels, split.defects)
+        if with_aupro and split.known_masks().any():
+            for rule, cell in map_aupros(z, split, ivw).items():
+                result["splits"][name][rule].update(cell)
     return result
 
 
@@ -247,6 +293,13 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
         for rule in rows[0]:
             values = [row[rule]["image_auroc"] for row in rows if rule in row]
             cell = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+            pro = [row[rule]["aupro_30"] for row in rows if "aupro_30" in row.get(rule, {})]
+            if pro:
+                cell["aupro_mean"], cell["aupro_std"] = float(np.mean(pro)), float(np.std(pro))
+                per = sorted({d for row in rows for d in row.get(rule, {}).get("per_defect_aupro", {})})
+                for d in per:
+                    cell[f"aupro {d}"] = float(np.mean([row[rule]["per_defect_aupro"][d] for row in rows
+                                                        if d in row[rule].get("per_defect_aupro", {})]))
             defects = sorted({d for row in rows for d in row.get(rule, {}).get("per_defect", {})})
             for d in defects:
                 cell[d] = float(np.mean([row[rule]["per_defect"][d] for row in rows
@@ -269,6 +322,17 @@ def markdown(table: dict[str, dict[str, dict[str, float]]]) -> str:
             cells.append("–" if cell is None else f"{cell['mean']:.3f} ± {cell['std']:.3f}")
         combination, peak = rule.split(" | ")
         lines.append(f"| {combination} | {peak} | " + " | ".join(cells) + " |")
+    pro_splits = [s for s in splits if any("aupro_mean" in c for c in table[s].values())]
+    if pro_splits:
+        lines += ["", "AU-PRO@0.3 of each combination's map (`--aupro`): mean ± std over the models found.", "",
+                  "| combination | map | " + " | ".join(pro_splits) + " |", "|---|---|" + "---|" * len(pro_splits)]
+        for rule in rules:
+            cells = [table[s].get(rule, {}) for s in pro_splits]
+            if not any("aupro_mean" in c for c in cells):
+                continue
+            combination, peak = rule.split(" | ")
+            lines.append(f"| {combination} | {peak.replace('map max s', 'sigma ')} | " + " | ".join(
+                f"{c['aupro_mean']:.3f} ± {c['aupro_std']:.3f}" if "aupro_mean" in c else "–" for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,6 +346,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", type=Path, required=True, help="folders searched for model.pt")
     parser.add_argument("--extra-test", nargs="*", default=[], help="NAME=CACHE_DIR: more test splits")
+    parser.add_argument("--aupro", action="store_true", help="also AU-PRO@0.3 of every map rule on the test splits")
     parser.add_argument("--name", default="synthetic")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -297,14 +362,14 @@ def main() -> None:
     results = []
     for i, path in enumerate(paths, 1):
         start = time.perf_counter()
-        results.append(score_model(path, extra))
+        results.append(score_model(path, extra, args.aupro))
         print(f"[{i}/{len(paths)}] {path} ({time.perf_counter() - start:.0f} s)", flush=True)
     table = summarise(results)
     for result in results:  # published without this machine's paths
         result["model"] = published_model(Path(result["model"]), args.models)
     command = bench_command("scoring_rules", "--models", *(f"MODELS{i}" for i in range(len(args.models))),
                             *(["--extra-test", *(f"{name}=CACHE_DIR" for name in extra)] if extra else []),
-                            "--name", args.name, "--out", "OUT")
+                            *(["--aupro"] if args.aupro else []), "--name", args.name, "--out", "OUT")
     write_results(args.out / f"scoring_rules_{args.name}.json", {"command": command, "table": table, "models": results})
     text = markdown(table)
     (args.out / f"scoring_rules_{args.name}.md").write_text(text)
