@@ -3,7 +3,8 @@
     python -m bench.speed [--configs default reference size-320 size-384] [--train-samples N]
                           [--out bench/results] [--no-peer] [--bank-samples 40 230 1000]
 
-For each configuration (``default``: params.yaml, timed on a 392-sample epoch;
+For each configuration (``default``: params.yaml, timed on a 392-sample epoch; ``compiled``:
+the same with ``predict.compile_backbone``, its first call holding the compile;
 ``reference``: the reference code's widths, embedding and discriminator 1536, timed
 on a 40-sample epoch as the reference was; ``size-320`` and ``size-384``: the defaults
 at larger inputs) on the CPU, and on CUDA where present:
@@ -43,12 +44,14 @@ from bench.results import write_results
 
 CONFIGS = {
     "default": [],
+    # the backbone through torch.compile (predict.compile_backbone: folder predict, serving)
+    "compiled": ["predict.compile_backbone=true"],
     "reference": ["model.embed_dim=1536", "model.dsc_hidden=1536"],
     # larger inputs, for the resolution trade (docs/benchmarks.md, "Real scans")
     "size-320": ["data.image_size=320"],
     "size-384": ["data.image_size=384"],
 }
-EPOCH_SAMPLES = {"default": 392, "reference": 40, "size-320": 392, "size-384": 392}
+EPOCH_SAMPLES = {"default": 392, "compiled": 392, "reference": 40, "size-320": 392, "size-384": 392}
 
 
 def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
@@ -159,6 +162,7 @@ def measure(name: str, overrides: list[str], device_name: str, train_samples: in
     sync(device)
     epoch_s = time.perf_counter() - start
     network = trainer.network.eval()
+    network.backbone.compile_cpu = params.predict.compile_backbone and device.type == "cpu"
     result = {"config": name, "overrides": overrides, "device": device_name, "image_size": size,
               "object_coverage": coverage,
               "embed_dim": params.model.embed_dim, "dsc_hidden": params.model.dsc_hidden,
@@ -169,6 +173,12 @@ def measure(name: str, overrides: list[str], device_name: str, train_samples: in
                   # the bank is built once per run: its share of each of train.epochs epochs
                   seconds_per_epoch_with_bank=epoch_s + trainer.memory_info["memory_seconds"]
                   / max(params.train.epochs, 1))
+    rgb, depth = fake_inputs(8, size, device, coverage)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        network(rgb, depth)  # a compiled backbone compiles here (pieces of model.backbone_cpu_batch)
+        sync(device)
+        result["first_call_seconds_b8"] = time.perf_counter() - start
     for batch in (1, 8):
         rgb, depth = fake_inputs(batch, size, device, coverage)
         rates = inference_windows(network, rgb, depth, device)

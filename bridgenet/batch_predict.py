@@ -103,6 +103,7 @@ def predict_folder(
     workers: int = 0,
     batch_size: int = 8,
     threads: int = 0,
+    compile_backbone: bool = False,
 ) -> tuple[Path, int]:
     """Score every (rgb, xyz) pair with one loaded model; ``out_dir/predictions.csv`` holds a row each
     (and ``heatmaps/`` and ``masks/`` a picture each, in the layout of the input folders). A sample
@@ -111,13 +112,15 @@ def predict_folder(
     (:mod:`bridgenet.monitor.log`) gets a record per sample, in one transaction. ``workers``:
     processes reading and preparing samples and drawing pictures (0:
     :func:`bridgenet.predict.default_workers`); ``batch_size``: samples per network call;
-    ``threads``: torch's (:func:`bridgenet.predict.predict_threads`, as for one sample).
+    ``threads``: torch's (:func:`bridgenet.predict.predict_threads`, as for one sample);
+    ``compile_backbone``: ``torch.compile`` the backbone on the CPU (``predict.compile_backbone``).
     """
     import pandas as pd
     from tqdm import tqdm
 
     from bridgenet.monitor.records import load_with_origin, write_records
     from bridgenet.pictures import write_pictures
+    from bridgenet.predict import compile_backbone as compile_network_backbone
     from bridgenet.predict import (
         default_workers,
         empty_foreground_policy,
@@ -137,6 +140,7 @@ def predict_folder(
     # the bank reads only the scored patches (faiss), about twice the graph's speed here, and the
     # second of importing timm is paid once per folder. Scores agree with the graph's to ~1e-6.
     model, origin = load_with_origin(model_ref, tracking_uri, graph=False)
+    compile_network_backbone(model, compile_backbone)
     policy = empty_foreground_policy(model, on_empty_foreground)
     root = Path(*_common_parts([rgb for rgb, _ in pairs]))
     pairs = [(Path(r).resolve(), Path(x).resolve()) for r, x in pairs]

@@ -169,7 +169,8 @@ def predict(params: Params, model_ref: str, rgb_path: Path | None, xyz_path: Pat
     csv_path, errors = predict_folder(model_ref, pairs, out_dir, params.tracking.uri,
                                       params.predict.on_empty_foreground, heatmaps=not no_heatmaps, log=log,
                                       workers=params.predict.workers, batch_size=params.predict.batch_size,
-                                      threads=params.predict.threads)
+                                      threads=params.predict.threads,
+                                      compile_backbone=params.predict.compile_backbone)
     click.echo(json.dumps({"predictions": str(csv_path), "samples": len(pairs), "errors": errors}))
     if errors:
         raise SystemExit(1)

@@ -102,6 +102,19 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def compile_backbone(model: TrainedModel, on: bool) -> None:
+    """``predict.compile_backbone`` on a loaded model: its backbone runs through ``torch.compile``
+    on the CPU (:class:`bridgenet.model.backbone.CompiledOrEager`). A TorchScript export has no
+    backbone module to compile: it runs as it is, with a warning when compiling was asked for."""
+    backbone = getattr(model.network, "backbone", None)
+    if backbone is None or not hasattr(backbone, "compile_cpu"):
+        if on:
+            LOGGER.warning("predict.compile_backbone: %s is an exported graph; it runs without torch.compile",
+                           model.category)
+        return
+    backbone.compile_cpu = on
+
+
 def predict_threads(threads: int = 0) -> int:
     """Torch threads of ``bridgenet predict``, one sample or many: ``threads``, or (0) every core.
     One rule for both, whatever ``predict.workers`` says: a reduction split over another number of

@@ -290,3 +290,31 @@ def test_folder_predict_scores_as_one_sample_predict_from_a_file_with_its_graph(
     singles = [predict_files(path, rgb, xyz) for rgb, xyz in pairs]
     np.testing.assert_allclose(table["score"], [s["score"] for s in singles], rtol=1e-5, atol=1e-6)
     assert list(table["anomalous"]) == [s["anomalous"] for s in singles]
+
+
+def test_a_compiled_backbone_scores_a_folder_as_the_plain_one(tiny_root, model_file, tmp_path):
+    """predict.compile_backbone: the same rows; the model file keeps no trace of it."""
+    pairs = find_pairs(tiny_root / "synth" / "bagel" / "test")
+    tables = []
+    for compiled in (False, True):
+        csv_path, errors = predict_folder(model_file, pairs, tmp_path / f"c{compiled}", heatmaps=False,
+                                          progress=False, batch_size=4, compile_backbone=compiled)
+        assert errors == 0
+        tables.append(pd.read_csv(csv_path, float_precision="round_trip"))
+    assert list(tables[1]["rgb"]) == list(tables[0]["rgb"])
+    np.testing.assert_allclose(tables[1]["score"], tables[0]["score"], rtol=1e-5)
+    assert list(tables[1]["anomalous"]) == list(tables[0]["anomalous"])
+
+
+def test_compile_backbone_leaves_an_exported_graph_as_it_is_with_a_warning(caplog):
+    from types import SimpleNamespace
+
+    from bridgenet.predict import compile_backbone
+
+    graph = SimpleNamespace(network=object(), category="bagel")  # a TorchScript export: no backbone module
+    with caplog.at_level("WARNING"):
+        compile_backbone(graph, True)
+    assert "bagel is an exported graph" in caplog.text
+    caplog.clear()
+    compile_backbone(graph, False)
+    assert caplog.text == ""

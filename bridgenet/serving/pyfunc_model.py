@@ -174,12 +174,14 @@ class BridgeNetPyfunc(PythonModel):
         from bridgenet import paths
         from bridgenet.model.io import load_model
         from bridgenet.monitor.records import ModelOrigin, file_digest
+        from bridgenet.predict import compile_backbone
 
         self.model = load_model(Path(context.artifacts["model"]))
         # the registered name and version are not known to the served files: the digest says which
         self.origin = ModelOrigin(None, None, file_digest(context.artifacts["model"]))
         self.log = paths.prediction_log(self.model.params)
         threads = self.model.params.predict.serve_threads
+        compile_backbone(self.model, self.model.params.predict.compile_backbone)  # a server runs long: it pays
         if threads:  # one process per worker: its own cap (predict.serve_threads)
             torch.set_num_threads(threads)
 

@@ -159,3 +159,39 @@ def test_hub_offline_is_a_clear_error(monkeypatch, tmp_path):
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="not a timm model"):
         Backbone("no_such_net", "none", (2, 3))
+
+
+def test_the_compiled_backbone_gives_the_folded_features():
+    """predict.compile_backbone: torch.compile of the folded copy, same features (one compile, ~20 s)."""
+    backbone = Backbone("tf_efficientnet_lite0", "package", (2, 3))
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        eager = [f.clone() for f in backbone(x)]
+        backbone.compile_cpu = True
+        compiled = backbone(x)
+    assert not backbone.compiled().failed
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_failed_compile_falls_back_to_the_folded_network_once(monkeypatch, caplog):
+    calls = []
+
+    def broken_compile(module, **_):
+        def run(x):
+            calls.append(1)
+            raise RuntimeError("no C++ compiler found\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    backbone = Backbone("tf_efficientnet_lite0", "none", (2, 3), announce_random=False)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        eager = backbone(x)[0].clone()
+        backbone.compile_cpu = True
+        with caplog.at_level("WARNING"):
+            first, second = backbone(x)[0], backbone(x)[0]
+    torch.testing.assert_close(first, eager)
+    torch.testing.assert_close(second, eager)
+    assert calls == [1]  # not tried again on every batch
+    assert "torch.compile failed (RuntimeError: no C++ compiler found)" in caplog.text
