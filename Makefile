@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := libusb-1.0-0 git
+DEBIAN_PACKAGES := libusb-1.0-0 git g++ python3-dev
 
 .PHONY: setup run test test-fast lint system-deps screenshots-deps clean
 
 setup: system-deps $(STAMP)
 
-# open3d needs libusb at import time; dvc needs git.
+# open3d needs libusb at import time; dvc needs git; torch.compile (predict.compile_backbone,
+# and its tests) builds C++ kernels with g++ against Python's headers.
 system-deps:
 	@missing=""; \
 	for pkg in $(DEBIAN_PACKAGES); do \
