@@ -318,3 +318,21 @@ def test_compile_backbone_leaves_an_exported_graph_as_it_is_with_a_warning(caplo
     caplog.clear()
     compile_backbone(graph, False)
     assert caplog.text == ""
+
+
+def test_the_served_model_compiles_its_backbone_only_when_its_params_say_so(trained_bagel, tmp_path):
+    from types import SimpleNamespace
+
+    from bridgenet.config import apply_overrides, params_from_dict
+    from bridgenet.model.io import save_model
+    from bridgenet.serving.pyfunc_model import BridgeNetPyfunc
+
+    _, _, model = trained_bagel
+    for on in (False, True):
+        served = model.with_meta(params=params_from_dict(apply_overrides(
+            model.params.to_dict(), [f"predict.compile_backbone={str(on).lower()}", "monitor.log="])))
+        path = tmp_path / f"model-{on}.pt"
+        save_model(served, path)
+        wrapper = BridgeNetPyfunc()
+        wrapper.load_context(SimpleNamespace(artifacts={"model": str(path)}))
+        assert wrapper.model.network.backbone.compile_cpu is on
