@@ -149,9 +149,14 @@ class CompiledOrEager:
         self.module = module
         self.compiled = torch.compile(module, dynamic=False)
         self.failed = False
+        self.shapes: set[tuple[int, ...]] = set()
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         if not self.failed:
+            if tuple(x.shape) not in self.shapes:  # the wait is long enough to be told about
+                self.shapes.add(tuple(x.shape))
+                LOGGER.info("predict.compile_backbone: compiling the backbone for inputs %s (about 30 s, once)",
+                            "x".join(map(str, x.shape)))
             try:
                 return self.compiled(x)
             except Exception as exc:  # noqa: BLE001  (inductor raises many types: compiler missing, lowering)

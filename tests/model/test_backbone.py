@@ -161,15 +161,19 @@ def test_unknown_backbone_is_a_clear_error():
         Backbone("no_such_net", "none", (2, 3))
 
 
-def test_the_compiled_backbone_gives_the_folded_features():
-    """predict.compile_backbone: torch.compile of the folded copy, same features (one compile, ~20 s)."""
+def test_the_compiled_backbone_gives_the_folded_features(caplog):
+    """predict.compile_backbone: torch.compile of the folded copy, same features (one compile, ~20 s),
+    and the wait announced once per input shape."""
     backbone = Backbone("tf_efficientnet_lite0", "package", (2, 3))
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         eager = [f.clone() for f in backbone(x)]
         backbone.compile_cpu = True
-        compiled = backbone(x)
+        with caplog.at_level("INFO", logger="bridgenet.model.backbone"):
+            compiled = backbone(x)
+            backbone(x)
     assert not backbone.compiled().failed
+    assert caplog.text.count("compiling the backbone for inputs 2x3x64x64") == 1
     for got, want in zip(compiled, eager):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
