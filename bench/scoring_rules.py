@@ -209,15 +209,15 @@ def map_aupros(z: dict[str, torch.Tensor], split, ivw: dict[str, float]) -> dict
     from bridgenet.metrics import GOOD, aupro
     from bridgenet.model.depth_image import gaussian_blur
 
-    known = torch.from_numpy(split.known_masks())
-    gt = np.stack([m for m, k in zip(split.gt, known.tolist()) if k]).astype(bool)
-    defects = [d for d, k in zip(split.defects, known.tolist()) if k]
-    boxes = np.asarray(split.crop_boxes)[known.numpy()]
+    known = np.asarray(split.known_masks(), bool)
+    gt = np.stack([m for m, k in zip(split.gt, known) if k]).astype(bool)
+    defects = [d for d, k in zip(split.defects, known) if k]
+    boxes = np.asarray(split.crop_boxes)[known]
     frame = tuple(int(v) for v in split.original_sizes[0])
     size = split.rgb.shape[1]
     out: dict[str, dict[str, Any]] = {}
     for cname, combine in combines(ivw).items():
-        grid = combine(z)[known].float()
+        grid = combine(z)[torch.from_numpy(known)].float()
         up = F.interpolate(grid.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
         for sigma in AUPRO_SIGMAS:
             frames = paste_maps(gaussian_blur(up, sigma), boxes, frame).numpy()

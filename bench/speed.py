@@ -162,7 +162,7 @@ def measure(name: str, overrides: list[str], device_name: str, train_samples: in
     sync(device)
     epoch_s = time.perf_counter() - start
     network = trainer.network.eval()
-    network.backbone.compile_cpu = params.predict.compile_backbone and device.type == "cpu"
+    network.backbone.compile_cpu = params.predict.compile_backbone  # the backbone compiles on the CPU only
     result = {"config": name, "overrides": overrides, "device": device_name, "image_size": size,
               "object_coverage": coverage,
               "embed_dim": params.model.embed_dim, "dsc_hidden": params.model.dsc_hidden,
@@ -187,12 +187,12 @@ def measure(name: str, overrides: list[str], device_name: str, train_samples: in
     for scorer in SCORERS:  # every scorer at batch 8, the default one included
         result[f"infer_samples_per_s_b8_{scorer}"] = inference_rate(network, rgb, depth, device, scorer)
     if device.type == "cpu":  # the backbone's piece size suits one machine's caches, not every one
-        chosen, rates = network.backbone.cpu_batch, {}
+        chosen, by_pieces = network.backbone.cpu_batch, {}
         for pieces in CPU_BATCHES:
             network.backbone.cpu_batch = pieces
-            rates[str(pieces)] = inference_rate(network, rgb, depth, device)
+            by_pieces[str(pieces)] = inference_rate(network, rgb, depth, device)
         network.backbone.cpu_batch = chosen
-        result["infer_samples_per_s_b8_by_cpu_batch"] = rates
+        result["infer_samples_per_s_b8_by_cpu_batch"] = by_pieces
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         network(rgb[:1], depth[:1])
     result["gflops_per_sample"] = counter.get_total_flops() / 1e9
