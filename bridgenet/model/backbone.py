@@ -197,6 +197,24 @@ def fold_batch_norms(net: nn.Module) -> int:
     return folded
 
 
+def drop_unused_blocks(net: nn.Module) -> int:
+    """Drop, in place, the blocks after the last returned level; the count dropped.
+
+    timm's EfficientNet and MobileNet feature extractors (``features_only``) run every block
+    and keep the outputs named by ``out_indices``: with the default layers (stride 8 and 16)
+    the two stride-32 stages of EfficientNet-Lite0 run for nothing, a fifth of the
+    backbone's time on the CPU. Other extractors (timm's ``FeatureListNet``, the ResNets)
+    already stop at their last level and are left alone.
+    """
+    out_idx = getattr(net, "_stage_out_idx", None)
+    blocks = getattr(net, "blocks", None)
+    if not out_idx or getattr(net, "feature_hooks", None) is not None or not isinstance(blocks, nn.Sequential):
+        return 0
+    needed = max(out_idx)  # block i's output is level out_idx[i + 1]; 0 is the stem
+    net.blocks = blocks[:needed]
+    return len(blocks) - needed
+
+
 class Backbone(nn.Module):
     """Frozen feature extractor returning the configured layers.
 
@@ -211,8 +229,9 @@ class Backbone(nn.Module):
 
     The network is frozen, so its batch norms are constants: ``forward`` runs a copy with
     each one folded into the convolution before it (:func:`fold_batch_norms`, a quarter
-    faster on the CPU). The copy is made on first use and again after the weights load or
-    the module moves; ``self.net`` and the state dict keep the original layers, so model
+    faster on the CPU) and without the blocks after the last returned level
+    (:func:`drop_unused_blocks`, a fifth faster again). The copy is made on first use and
+    again after the weights load or the module moves; ``self.net`` and the state dict keep the original layers, so model
     files do not change. Exports trace ``self.net`` itself (``fold = False``).
 
     With ``compile_cpu`` (folder predict and the served model set it from
@@ -262,6 +281,7 @@ class Backbone(nn.Module):
         """The network with its batch norms folded (built on first use, see the class docstring)."""
         if self._folded is None:
             net = copy.deepcopy(self.net)
+            drop_unused_blocks(net)
             fold_batch_norms(net)
             object.__setattr__(self, "_folded", net)
         return self._folded

@@ -12,6 +12,7 @@ from skimage import data as skdata
 from bridgenet.model.backbone import (
     Backbone,
     WeightsUnavailableError,
+    drop_unused_blocks,
     fold_batch_norms,
     pretrained_state_dict,
 )
@@ -88,6 +89,27 @@ def test_folded_batch_norms_give_the_same_features_and_leave_the_weights_alone()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.folded().modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.net.modules())
     assert set(backbone.state_dict()) == keys  # model files keep the original layers
+
+
+def test_the_folded_copy_skips_the_blocks_after_the_last_level_and_keeps_the_features():
+    backbone = Backbone("tf_efficientnet_lite0", "none", (2, 3), announce_random=False)
+    assert len(backbone.net.blocks) == 7
+    assert len(backbone.folded().blocks) == 5  # the two stride-32 stages are never read
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        got = backbone(x)
+    assert [f.shape[1] for f in got] == backbone.channels
+    for a, b in zip(got, _original_outputs(backbone, x)):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    deepest = Backbone("tf_efficientnet_lite0", "none", (2, 4), announce_random=False)
+    assert len(deepest.folded().blocks) == 7  # stride 32 is asked for: nothing to drop
+
+
+def test_drop_unused_blocks_leaves_extractors_that_stop_by_themselves():
+    net = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(1, 2))
+    assert drop_unused_blocks(net) == 0
+    lite = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(1,))
+    assert drop_unused_blocks(lite) == 5 and len(lite.blocks) == 2
 
 
 def test_the_folded_copy_follows_new_weights():
