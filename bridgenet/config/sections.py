@@ -204,7 +204,7 @@ class PredictConfig(Section):
     threads: int = Field(0, ge=0, le=256)
     batch_size: int = Field(8, ge=1, le=256)  # folder/list predict: samples per network call
     # folder/list predict and the served model, on the CPU: torch.compile the backbone. Same
-    # scores, about a third more samples per second once compiled, after ~30 s of compiling
+    # scores, about a tenth more samples per second once compiled, after ~30 s of compiling
     # per process and input shape: for a server or a large folder, not for a handful of parts
     compile_backbone: bool = False
 

@@ -236,7 +236,7 @@ class Backbone(nn.Module):
 
     With ``compile_cpu`` (folder predict and the served model set it from
     ``predict.compile_backbone``) the folded copy runs through ``torch.compile`` on the CPU
-    (:class:`CompiledOrEager`): the same scores, about a third more samples per second once
+    (:class:`CompiledOrEager`): the same scores, about a tenth more samples per second once
     compiled (``bench/speed.py``, config ``compiled``), after about 30 s of compiling per
     input shape and process.
     """
