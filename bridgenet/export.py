@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bridgenet.model.backbone import drop_unused_blocks
 from bridgenet.model.contract import TrainedModel
 from bridgenet.model.network import BridgeNet
 from bridgenet.model.scripted import EXTRA_FILE, describe
@@ -119,10 +120,14 @@ def _traceable(model: TrainedModel) -> Iterator[tuple[ExportedScorer, tuple[torc
     backbone = wrapper.network.backbone
     pieces, backbone.cpu_batch = backbone.cpu_batch, 0
     folding, backbone.fold = backbone.fold, False  # the graph holds the original layers
+    blocks = getattr(backbone.net, "blocks", None)
+    dropped = drop_unused_blocks(backbone.net)  # but not those after the last level read (restored below)
     try:
         yield wrapper, inputs
     finally:
         backbone.cpu_batch, backbone.fold = pieces, folding
+        if dropped:
+            backbone.net.blocks = blocks
 
 
 def _export_onnx(wrapper: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, meta: dict[str, str]) -> None:

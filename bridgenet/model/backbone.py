@@ -232,7 +232,8 @@ class Backbone(nn.Module):
     faster on the CPU) and without the blocks after the last returned level
     (:func:`drop_unused_blocks`, a fifth faster again). The copy is made on first use and
     again after the weights load or the module moves; ``self.net`` and the state dict keep the original layers, so model
-    files do not change. Exports trace ``self.net`` itself (``fold = False``).
+    files do not change. Exports trace ``self.net`` itself (``fold = False``), its unused
+    blocks taken out for the trace.
 
     With ``compile_cpu`` (folder predict and the served model set it from
     ``predict.compile_backbone``) the folded copy runs through ``torch.compile`` on the CPU
