@@ -43,7 +43,8 @@ LOGGER = logging.getLogger(__name__)
 RESULTS_FILE = "drift-cpu.json"
 VARIANT_KEYS = ("status", "crossed", "psi", "psi_bins", "ks_statistic", "ks_pvalue", "flag_rate",
                 "flag_rate_limit", "flag_rate_ratio", "no_object_rate", "score_median", "reference_median",
-                "n_ok", "n_no_object", "n_error", "n_reference")
+                "n_ok", "n_no_object", "n_error", "n_reference", "brightness_median", "reference_brightness_median",
+                "brightness_shift", "brightness_ks_pvalue")
 
 
 def darken(rgb: np.ndarray, amount: float) -> np.ndarray:
@@ -166,16 +167,17 @@ def table(runs: list[dict[str, Any]]) -> str:
     def num(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
-    header = (f"{'seed':>4} {'darker':>6} {'status':>6} {'crossed':>23} {'PSI':>6} {'KS p':>8} {'flagged':>7} "
-              f"{'ratio':>5} {'no_obj':>6} {'mean':>6} {'median':>6} {'n':>4}")
+    header = (f"{'seed':>4} {'darker':>6} {'status':>6} {'crossed':>34} {'PSI':>6} {'KS p':>8} {'flagged':>7} "
+              f"{'ratio':>5} {'no_obj':>6} {'mean':>6} {'median':>6} {'light':>6} {'n':>4}")
     lines = [header]
     for run in runs:
         for v in run["variants"]:
             lines.append(
-                f"{run['synth_seed']:>4} {v['darken']:>6.0%} {v['status']:>6} {','.join(v['crossed']) or '-':>23} "
+                f"{run['synth_seed']:>4} {v['darken']:>6.0%} {v['status']:>6} {','.join(v['crossed']) or '-':>34} "
                 f"{num(v['psi'], '.3f'):>6} {num(v['ks_pvalue'], '.2g'):>8} {num(v['flag_rate'], '.2f'):>7} "
                 f"{num(v['flag_rate_ratio'], '.1f'):>5} {num(v['no_object_rate'], '.2f'):>6} "
-                f"{num(v['score_mean'], '.3f'):>6} {num(v['score_median'], '.3f'):>6} {v['n_ok']:>4}")
+                f"{num(v['score_mean'], '.3f'):>6} {num(v['score_median'], '.3f'):>6} "
+                f"{num(v.get('brightness_shift'), '+.1%'):>6} {v['n_ok']:>4}")
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ class Prediction:
     anomaly_map: np.ndarray
     status: str = "ok"
     mask: np.ndarray | None = None  # anomaly_map > the model's pixel threshold (None: model without one)
+    brightness: float | None = None  # the part's, as the network saw it (the drift monitor's; None: no object)
 
 
 def resolve_model(ref: str | Path, tracking_uri: str | None = None, graph: bool = False) -> TrainedModel:
@@ -69,7 +70,7 @@ def log_record(model: TrainedModel, origin: ModelOrigin, digests: tuple[str | No
 
     if isinstance(outcome, Prediction):
         return prediction_record(model.category, model.threshold, origin, digests, source, outcome.status,
-                                 outcome.score, bool(outcome.anomalous))
+                                 outcome.score, bool(outcome.anomalous), brightness=outcome.brightness)
     status = "no_object" if isinstance(outcome, NoObjectError) else "error"
     return prediction_record(model.category, model.threshold, origin, digests, source, status, message=str(outcome))
 
@@ -201,6 +202,7 @@ def predict_prepared(model: TrainedModel, samples: list[PreparedSample], policy:
     refused (its :class:`NoObjectError`) by ``policy``, the others keep their order."""
     from bridgenet import inference
     from bridgenet.data.batch import Batch
+    from bridgenet.monitor.drift import part_brightness
 
     outcomes: list[Prediction | NoObjectError | None] = [None] * len(samples)
     by_frame: dict[tuple[int, int], list[int]] = {}
@@ -216,10 +218,11 @@ def predict_prepared(model: TrainedModel, samples: list[PreparedSample], policy:
                                   np.stack([s.foreground for s in chosen]))
         scored = inference.score(model.network, batch, device, len(chosen),
                                  boxes=np.array([s.box for s in chosen]), frame=frame)
-        for i, score, anomaly_map in zip(indices, scored.scores, scored.frames):
+        lights = part_brightness(np.stack([s.rgb for s in chosen]), np.stack([s.foreground for s in chosen]))
+        for i, score, anomaly_map, light in zip(indices, scored.scores, scored.frames, lights):
             score = float(score)
             outcomes[i] = Prediction(score, score > model.threshold, model.threshold, anomaly_map, "ok",
-                                     predicted_mask(model, anomaly_map))
+                                     predicted_mask(model, anomaly_map), float(light))
     return outcomes  # type: ignore[return-value]  # every slot filled above
 
 

@@ -194,6 +194,8 @@ def test_folder_predict_logs_one_record_per_sample_in_one_go(tiny_root, model_fi
     bad = records[~ok.to_numpy()]
     assert list(bad["status"]) == ["error"] and bad["verdict"].isna().all() and bad["score"].isna().all()
     assert broken.name in bad["message"].iloc[0]
+    light = records.loc[ok.to_numpy(), "brightness"]
+    assert light.between(0.05, 0.95).all() and light.nunique() > 1 and bad["brightness"].isna().all()
 
 
 def test_cli_logs_to_monitor_log_unless_told_not_to(tiny_root, model_file, tmp_path):
@@ -217,6 +219,16 @@ def test_cli_logs_to_monitor_log_unless_told_not_to(tiny_root, model_file, tmp_p
     assert (row["status"], row["score"], row["verdict"]) == ("ok", answer["score"],
                                                            "defect" if answer["anomalous"] else "good")
     assert (row["rgb_digest"], row["xyz_digest"]) == (sha256(rgb), sha256(xyz))
+    # the part's brightness as the network saw it: what the drift monitor compares with validation goods
+    from bridgenet.data.samples import read_rgb, read_xyz
+    from bridgenet.model.io import load_model
+    from bridgenet.monitor.drift import part_brightness
+    from bridgenet.predict import minimum_side, prepare_sample
+
+    model = load_model(model_file)
+    prepared = prepare_sample(read_rgb(rgb), read_xyz(xyz), model.params.data, minimum_side(model))
+    expected = part_brightness(prepared.rgb[None], prepared.foreground[None])[0]
+    assert 0.05 < row["brightness"] < 0.95 and row["brightness"] == pytest.approx(expected, abs=1e-9)
     predict("--set", f"monitor.log={log}", "--no-log")
     predict("--set", "monitor.log=''")
     assert len(read(log)) == 1
@@ -268,6 +280,7 @@ def test_the_served_model_logs_each_sample_with_its_files_digests(trained_bagel,
     assert list(records["xyz_digest"]) == [sha256(p) for p in xyzs]
     assert np.allclose(records["score"], out["score"]) and set(records["source"]) == {"serve"}
     assert set(records["model_digest"]) == {sha256(path)}
+    assert records["brightness"].between(0.05, 0.95).all()  # served records feed the brightness check too
     with pytest.raises(Exception, match="rgb: expected shape"):
         wrapper.predict(None, {"rgb": np.zeros((2, 3)), "xyz": np.zeros((2, 3))})
     refused = read(log).iloc[-1]

@@ -296,6 +296,9 @@ class MonitorConfig(Section):
     psi_min_per_bin: int = Field(10, ge=1)  # ... at least this many reference scores per bin
     ks_pvalue: float = Field(0.01, gt=0, lt=1)  # two-sample KS test: drift below this p-value
     max_no_object_rate: float = Field(0.05, ge=0, le=1)  # share of records with status no_object
+    # the parts' median brightness against the validation goods': drift when it moved by more
+    # than this share (0.08: 8 % darker or lighter)
+    max_brightness_shift: float = Field(0.08, gt=0)
 
     @model_validator(mode="after")
     def _enough_in_a_window(self) -> MonitorConfig:

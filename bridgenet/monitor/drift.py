@@ -1,6 +1,6 @@
 """Drift statistics: a window of production records against the model's validation goods.
 
-Pure functions, arrays in, numbers out (no I/O). Three checks, each against a limit of
+Pure functions, arrays in, numbers out (no I/O). Four checks, each against a limit of
 ``monitor.*`` (:class:`bridgenet.config.MonitorConfig`):
 
 - **flagged rate**: the share of the window's ok records with verdict ``defect``, against
@@ -13,6 +13,11 @@ Pure functions, arrays in, numbers out (no I/O). Three checks, each against a li
   the population stability index (crossed above ``psi_limit``, :func:`psi`).
 - **no_object rate**: the share of the window's records without an object (part missing,
   sensor failure), crossed above ``max_no_object_rate``.
+- **brightness**: the parts' median brightness (:func:`part_brightness`, logged with each ok
+  record) against the validation goods', crossed when it moved by more than
+  ``max_brightness_shift`` of the reference's (lighting, exposure, a dirty lens). It reads the
+  input, not the model: a change the scores barely show (the model is meant to be robust to
+  it) is still seen.
 
 Fewer than ``min_samples`` ok records is "not enough data", never "ok"; only the no_object
 rate may still be judged then (a line where every part is missing is not quiet).
@@ -25,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import ks_2samp
 
 from bridgenet.config import MonitorConfig
 
@@ -36,12 +40,15 @@ PSI_FLOOR = 1e-4  # a bin's share below this counts as this (an empty bin would 
 @dataclass(frozen=True)
 class Window:
     """The records a monitoring pass reads: ok records' ``scores`` (N,) and ``flagged`` (N,) bool,
-    the counts of no_object and error records in the same stretch of the log."""
+    the counts of no_object and error records in the same stretch of the log, and the
+    ``brightness`` (M,) of the ok records that carry one (M <= N; logs written before it was
+    recorded carry none)."""
 
     scores: np.ndarray
     flagged: np.ndarray
     no_object: int = 0
     errors: int = 0
+    brightness: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         scores, flagged = np.asarray(self.scores, dtype=np.float64), np.asarray(self.flagged, dtype=bool)
@@ -49,8 +56,24 @@ class Window:
             raise ValueError(f"Window: scores {scores.shape} and flagged {flagged.shape} must be two (N,) arrays")
         if not np.isfinite(scores).all():
             raise ValueError("Window: scores hold NaN or Inf")
+        brightness = np.asarray(self.brightness, dtype=np.float64)
+        if brightness.ndim != 1 or brightness.size > scores.size or not np.isfinite(brightness).all():
+            raise ValueError(f"Window: brightness {brightness.shape} must be finite, (M,) with M <= {scores.size}")
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "flagged", flagged)
+        object.__setattr__(self, "brightness", brightness)
+
+
+def part_brightness(rgb: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Mean brightness in [0, 1] of each sample's part: network-size rgb uint8 (N, S, S, 3) and
+    foreground bool (N, S, S) -> (N,); a sample without foreground is averaged over its whole input."""
+    rgb, foreground = np.asarray(rgb), np.asarray(foreground, dtype=bool)
+    if rgb.ndim != 4 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8 or foreground.shape != rgb.shape[:3]:
+        raise ValueError(f"part_brightness: rgb uint8 (N, S, S, 3) and foreground (N, S, S) expected, "
+                         f"got {rgb.dtype} {rgb.shape} and {foreground.shape}")
+    grey = rgb.mean(axis=-1, dtype=np.float64) / 255.0
+    weights = np.where(foreground.any(axis=(1, 2), keepdims=True), foreground, True)
+    return (grey * weights).sum(axis=(1, 2)) / weights.sum(axis=(1, 2))
 
 
 @dataclass(frozen=True)
@@ -102,10 +125,24 @@ def flag_rate_ratio(flag_rate: float, expected: float) -> float:
     return math.inf if flag_rate > 0 else 0.0
 
 
-def assess(window: Window, reference: np.ndarray, threshold_quantile: float, cfg: MonitorConfig) -> Assessment:
+def brightness_shift(observed: np.ndarray, reference: np.ndarray) -> float:
+    """Relative change of the median brightness: ``median(observed) / median(reference) - 1``
+    (-0.15: the parts look 15 % darker than the validation goods)."""
+    base = float(np.median(reference))
+    if base <= 0:
+        return math.inf if float(np.median(observed)) > 0 else 0.0
+    return float(np.median(observed)) / base - 1.0
+
+
+def assess(window: Window, reference: np.ndarray, threshold_quantile: float, cfg: MonitorConfig,
+           reference_brightness: np.ndarray | None = None) -> Assessment:
     """Judge ``window`` against ``reference`` (the model's validation goods' scores, (R,)) and the limits
-    of ``cfg``; ``threshold_quantile`` is the model's own (its promise on good parts is ``1 - it``)."""
+    of ``cfg``; ``threshold_quantile`` is the model's own (its promise on good parts is ``1 - it``).
+    ``reference_brightness``: the validation goods' :func:`part_brightness` (None: not judged)."""
+    from scipy.stats import ks_2samp  # here: predict imports this module for part_brightness alone
+
     reference = np.asarray(reference, dtype=np.float64)
+    ref_light = np.zeros(0) if reference_brightness is None else np.asarray(reference_brightness, np.float64)
     n_ok = int(window.scores.size)
     n_records = n_ok + window.no_object
     expected = 1.0 - threshold_quantile
@@ -117,6 +154,9 @@ def assess(window: Window, reference: np.ndarray, threshold_quantile: float, cfg
         "flag_rate": None, "flag_rate_ratio": None, "psi": None, "psi_bins": None,
         "ks_statistic": None, "ks_pvalue": None, "score_median": None,
         "reference_median": float(np.median(reference)) if reference.size else None,
+        "n_brightness": int(window.brightness.size), "brightness_median": None, "brightness_shift": None,
+        "brightness_ks_pvalue": None,
+        "reference_brightness_median": float(np.median(ref_light)) if ref_light.size else None,
     }
     crossed: list[str] = []
     if n_records >= cfg.min_samples and numbers["no_object_rate"] > cfg.max_no_object_rate:
@@ -129,6 +169,10 @@ def assess(window: Window, reference: np.ndarray, threshold_quantile: float, cfg
                        psi=psi(reference, window.scores, edges), psi_bins=int(edges.size + 1),
                        ks_statistic=float(ks.statistic), ks_pvalue=float(ks.pvalue),
                        score_median=float(np.median(window.scores)))
+    if window.brightness.size and ref_light.size:
+        numbers.update(brightness_median=float(np.median(window.brightness)),
+                       brightness_shift=brightness_shift(window.brightness, ref_light),
+                       brightness_ks_pvalue=float(ks_2samp(window.brightness, ref_light).pvalue))
     if n_ok >= cfg.min_samples:
         if numbers["flag_rate"] > numbers["flag_rate_limit"]:
             crossed.append("flag_rate")
@@ -136,6 +180,9 @@ def assess(window: Window, reference: np.ndarray, threshold_quantile: float, cfg
             crossed.append("psi")
         if numbers["ks_pvalue"] < cfg.ks_pvalue:
             crossed.append("ks_pvalue")
+    if (window.brightness.size >= cfg.min_samples and numbers["brightness_shift"] is not None
+            and abs(numbers["brightness_shift"]) > cfg.max_brightness_shift):
+        crossed.append("brightness")
     if crossed:
         status = DRIFT
     else:
@@ -146,5 +193,5 @@ def assess(window: Window, reference: np.ndarray, threshold_quantile: float, cfg
 def limits(cfg: MonitorConfig) -> dict[str, float | int]:
     """The limits a pass judges by, as logged with it."""
     keys = ("window", "window_hours", "min_samples", "max_flag_rate_ratio", "psi_limit", "psi_bins",
-            "psi_min_per_bin", "ks_pvalue", "max_no_object_rate")
+            "psi_min_per_bin", "ks_pvalue", "max_no_object_rate", "max_brightness_shift")
     return {key: getattr(cfg, key) for key in keys}

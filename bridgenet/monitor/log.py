@@ -21,7 +21,12 @@ status          text   ``ok``, ``no_object`` (no object found: flagged, or refus
 message         text   the refusal's message, else NULL
 threshold       real   the model's image threshold
 source          text   ``predict`` (the CLI) or ``serve`` (the REST model)
+brightness      real   the part's mean brightness in [0, 1] as the network saw it (ok records;
+                       :func:`bridgenet.monitor.drift.part_brightness`), else NULL
 ==============  =====  =========================================================
+
+A log written before ``brightness`` existed (schema 1) gains the column, empty for its old
+records, when a writer opens it; :func:`read` reads either.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 TABLE = "predictions"
-SCHEMA_VERSION = 1  # PRAGMA user_version of a log this module wrote
+SCHEMA_VERSION = 2  # PRAGMA user_version of a log this module wrote (2: brightness added)
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another's transaction before giving up
 STATUSES = ("ok", "no_object", "error")
 VERDICTS = ("defect", "good")
@@ -61,7 +66,8 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     status TEXT NOT NULL,
     message TEXT,
     threshold REAL,
-    source TEXT NOT NULL
+    source TEXT NOT NULL,
+    brightness REAL
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_category_time ON {TABLE} (category, time);
 PRAGMA user_version = {SCHEMA_VERSION};
@@ -85,6 +91,7 @@ class PredictionRecord:
     message: str | None
     threshold: float | None
     source: str
+    brightness: float | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("status", self.status, STATUSES), ("source", self.source, SOURCES),
@@ -126,11 +133,17 @@ def _connection(path: Path) -> sqlite3.Connection:
             # WAL + NORMAL: a committed record survives a crash of the process, not a power cut
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(SCHEMA)
+            if "brightness" not in _columns(connection):  # a schema-1 log: add the column
+                connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN brightness REAL")
         except sqlite3.Error:
             connection.close()
             raise
         _CONNECTIONS[key] = connection
     return connection
+
+
+def _columns(connection: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in connection.execute(f"PRAGMA table_info({TABLE})")}
 
 
 def append(path: str | Path, records: Iterable[PredictionRecord]) -> int:
@@ -182,12 +195,14 @@ def read(path: str | Path, category: str | None = None, since: datetime | str | 
     if since is not None:
         where.append("time >= ?")
         args.append(format_time(since))
-    sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}" + (f" WHERE {' AND '.join(where)}" if where else "")
-    sql += " ORDER BY id DESC" + (" LIMIT ?" if limit is not None else "")
     if limit is not None:
         args.append(limit)
     connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
     try:
+        present = _columns(connection)  # a schema-1 log read before any writer added brightness
+        names = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
+        sql = f"SELECT {names} FROM {TABLE}" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += " ORDER BY id DESC" + (" LIMIT ?" if limit is not None else "")
         rows = connection.execute(sql, args).fetchall()
     except sqlite3.Error as exc:
         raise ValueError(f"{path}: not a readable prediction log ({exc})") from None
@@ -195,4 +210,4 @@ def read(path: str | Path, category: str | None = None, since: datetime | str | 
         connection.close()
     table = pd.DataFrame(rows[::-1], columns=list(COLUMNS))
     table["time"] = pd.to_datetime(table["time"], utc=True, format="ISO8601")
-    return table.astype({"score": float, "threshold": float})
+    return table.astype({"score": float, "threshold": float, "brightness": float})

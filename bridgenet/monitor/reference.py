@@ -1,4 +1,5 @@
-"""The drift monitor's reference: the model's own scores of the cached validation goods.
+"""The drift monitor's reference: the model's own scores of the cached validation goods, and
+their brightness (:func:`reference_brightness`, read from the cache, no model run).
 
 Scored once per model (by the sha256 of its file) through :func:`bridgenet.inference.score`
 and kept in ``<eval.reports_dir>/monitor/reference/<category>-<digest[:16]>.json``; later
@@ -66,3 +67,14 @@ def reference_scores(params: Params, category: str, model: TrainedModel, model_d
                       "scores": scored.scores.astype(float).tolist()})
     LOGGER.info("%s: reference of %d validation goods written to %s", category, goods.size, path)
     return scored.scores.astype(np.float64)
+
+
+def reference_brightness(params: Params, category: str, model: TrainedModel) -> np.ndarray:
+    """The validation goods' :func:`bridgenet.monitor.drift.part_brightness` (R,), from the same
+    cached split as :func:`reference_scores` (the network's inputs, as predict logs them)."""
+    from bridgenet.data.cache import load_cached_split
+    from bridgenet.monitor.drift import part_brightness
+
+    split = load_cached_split(params.data.cache_dir, category, "validation", model.params.data)
+    goods = np.flatnonzero(split.labels == 0)
+    return part_brightness(split.rgb[goods], split.foreground[goods])

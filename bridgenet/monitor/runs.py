@@ -25,7 +25,8 @@ from bridgenet.tracking.store import configure_tracking, tracking_client
 LOGGER = logging.getLogger(__name__)
 METRIC_KEYS = ("n_ok", "n_no_object", "n_error", "n_reference", "flag_rate", "expected_flag_rate",
                "flag_rate_limit", "flag_rate_ratio", "psi", "psi_bins", "ks_statistic", "ks_pvalue",
-               "no_object_rate", "score_median", "reference_median")
+               "no_object_rate", "score_median", "reference_median", "n_brightness", "brightness_median",
+               "reference_brightness_median", "brightness_shift", "brightness_ks_pvalue")
 
 
 def monitoring_experiment(params: Params) -> str:

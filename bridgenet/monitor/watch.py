@@ -25,7 +25,7 @@ from bridgenet.config import MonitorConfig, Params
 from bridgenet.files import json_safe, sha256_file, write_json
 from bridgenet.monitor import log
 from bridgenet.monitor.drift import DRIFT, NOT_ENOUGH_DATA, OK, Assessment, Window, assess, limits
-from bridgenet.monitor.reference import monitor_dir, reference_scores
+from bridgenet.monitor.reference import monitor_dir, reference_brightness, reference_scores
 
 LOGGER = logging.getLogger(__name__)
 EXIT_CODES = {OK: 0, DRIFT: 3, NOT_ENOUGH_DATA: 4}  # 1 and 2 are click's (an error, a usage error)
@@ -69,10 +69,12 @@ def select_window(records: pd.DataFrame, model_digest: str, cfg: MonitorConfig,
         mine = mine[times >= pd.Timestamp(now) - pd.Timedelta(hours=cfg.window_hours)]
     ok = mine[mine["status"] == "ok"].tail(cfg.window)
     stretch = mine[mine["id"] >= ok["id"].iloc[0]] if len(ok) else mine.tail(cfg.window)
+    light = ok["brightness"].to_numpy(dtype=np.float64) if "brightness" in ok else np.zeros(0)
     window = Window(scores=ok["score"].to_numpy(dtype=np.float64),
                     flagged=(ok["verdict"] == "defect").to_numpy(),
                     no_object=int((stretch["status"] == "no_object").sum()),
-                    errors=int((stretch["status"] == "error").sum()))
+                    errors=int((stretch["status"] == "error").sum()),
+                    brightness=light[np.isfinite(light)])  # records logged before brightness was carry none
     where = {"first": str(stretch["time"].iloc[0]) if len(stretch) else None,
              "last": str(stretch["time"].iloc[-1]) if len(stretch) else None,
              "records_of_other_models": other_models}
@@ -98,8 +100,9 @@ def monitor_category(params: Params, category: str, model_ref: str | None = None
     if model.category != category:
         raise ValueError(f"{ref} is a model of {model.category!r}, not of {category!r}")
     reference = reference_scores(params, category, model, digest)
+    light = reference_brightness(params, category, model)
     window, where = select_window(_read_log(Path(cfg.log), category), digest, cfg, now)
-    result = assess(window, reference, model.params.train.threshold_quantile, cfg)
+    result = assess(window, reference, model.params.train.threshold_quantile, cfg, light)
     folder = category_dir(params, category)
     summary = {"category": category, "status": result.status, "crossed": list(result.crossed),
                "time": now.isoformat(), **result.numbers, "limits": limits(cfg),
@@ -107,7 +110,8 @@ def monitor_category(params: Params, category: str, model_ref: str | None = None
                          "threshold_quantile": model.params.train.threshold_quantile},
                "window": where, "log": str(cfg.log),
                "files": {"summary": str(folder / "drift.json"), "figure": str(folder / "drift.png")}}
-    write_figure(Path(summary["files"]["figure"]), reference, window, result, category)
+    write_figure(Path(summary["files"]["figure"]), reference, window, result, category, light,
+                 cfg.max_brightness_shift)
     if track:
         from bridgenet.monitor.runs import log_monitoring_run
 
@@ -117,27 +121,50 @@ def monitor_category(params: Params, category: str, model_ref: str | None = None
     return json_safe(summary)
 
 
-def write_figure(path: Path, reference: np.ndarray, window: Window, result: Assessment, category: str) -> Path:
-    """The two score distributions (validation goods, the window) and the flagged rate against its limit."""
+def write_figure(path: Path, reference: np.ndarray, window: Window, result: Assessment, category: str,
+                 reference_light: np.ndarray | None = None, max_shift: float | None = None) -> Path:
+    """The two score distributions (validation goods, the window), the two brightness distributions
+    with the limits around the reference's median, and the flagged rate against its limit."""
     from matplotlib.figure import Figure
 
     from bridgenet.reports import save_figure
 
     n = result.numbers
-    fig = Figure(figsize=(10, 4))
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
-    values = np.concatenate([reference, window.scores])
-    bins = np.histogram_bin_edges(values, bins=30) if values.size else 10
-    left.hist(reference, bins=bins, density=True, alpha=0.55, label=f"validation goods (n={reference.size})")
-    if window.scores.size:
-        left.hist(window.scores, bins=bins, density=True, alpha=0.55, label=f"window (n={window.scores.size})")
+    fig = Figure(figsize=(14, 4))
+    left, middle, right = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 2, 1]})
+    _two_histograms(left, reference, window.scores)
     stats = (f"PSI {n['psi']:.3f}, KS p {n['ks_pvalue']:.2g}" if n["psi"] is not None else "no ok record")
     left.set(xlabel="image score", ylabel="density", title=f"{category}: scores ({stats})")
-    left.legend(loc="upper right")
+    if left.get_legend_handles_labels()[0]:
+        left.legend(loc="best", fontsize="small")
+    light = np.zeros(0) if reference_light is None else np.asarray(reference_light, dtype=np.float64)
+    _two_histograms(middle, light, window.brightness)
+    if light.size and max_shift is not None:  # the check compares the two medians
+        base = float(np.median(light))
+        middle.axvline(base, color="tab:blue", label="medians")
+        if window.brightness.size:
+            middle.axvline(float(np.median(window.brightness)), color="tab:orange")
+        for side in (-1, 1):
+            middle.axvline(base * (1 + side * max_shift), color="tab:red", linestyle="--",
+                           label="limits for the window's median" if side < 0 else None)
+    shift = n.get("brightness_shift")
+    middle.set(xlabel="part brightness (0-1)", ylabel="density",
+               title="brightness " + (f"{shift:+.1%} vs validation goods" if shift is not None else "not recorded"))
+    if middle.get_legend_handles_labels()[0]:
+        middle.legend(loc="best", fontsize="small")
     rates = [n["flag_rate"] or 0.0, n["expected_flag_rate"], n["no_object_rate"] or 0.0]
-    right.bar(["flagged", "promised", "no object"], rates, color=["tab:red", "tab:green", "tab:grey"])
+    right.bar(["flagged", "promised", "no\nobject"], rates, color=["tab:red", "tab:green", "tab:grey"])
     right.axhline(n["flag_rate_limit"], color="tab:red", linestyle="--", label="flagged limit")
     right.set(ylabel="share of records", title=result.status.replace("_", " "))
     right.legend(loc="upper right")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _two_histograms(ax: Any, reference: np.ndarray, window: np.ndarray) -> None:
+    values = np.concatenate([reference, window])
+    bins = np.histogram_bin_edges(values, bins=30) if values.size else 10
+    if reference.size:
+        ax.hist(reference, bins=bins, density=True, alpha=0.55, label=f"validation goods (n={reference.size})")
+    if window.size:
+        ax.hist(window, bins=bins, density=True, alpha=0.55, label=f"window (n={window.size})")

@@ -30,6 +30,7 @@ from bridgenet.monitor.drift import (
     Window,
     assess,
     bin_shares,
+    part_brightness,
     psi,
     quantile_edges,
 )
@@ -52,12 +53,15 @@ MONITOR_SET = ("synth.categories=[bagel]", "data.categories=[bagel]", "synth.n_v
 
 
 def write_log(path: Path, scores, threshold: float, digest: str, statuses=None, start: dt.datetime = NOW,
-              category: str = "bagel") -> Path:
-    """A prediction log with the contract's schema: one record per score, a minute apart, ending at ``start``."""
+              category: str = "bagel", brightness=None) -> Path:
+    """A prediction log with the contract's first schema (no brightness) or, given ``brightness``
+    (one per score), with it: one record per score, a minute apart, ending at ``start``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     statuses = statuses or ["ok"] * len(scores)
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute(SCHEMA)
+        if brightness is not None:
+            conn.execute("ALTER TABLE predictions ADD COLUMN brightness REAL")
         n = len(scores)
         conn.executemany(
             "INSERT INTO predictions (time, category, model, version, model_digest, rgb_digest, xyz_digest, "
@@ -65,6 +69,9 @@ def write_log(path: Path, scores, threshold: float, digest: str, statuses=None, 
             [((start - dt.timedelta(minutes=n - i)).isoformat(), category, "bridgenet-bagel", "1", digest,
               f"rgb{i}", f"xyz{i}", float(s), "defect" if s > threshold or st == "no_object" else "good", st, "",
               threshold, "predict") for i, (s, st) in enumerate(zip(scores, statuses))])
+        if brightness is not None:
+            conn.executemany("UPDATE predictions SET brightness = ? WHERE id = ?",
+                             [(float(b), i + 1) for i, b in enumerate(brightness)])
     return path
 
 
@@ -103,6 +110,42 @@ def test_a_line_without_objects_is_drift_even_without_ok_records():
     result = assess(Window(np.zeros(0), np.zeros(0, dtype=bool), no_object=cfg.min_samples), np.arange(30.0),
                     0.99, cfg)
     assert result.status == DRIFT and result.crossed == ("no_object_rate",)
+
+
+def test_part_brightness_averages_the_part_only():
+    rgb = np.zeros((2, 4, 4, 3), np.uint8)
+    rgb[0, :2] = 255  # sample 0: its top half white, its part the top-left quarter plus one black row
+    rgb[1] = 51  # sample 1: 0.2 everywhere, no foreground
+    foreground = np.zeros((2, 4, 4), bool)
+    foreground[0, :3, :2] = True
+    np.testing.assert_allclose(part_brightness(rgb, foreground), [4 / 6, 0.2])
+    with pytest.raises(ValueError, match="uint8"):
+        part_brightness(rgb.astype(np.float32), foreground)
+
+
+def test_brightness_beyond_the_limit_is_drift_while_the_scores_are_quiet():
+    cfg = MonitorConfig()
+    rng = np.random.default_rng(1)
+    reference, light = rng.normal(size=60), rng.normal(0.5, 0.02, size=60)
+    scores = rng.normal(size=100)
+
+    def judge(factor: float, n: int = 100, ref_light=light):
+        window = Window(scores, np.zeros(100, bool), brightness=rng.normal(0.5, 0.02, size=n) * factor)
+        return assess(window, reference, 0.99, cfg, ref_light)
+
+    quiet, dim, darker, lighter = judge(1.0), judge(0.95), judge(0.85), judge(1.12)
+    assert quiet.status == OK and abs(quiet.numbers["brightness_shift"]) < 0.02
+    assert dim.status == OK and dim.numbers["brightness_shift"] == pytest.approx(-0.05, abs=0.02)
+    assert darker.status == DRIFT and darker.crossed == ("brightness",)
+    assert darker.numbers["brightness_shift"] == pytest.approx(-0.15, abs=0.02)
+    assert darker.numbers["brightness_ks_pvalue"] < 1e-6
+    assert lighter.crossed == ("brightness",)
+    # too few records carry a brightness (an old log), or no reference: reported where it can be, never judged
+    assert judge(0.85, n=cfg.min_samples - 1).status == OK
+    unjudged = judge(0.85, ref_light=None)
+    assert unjudged.status == OK and unjudged.numbers["brightness_shift"] is None
+    with pytest.raises(ValueError, match="brightness"):
+        Window(scores, np.zeros(100, bool), brightness=np.full(3, np.nan))
 
 
 def test_min_samples_above_the_window_is_refused():
@@ -180,6 +223,38 @@ def test_drifted_goods_cross_a_limit_and_undrifted_goods_stay_quiet(drift_case, 
     assert run.data.params["monitor.psi_limit"] == str(params.monitor.psi_limit)
     assert run.data.metrics["psi"] == pytest.approx(drifted["psi"]) and run.data.tags["drift.status"] == DRIFT
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"drift.png", "drift.json"}
+
+
+def test_a_line_15_percent_darker_is_drift_by_its_brightness_where_the_scores_are_quiet(drift_case, tmp_path):
+    from bridgenet.data.batch import Batch
+    from bridgenet.data.cache import load_cached_split
+    from bridgenet.inference import score
+    from bridgenet.model.io import load_model
+
+    _root, params, model_file, threshold, quiet, _ = drift_case
+    test = load_cached_split(params.data.cache_dir, "bagel", "test", params.data)
+    goods = np.flatnonzero(test.labels == 0)
+    rgb, foreground = test.rgb[goods], test.foreground[goods]
+    dim = np.rint(rgb * 0.85).astype(np.uint8)  # as bench/drift.py darkens a line
+    dim_scores = score(load_model(model_file).network, Batch.from_arrays(dim, test.depth[goods], foreground),
+                       "cpu", 8).scores
+    results = {}
+    for name, scores, light in (("undrifted", quiet, part_brightness(rgb, foreground)),
+                                ("darker", dim_scores, part_brightness(dim, foreground))):
+        log = write_log(tmp_path / name / "predictions.sqlite", scores, threshold, _digest(model_file),
+                        brightness=light)
+        run = params.model_copy(update={"monitor": params.monitor.model_copy(update={"log": str(log)})})
+        results[name] = monitor_category(run, "bagel", str(model_file), now=NOW, track=False)
+    report = {name: {k: r[k] for k in ("status", "crossed", "psi", "ks_pvalue", "brightness_median",
+                                        "reference_brightness_median", "brightness_shift")}
+              for name, r in results.items()}
+    print(json.dumps(report, indent=1))
+    assert results["undrifted"]["status"] == OK, report
+    assert results["darker"]["status"] == DRIFT and "brightness" in results["darker"]["crossed"], report
+    # the same goods 15 % darker: their median moves by that much from where the undrifted one lies
+    shifts = [1 + results[name]["brightness_shift"] for name in ("undrifted", "darker")]
+    assert shifts[1] / shifts[0] == pytest.approx(0.85, abs=0.01)
+    assert Path(results["darker"]["files"]["figure"]).stat().st_size > 0
 
 
 def test_the_reference_is_scored_once_per_model(drift_case, tmp_path, monkeypatch):

@@ -34,8 +34,33 @@ def test_the_table_has_the_documented_columns_in_wal_mode(tmp_path):
     assert columns == [("id", "INTEGER"), ("time", "TEXT"), ("category", "TEXT"), ("model", "TEXT"),
                        ("version", "TEXT"), ("model_digest", "TEXT"), ("rgb_digest", "TEXT"),
                        ("xyz_digest", "TEXT"), ("score", "REAL"), ("verdict", "TEXT"), ("status", "TEXT"),
-                       ("message", "TEXT"), ("threshold", "REAL"), ("source", "TEXT")]
+                       ("message", "TEXT"), ("threshold", "REAL"), ("source", "TEXT"), ("brightness", "REAL")]
     assert [t for t in tables if not t.startswith("sqlite_")] == ["predictions"]
+
+
+V1_SCHEMA = """CREATE TABLE predictions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, category TEXT NOT NULL, model TEXT, version TEXT,
+    model_digest TEXT, rgb_digest TEXT, xyz_digest TEXT, score REAL, verdict TEXT, status TEXT NOT NULL,
+    message TEXT, threshold REAL, source TEXT NOT NULL); PRAGMA user_version = 1;"""
+
+
+def test_a_log_from_before_brightness_is_read_and_gains_the_column_when_written(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_SCHEMA)
+        db.execute("INSERT INTO predictions (time, category, score, verdict, status, threshold, source) "
+                   "VALUES ('2026-01-01T00:00:00.000000+00:00', 'bagel', 0.3, 'good', 'ok', 0.5, 'predict')")
+    old = log.read(path)  # read as it is: no writer has opened it yet
+    assert list(old.columns) == list(log.COLUMNS) and np.isnan(old["brightness"].iloc[0])
+    with sqlite3.connect(path) as db:
+        assert "brightness" not in {row[1] for row in db.execute("PRAGMA table_info(predictions)")}
+    new = prediction_record("bagel", 0.5, ORIGIN, (None, None), "predict", "ok", 0.2, False, brightness=0.42)
+    log.append(path, [new])
+    log.close_all()
+    table = log.read(path)
+    assert len(table) == 2 and np.isnan(table["brightness"].iloc[0]) and table["brightness"].iloc[1] == 0.42
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == log.SCHEMA_VERSION == 2
 
 
 def test_read_filters_by_category_time_and_count(tmp_path):
