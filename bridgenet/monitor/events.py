@@ -14,7 +14,9 @@ DRIFT_EVENT = "bridgenet.drift.detected"
 RESOURCE_PREFIX = "bridgenet.category."
 _PAYLOAD_KEYS = ("status", "crossed", "time", "n_ok", "n_no_object", "n_error", "n_reference", "flag_rate",
                  "expected_flag_rate", "flag_rate_limit", "flag_rate_ratio", "psi", "psi_bins", "ks_statistic",
-                 "ks_pvalue", "no_object_rate", "score_median", "reference_median", "limits", "model",
+                 "ks_pvalue", "no_object_rate", "score_median", "reference_median", "n_brightness",
+                 "brightness_median", "reference_brightness_median", "brightness_shift", "brightness_ks_pvalue",
+                 "limits", "model",
                  "window", "mlflow_run_id")
 
 

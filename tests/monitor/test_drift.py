@@ -333,6 +333,7 @@ def test_drift_emits_the_event_with_the_numbers(drift_case, tmp_path, prefect_ap
     assert event["payload"]["crossed"] == summary["crossed"]
     assert event["payload"]["psi"] == pytest.approx(summary["psi"])
     assert event["payload"]["ks_pvalue"] == pytest.approx(summary["ks_pvalue"])
+    assert "brightness_shift" in event["payload"]  # None here: this log predates the brightness column
 
 
 def test_the_retraining_deployment_runs_on_the_drift_event(prefect_api_url):
