@@ -214,11 +214,11 @@ def predict_prepared(model: TrainedModel, samples: list[PreparedSample], policy:
     device = next(model.network.parameters()).device
     for frame, indices in by_frame.items():
         chosen = [samples[i] for i in indices]
-        batch = Batch.from_arrays(np.stack([s.rgb for s in chosen]), np.stack([s.depth for s in chosen]),
-                                  np.stack([s.foreground for s in chosen]))
+        rgb, foreground = np.stack([s.rgb for s in chosen]), np.stack([s.foreground for s in chosen])
+        batch = Batch.from_arrays(rgb, np.stack([s.depth for s in chosen]), foreground)
         scored = inference.score(model.network, batch, device, len(chosen),
                                  boxes=np.array([s.box for s in chosen]), frame=frame)
-        lights = part_brightness(np.stack([s.rgb for s in chosen]), np.stack([s.foreground for s in chosen]))
+        lights = part_brightness(rgb, foreground)
         for i, score, anomaly_map, light in zip(indices, scored.scores, scored.frames, lights):
             score = float(score)
             outcomes[i] = Prediction(score, score > model.threshold, model.threshold, anomaly_map, "ok",
