@@ -2,7 +2,8 @@
 
 The run holds the pass's numbers as metrics, its limits as params, the summary
 (``drift.json``) and the figure (``drift.png``); tags name the category, the status and
-the model's file digest. Every call goes through :func:`bridgenet.tracking.retry.call_tracking`.
+the model's file digest; its description (:func:`describe_pass`) is each check against its
+limit in one table, what a reviewer reads first. Every call goes through :func:`bridgenet.tracking.retry.call_tracking`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,45 @@ METRIC_KEYS = ("n_ok", "n_no_object", "n_error", "n_reference", "flag_rate", "ex
                "reference_brightness_median", "brightness_shift", "brightness_ks_pvalue")
 
 
+def describe_pass(summary: Mapping[str, Any]) -> str:
+    """The run's description: the verdict, then each check's value against its limit (markdown)."""
+    limits = summary["limits"]
+
+    def row(check: str, value: Any, limit: str, key: str, fmt: str) -> str:
+        shown = "not judged" if value is None else format(value, fmt)
+        verdict = "**crossed**" if key in summary["crossed"] else ("-" if value is None else "ok")
+        return f"| {check} | {shown} | {limit} | {verdict} |"
+
+    crossed = f" ({', '.join(summary['crossed'])})" if summary["crossed"] else ""
+    window = summary.get("window") or {}
+    span = " to ".join(_minute(window.get(k)) for k in ("first", "last")) if window.get("first") else "no records"
+    headline = (f"**{summary['category']}: {summary['status'].replace('_', ' ')}**{crossed}: {summary['n_ok']} ok "
+                f"records of the watched model (at least {limits['min_samples']} needed; {span}), against "
+                f"{summary['n_reference']} validation goods.")
+    lines = [
+        headline,
+        "",
+        "| check | window | limit | |",
+        "|---|---:|---:|---|",
+        row("flagged rate", summary["flag_rate"], f"{summary['flag_rate_limit']:.3g}", "flag_rate", ".3g"),
+        row("PSI of the scores", summary["psi"], f"{limits['psi_limit']:g}", "psi", ".3f"),
+        row("KS p-value of the scores", summary["ks_pvalue"], f"{limits['ks_pvalue']:g}", "ks_pvalue", ".2g"),
+        row("no-object rate", summary["no_object_rate"], f"{limits['max_no_object_rate']:g}", "no_object_rate",
+            ".3g"),
+        row("brightness vs validation goods", summary.get("brightness_shift"),
+            f"± {limits['max_brightness_shift']:.0%}", "brightness", "+.1%"),
+        "",
+        "The two score and brightness distributions: artifact `drift.png`; every number: `drift.json`.",
+    ]
+    return "\n".join(lines)
+
+
+def _minute(moment: str | None) -> str:
+    """A log time as ``YYYY-MM-DD HH:MM UTC``."""
+    return "?" if not moment else datetime.fromisoformat(str(moment)).astimezone(timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC")
+
+
 def monitoring_experiment(params: Params) -> str:
     """The monitoring runs' experiment: ``<tracking.experiment>-monitoring``."""
     return f"{params.tracking.experiment}-monitoring"
@@ -44,7 +85,7 @@ def log_monitoring_run(params: Params, summary: Mapping[str, Any]) -> str:
     category = summary["category"]
     tags = {"category": category, "bridgenet.stage": "monitor", "drift.status": summary["status"],
             "drift.crossed": ",".join(summary["crossed"]), "model.digest": summary["model"]["digest"],
-            "model.ref": summary["model"]["ref"],
+            "model.ref": summary["model"]["ref"], "mlflow.note.content": describe_pass(summary),
             "mlflow.runName": f"{category} drift {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}"}
     run_id = call_tracking(cfg, client.create_run, experiment_id, tags=tags).info.run_id
     status = "FAILED"

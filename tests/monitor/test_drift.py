@@ -223,6 +223,12 @@ def test_drifted_goods_cross_a_limit_and_undrifted_goods_stay_quiet(drift_case, 
     assert run.data.params["monitor.psi_limit"] == str(params.monitor.psi_limit)
     assert run.data.metrics["psi"] == pytest.approx(drifted["psi"]) and run.data.tags["drift.status"] == DRIFT
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"drift.png", "drift.json"}
+    note = run.data.tags["mlflow.note.content"]  # the run's description: each check against its limit
+    assert note.startswith(f"**bagel: drift** ({', '.join(drifted['crossed'])})")
+    for key, check in (("psi", "PSI of the scores"), ("ks_pvalue", "KS p-value"), ("flag_rate", "flagged rate")):
+        line = next(x for x in note.splitlines() if x.startswith(f"| {check}"))
+        assert line.endswith("**crossed** |") == (key in drifted["crossed"]), line
+    assert "| brightness vs validation goods | not judged |" in note  # this log predates the brightness column
 
 
 def test_a_line_15_percent_darker_is_drift_by_its_brightness_where_the_scores_are_quiet(drift_case, tmp_path):
