@@ -203,8 +203,9 @@ def drop_unused_blocks(net: nn.Module) -> int:
     timm's EfficientNet and MobileNet feature extractors (``features_only``) run every block
     and keep the outputs named by ``out_indices``: with the default layers (stride 8 and 16)
     the two stride-32 stages of EfficientNet-Lite0 run for nothing, a third of the
-    backbone's time on the CPU (89 -> 59 ms per 8 images of 256 px, 2 cores). Other extractors (timm's ``FeatureListNet``, the ResNets)
-    already stop at their last level and are left alone.
+    backbone's time on the CPU (89 -> 59 ms per 8 images of 256 px, 2 cores). Other
+    extractors (timm's ``FeatureListNet``, the ResNets) already stop at their last level and
+    are left alone.
     """
     out_idx = getattr(net, "_stage_out_idx", None)
     blocks = getattr(net, "blocks", None)
@@ -232,8 +233,8 @@ class Backbone(nn.Module):
     faster on the CPU) and without the blocks after the last returned level
     (:func:`drop_unused_blocks`, a third less time again). The copy is made on first use
     and again after the weights load or the module moves; ``self.net`` and the state dict
-    keep the original layers, so model files do not change. Exports trace ``self.net`` itself (``fold = False``), its unused
-    blocks taken out for the trace.
+    keep the original layers, so model files do not change. Exports trace ``self.net`` itself
+    (``fold = False``), its unused blocks taken out for the trace.
 
     With ``compile_cpu`` (folder predict and the served model set it from
     ``predict.compile_backbone``) the folded copy runs through ``torch.compile`` on the CPU

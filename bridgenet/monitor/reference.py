@@ -1,5 +1,5 @@
 """The drift monitor's reference: the model's own scores of the cached validation goods, and
-their brightness (:func:`reference_brightness`, read from the cache, no model run).
+their brightness (read from the cache, no model run).
 
 Scored once per model (by the sha256 of its file) through :func:`bridgenet.inference.score`
 and kept in ``<eval.reports_dir>/monitor/reference/<category>-<digest[:16]>.json``; later
@@ -33,19 +33,24 @@ def reference_file(params: Params, category: str, model_digest: str) -> Path:
     return monitor_dir(params) / "reference" / f"{category}-{model_digest[:16]}.json"
 
 
-def reference_scores(params: Params, category: str, model: TrainedModel, model_digest: str) -> np.ndarray:
-    """The validation goods' scores (R,) of ``model`` (file digest ``model_digest``), scored once
-    for that model and those goods: a stored reference of another model, or of validation goods
-    that have changed since (another fingerprint), is scored again.
+def reference(params: Params, category: str, model: TrainedModel, model_digest: str) -> tuple[np.ndarray, np.ndarray]:
+    """The validation goods' scores (R,) of ``model`` (file digest ``model_digest``) and their
+    :func:`bridgenet.monitor.drift.part_brightness` (R,), from one read of the cached split.
 
+    The scores are scored once for that model and those goods: a stored reference of another
+    model, or of validation goods that have changed since (another fingerprint), is scored
+    again. The brightness needs no model: it is read from the cached inputs, as predict logs it.
     Reads ``data.cache_dir``'s validation split of ``category``, which must have been built
     with the model's own data settings (a stale cache is refused, naming the folder).
     """
     from bridgenet.data.batch import Batch, resolve_device
     from bridgenet.data.cache import load_cached_split
     from bridgenet.inference import score
+    from bridgenet.monitor.drift import part_brightness
 
     split = load_cached_split(params.data.cache_dir, category, "validation", model.params.data)
+    goods = np.flatnonzero(split.labels == 0)
+    brightness = part_brightness(split.rgb[goods], split.foreground[goods])
     path = reference_file(params, category, model_digest)
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -55,8 +60,7 @@ def reference_scores(params: Params, category: str, model: TrainedModel, model_d
             LOGGER.warning("%s was scored on other validation goods than %s/%s holds now; scoring again",
                            path, params.data.cache_dir, category)
         else:
-            return np.asarray(stored["scores"], dtype=np.float64)
-    goods = np.flatnonzero(split.labels == 0)
+            return np.asarray(stored["scores"], dtype=np.float64), brightness
     if goods.size < 2:
         raise ValueError(f"{params.data.cache_dir}/{category}: {goods.size} validation goods; "
                          "the drift monitor's reference needs at least 2")
@@ -66,15 +70,4 @@ def reference_scores(params: Params, category: str, model: TrainedModel, model_d
                       "validation_fingerprint": split.fingerprint(), "stems": [split.stems[i] for i in goods],
                       "scores": scored.scores.astype(float).tolist()})
     LOGGER.info("%s: reference of %d validation goods written to %s", category, goods.size, path)
-    return scored.scores.astype(np.float64)
-
-
-def reference_brightness(params: Params, category: str, model: TrainedModel) -> np.ndarray:
-    """The validation goods' :func:`bridgenet.monitor.drift.part_brightness` (R,), from the same
-    cached split as :func:`reference_scores` (the network's inputs, as predict logs them)."""
-    from bridgenet.data.cache import load_cached_split
-    from bridgenet.monitor.drift import part_brightness
-
-    split = load_cached_split(params.data.cache_dir, category, "validation", model.params.data)
-    goods = np.flatnonzero(split.labels == 0)
-    return part_brightness(split.rgb[goods], split.foreground[goods])
+    return scored.scores.astype(np.float64), brightness

@@ -25,7 +25,7 @@ from bridgenet.config import MonitorConfig, Params
 from bridgenet.files import json_safe, sha256_file, write_json
 from bridgenet.monitor import log
 from bridgenet.monitor.drift import DRIFT, NOT_ENOUGH_DATA, OK, Assessment, Window, assess, limits
-from bridgenet.monitor.reference import monitor_dir, reference_brightness, reference_scores
+from bridgenet.monitor.reference import monitor_dir, reference
 
 LOGGER = logging.getLogger(__name__)
 EXIT_CODES = {OK: 0, DRIFT: 3, NOT_ENOUGH_DATA: 4}  # 1 and 2 are click's (an error, a usage error)
@@ -99,10 +99,9 @@ def monitor_category(params: Params, category: str, model_ref: str | None = None
     model = load_model(path)
     if model.category != category:
         raise ValueError(f"{ref} is a model of {model.category!r}, not of {category!r}")
-    reference = reference_scores(params, category, model, digest)
-    light = reference_brightness(params, category, model)
+    reference_scores, light = reference(params, category, model, digest)
     window, where = select_window(_read_log(Path(cfg.log), category), digest, cfg, now)
-    result = assess(window, reference, model.params.train.threshold_quantile, cfg, light)
+    result = assess(window, reference_scores, model.params.train.threshold_quantile, cfg, light)
     folder = category_dir(params, category)
     summary = {"category": category, "status": result.status, "crossed": list(result.crossed),
                "time": now.isoformat(), **result.numbers, "limits": limits(cfg),
@@ -110,7 +109,7 @@ def monitor_category(params: Params, category: str, model_ref: str | None = None
                          "threshold_quantile": model.params.train.threshold_quantile},
                "window": where, "log": str(cfg.log),
                "files": {"summary": str(folder / "drift.json"), "figure": str(folder / "drift.png")}}
-    write_figure(Path(summary["files"]["figure"]), reference, window, result, category, light,
+    write_figure(Path(summary["files"]["figure"]), reference_scores, window, result, category, light,
                  cfg.max_brightness_shift)
     if track:
         from bridgenet.monitor.runs import log_monitoring_run
