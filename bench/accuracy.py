@@ -196,11 +196,12 @@ def main(argv: list[str] | None = None) -> None:
     tables = {p: report.summarize(frame[frame["preset"] == p], names, categories) for p in PRESETS}
     machine = machine_info(reproduce_command(args.seeds, args.configs, args.categories), torch=torch.__version__)
     targets = report.check_targets(tables, defaults.model.scorer)
+    sampling = [e for p in PRESETS if (e := report.resampled_test_split(runs, p, scorer=defaults.model.scorer))]
     args.out.mkdir(parents=True, exist_ok=True)
     write_results(args.out / "accuracy.json", {
         "machine": machine, "params_digest": digest, "default_scorer": defaults.model.scorer,
         "configs": {c: CONFIGS[c] for c in args.configs}, "categories": categories,
-        "results": tables, "targets": targets, "runs": [*runs, *peers]})
+        "results": tables, "targets": targets, "test_split_sampling": sampling, "runs": [*runs, *peers]})
     text = "".join(f"## {p} data\n\n" + report.markdown(t, categories) + "\n" for p, t in tables.items())
     (args.out / "accuracy.md").write_text(text)
     shown = [f"{c} / {defaults.model.scorer}" for c in args.configs[:3]] + [
@@ -209,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     report.plot_families(tables, [*shown, *(n for n in names if n == f"{PEER} rgb+depth")],
                          args.out / "accuracy_families.png")
     print(text)
-    print("\n".join(targets))
-    block = report.readme_block(tables, categories, targets, sorted({r["seed"] for r in runs}), machine)
+    print("\n".join(targets + [report.sampling_line(e) for e in sampling]))
+    block = report.readme_block(tables, categories, targets, sorted({r["seed"] for r in runs}), machine, sampling)
     if args.readme and not report.update_readme(block):
         print("docs/benchmarks.md has no accuracy markers; left unchanged")
     print(f"wrote {args.out / 'accuracy.json'}, accuracy.md, accuracy_families.png")

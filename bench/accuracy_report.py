@@ -61,6 +61,54 @@ def late_fusion_rows(runs: list[dict[str, Any]], preset: str, scorer: str = "fus
     return rows
 
 
+def resampled_test_split(runs: list[dict[str, Any]], preset: str, config: str = "rgb+depth", scorer: str = "fused",
+                        draws: int = 2000, seed: int = 0) -> dict[str, Any] | None:
+    """How much the reported mean image AUROC of ``config / scorer`` on ``preset`` owes to which test
+    samples were drawn: a bootstrap over the test split.
+
+    Each draw resamples every category's goods and defects (with replacement, each group to its
+    own size; the same draw for every seed, which share the test split) and takes the mean over
+    seeds and categories, as the table does. Returns the point value, the draws' standard
+    deviation and their 2.5 / 97.5 % quantiles; None where no run kept its per-sample scores.
+    Training seeds vary the model on one test split, so their std says nothing about this.
+    """
+    from bridgenet.metrics import GOOD, image_auroc
+
+    cells: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for run in runs:
+        cell = run["scores"].get(preset, {}).get(scorer, {})
+        if run["config"] != config or "image_scores" not in cell:
+            continue
+        labels = np.asarray([f != GOOD for f in cell["sample_families"]])
+        if labels.all() or not labels.any():
+            continue
+        cells.setdefault(run["category"], []).append((np.asarray(cell["image_scores"], np.float64), labels))
+    if not cells:
+        return None
+    rng = np.random.default_rng(seed)
+
+    def mean_auroc(picks: dict[str, np.ndarray] | None) -> float:
+        values = [image_auroc(s if picks is None else s[picks[c]], y if picks is None else y[picks[c]])
+                  for c, pairs in cells.items() for s, y in pairs]
+        return float(np.mean(values))
+
+    groups = {c: (np.flatnonzero(~pairs[0][1]), np.flatnonzero(pairs[0][1])) for c, pairs in cells.items()}
+    values = np.array([mean_auroc({c: np.concatenate([rng.choice(g, g.size), rng.choice(d, d.size)])
+                                   for c, (g, d) in groups.items()}) for _ in range(draws)])
+    low, high = np.quantile(values, [0.025, 0.975])
+    return {"preset": preset, "variant": f"{config} / {scorer}", "metric": "image_auroc", "draws": draws,
+            "value": mean_auroc(None), "std": float(values.std()), "low": float(low), "high": float(high),
+            "test_samples": {c: int(len(g) + len(d)) for c, (g, d) in groups.items()}}
+
+
+def sampling_line(entry: dict[str, Any]) -> str:
+    """One line of text for :func:`resampled_test_split`'s result."""
+    return (f"{entry['preset']} data, {entry['variant']}: mean image AUROC {entry['value']:.3f}; drawing other "
+            f"test samples of the same sizes ({sum(entry['test_samples'].values())} in all, bootstrap of "
+            f"{entry['draws']}) moves it by {entry['std']:.3f} (std), 95 % within "
+            f"[{entry['low']:.3f}, {entry['high']:.3f}]")
+
+
 def summarize(frame: pd.DataFrame, names: list[str], categories: list[str]) -> dict[str, Any]:
     """:func:`bench.results.summarize` of one data set's rows, over :data:`COLUMNS`; per category
     also ``seconds_per_run``, the mean training (or fit) seconds."""
@@ -159,7 +207,7 @@ def check_targets(tables: dict[str, dict[str, Any]], scorer: str) -> list[str]:
 
 
 def readme_block(tables: dict[str, dict[str, Any]], categories: list[str], targets: list[str],
-                 seeds: list[int], machine: dict[str, Any]) -> str:
+                 seeds: list[int], machine: dict[str, Any], sampling: list[dict[str, Any]] = ()) -> str:
     """The accuracy block of docs/benchmarks.md: command and machine, the mean tables per data set, the targets."""
     parts = [(f"`{machine['command']}` on {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
               f"{machine['date']}.\n\n"
@@ -173,6 +221,9 @@ def readme_block(tables: dict[str, dict[str, Any]], categories: list[str], targe
     for preset, table in tables.items():
         parts.append(f"\n\n**{preset} data**\n\n" + markdown(table, categories, mean_only=True))
     parts.append("\n" + "\n".join(f"- {t}" for t in targets))
+    if sampling:
+        parts.append("\n\nTest-split sampling (the seeds' std above is the training's alone):\n\n"
+                     + "\n".join(f"- {sampling_line(e)}" for e in sampling))
     return "".join(parts)
 
 

@@ -13,6 +13,8 @@ from bench.accuracy_report import (
     late_fusion_rows,
     markdown,
     readme_block,
+    resampled_test_split,
+    sampling_line,
     summarize,
     update_readme,
     variants,
@@ -181,3 +183,25 @@ def test_a_run_is_reused_under_its_own_bank_caps_or_where_no_cap_bound():
     assert caps_unbound({**capped, "memory_caps": {"max_bank": 1000}}, MemoryConfig(coreset_ratio=0.1, max_bank=1000))
     assert not caps_unbound({**capped, "memory_caps": {"max_bank": 1000}}, MemoryConfig(coreset_ratio=0.1))
 
+
+
+def _sampled(category: str, seed: int, scores: list[float]) -> dict:
+    run = _scored("rgb+depth", seed, scores, [0.0, 1.0])
+    return {**run, "category": category}
+
+
+def test_the_test_split_sampling_interval_resamples_goods_and_defects_and_is_zero_only_for_a_clean_split():
+    clean = [_sampled("a", s, [0.1, 0.2, 0.1, 0.2, 0.9, 0.8, 0.7, 0.6]) for s in (0, 1)]
+    entry = resampled_test_split(clean, "hard", draws=200)
+    assert entry["value"] == 1.0 and entry["std"] == 0.0 and entry["low"] == entry["high"] == 1.0
+    assert entry["test_samples"] == {"a": 8}
+    # one good above two defects: the point value is 14/16 and other draws of the samples move it both ways
+    mixed = [_sampled("a", 0, [0.1, 0.2, 0.1, 0.75, 0.9, 0.8, 0.7, 0.6]), _sampled("b", 0, [0.0, 0.0, 0.1, 0.2, 1, 1, 1, 1])]
+    entry = resampled_test_split(mixed, "hard", draws=500)
+    assert entry["value"] == pytest.approx((14 / 16 + 1) / 2)
+    assert entry["std"] > 0.01 and entry["low"] < entry["value"] <= entry["high"] == 1.0
+    assert "95 % within" in sampling_line(entry) and "16 in all" in sampling_line(entry)
+    # another config, another preset, or runs without per-sample scores: nothing to resample
+    assert resampled_test_split(mixed, "default") is None
+    assert resampled_test_split(mixed, "hard", config="rgb") is None
+    assert resampled_test_split([_run("rgb+depth", 0, "a", {"hard": {"fused": (0.9, 0.9, 0.9)}})], "hard") is None
