@@ -20,6 +20,9 @@ Good samples do not depend on the preset.
 Determinism: sample ``index`` of ``split/kind`` of ``category`` draws only from
 ``SeedSequence(seed, spawn_key=(crc32(category), crc32(split/kind), index))``, so
 results depend neither on generation order nor on the number of worker processes.
+Where a test defect of the wanted size does not fit on the drawn object (a bump wider
+than a thin cable), the scene is drawn again from that key extended by the redraw's
+number (at most :data:`SCENE_REDRAWS`); a sample that fits at once is never redrawn.
 """
 
 from __future__ import annotations
@@ -42,11 +45,14 @@ from bridgenet.config import SynthConfig
 from bridgenet.data.families import PRESETS
 from bridgenet.data.synth.defects import sample_defect
 from bridgenet.data.synth.meshes import BUILDERS
+from bridgenet.data.synth.placement import PlacementError
 from bridgenet.data.synth.preview import write_preview
 from bridgenet.data.synth.render import render_sample
 from bridgenet.data.synth.spec import Defect, RenderedSample, SampleParams
 
 logger = logging.getLogger(__name__)
+
+SCENE_REDRAWS = 8  # new scenes drawn for a test defect that does not fit on the object
 
 
 def sample_seed(
@@ -93,17 +99,32 @@ def make_sample(
     noise_std_m: float,
     nthreads: int = 0,
 ) -> tuple[SampleParams, Defect | None, RenderedSample]:
-    """Generate sample ``index`` of ``category/split/kind`` (kind "good" or a defect name)."""
-    scene_seq, defect_seq = sample_seed(seed, category, split, kind, index).spawn(2)
-    params = sample_params(category, image_size, noise_std_m, np.random.default_rng(scene_seq))
-    if kind == "good":
-        return params, None, render_sample(params, None, nthreads)
-    if split != "test":
+    """Generate sample ``index`` of ``category/split/kind`` (kind "good" or a defect name).
+
+    A defect that does not fit on the drawn object draws the scene again (module docstring);
+    after :data:`SCENE_REDRAWS` redraws the last :class:`PlacementError` is raised.
+    """
+    if kind != "good" and split != "test":
         raise ValueError(
             f"defects belong to the test split only, got split {split!r} with kind {kind!r}"
         )
-    defect, geometry = sample_defect(params, kind, np.random.default_rng(defect_seq), nthreads)
-    return params, defect, render_sample(params, defect, nthreads, geometry=geometry)
+    base = sample_seed(seed, category, split, kind, index)
+    for redraw in range(SCENE_REDRAWS + 1):
+        sequence = base if redraw == 0 else np.random.SeedSequence(
+            base.entropy, spawn_key=(*base.spawn_key, redraw))
+        scene_seq, defect_seq = sequence.spawn(2)
+        params = sample_params(category, image_size, noise_std_m, np.random.default_rng(scene_seq))
+        if kind == "good":
+            return params, None, render_sample(params, None, nthreads)
+        try:
+            defect, geometry = sample_defect(params, kind, np.random.default_rng(defect_seq), nthreads)
+        except PlacementError as exc:
+            if redraw == SCENE_REDRAWS:
+                raise PlacementError(f"{exc}; the scene was drawn {SCENE_REDRAWS + 1} times") from exc
+            logger.info("%s/%s/%s/%03d: %s; drawing the scene again", category, split, kind, index, exc)
+            continue
+        return params, defect, render_sample(params, defect, nthreads, geometry=geometry)
+    raise AssertionError("unreachable")
 
 
 def write_sample(

@@ -17,6 +17,7 @@ from bridgenet.data.synth.materials import hue_shift_matrix
 from bridgenet.data.synth.placement import (
     DEFECT_ATTEMPTS,
     MIN_DEFECT_HEIGHT_M,
+    PlacementError,
     fit_disc,
     next_radius,
 )
@@ -117,7 +118,7 @@ def _place_scratch(
     on_object = np.flatnonzero(clean["on_object"])
     facing = np.flatnonzero(clean["valid"][on_object] & (clean["tex_normals"][:, 2] > 0.85))
     if not len(facing):
-        raise RuntimeError(f"{params.category}: no camera-facing object pixel for a scratch")
+        raise PlacementError(f"{params.category}: no camera-facing object pixel for a scratch")
     plane = params.support_plane()
     last = "none"
     for _ in range(_SCRATCH_ATTEMPTS):
@@ -157,7 +158,7 @@ def _place_scratch(
             last = "not all on valid points above the plane"
         logger.debug("%s/scratch: rejected (%s)", params.category, last)
         length = max(SCRATCH_LENGTH[0] * extent, 0.95 * length)
-    raise RuntimeError(
+    raise PlacementError(
         f"{params.category}: could not place a scratch in one piece on the object's upper side in "
         f"{_SCRATCH_ATTEMPTS} attempts (last: {last})"
     )
@@ -187,7 +188,7 @@ def _place_rim_chip(
     interior[1:-1, 1:-1] = binary_erosion(object_image)[1:-1, 1:-1]
     outline = np.flatnonzero((object_image & ~interior).ravel() & clean["valid"])
     if not len(outline):
-        raise RuntimeError(f"{params.category}: the object has no outline to chip")
+        raise PlacementError(f"{params.category}: the object has no outline to chip")
     points = np.zeros((size * size, 3))
     points[clean["on_object"]] = clean["tex_points"]
     top = float(clean["mesh"].vertices[:, 2].max())
@@ -220,7 +221,7 @@ def _place_rim_chip(
         last = f"radius {radius * 1e3:.1f} mm, mask fraction {fraction:.4f}, bites {lost[pick]}"
         logger.debug("%s/rim_chip: rejected (%s)", params.category, last)
         radius = next_radius(radius, fraction, lo, hi, 0.02)
-    raise RuntimeError(
+    raise PlacementError(
         f"{params.category}: could not chip the rim over {lo}-{hi} of the object's pixels in "
         f"{DEFECT_ATTEMPTS} attempts (last: {last})"
     )

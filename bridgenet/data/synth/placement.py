@@ -23,6 +23,11 @@ MIN_DEFECT_HEIGHT_M = 0.002  # every defect pixel lies at least this far above t
 DEFECT_ATTEMPTS = 16  # radii tried before a placement gives up
 
 
+class PlacementError(RuntimeError):
+    """A defect of the wanted size does not fit on this scan's object (the scene is redrawn,
+    :func:`bridgenet.data.synth.dataset.make_sample`)."""
+
+
 def fit_disc(
     params: SampleParams,
     name: str,
@@ -59,7 +64,7 @@ def fit_disc(
             if len(candidates):
                 break
         else:
-            raise RuntimeError(
+            raise PlacementError(
                 f"{params.category}: no camera-facing object pixel to place a {name!r} defect on"
             )
         pick = rng.choice(candidates)
@@ -81,7 +86,7 @@ def fit_disc(
         last = f"radius {radius * 1e3:.1f} mm, mask fraction {fraction:.4f}, on object {on_object}"
         logger.debug("%s/%s: rejected defect (%s)", params.category, name, last)
         radius = next_radius(radius, fraction, lo, hi, 0.03)
-    raise RuntimeError(
+    raise PlacementError(
         f"{params.category}: could not place a {name!r} defect covering {lo}-{hi} of "
         f"{pixels} pixels on the object in {DEFECT_ATTEMPTS} attempts (last: {last})"
     )

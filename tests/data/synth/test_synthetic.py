@@ -348,3 +348,35 @@ def test_hard_defects_place_at_full_size(category):
                 assert lost.sum() > 0.3 * mask.sum(), seed  # the rest: exposed walls
                 assert not (lost & ~mask).any(), seed
                 assert (mask & _outline(clean_object)).any(), seed
+
+
+def test_a_defect_that_does_not_fit_draws_the_scene_again_and_a_sample_that_fits_is_never_redrawn(monkeypatch):
+    from bridgenet.data.synth import dataset
+    from bridgenet.data.synth.placement import PlacementError
+
+    first_params, _, first = make_sample(3, "cable", "test", "bump", 1, SIZE, 2e-4)
+    real, calls = dataset.sample_defect, []
+
+    def refuse_first(params, kind, rng, nthreads):
+        calls.append(params)
+        if len(calls) == 1:
+            raise PlacementError("cable: could not place a 'bump' (injected)")
+        return real(params, kind, rng, nthreads)
+
+    monkeypatch.setattr(dataset, "sample_defect", refuse_first)
+    params, defect, sample = make_sample(3, "cable", "test", "bump", 1, SIZE, 2e-4)
+    assert len(calls) == 2 and calls[0] == first_params  # the first scene is the one that fits without redraws
+    assert params == calls[1] and params != first_params  # another scene, drawn from the extended key
+    assert defect is not None and sample.mask.any() and not np.array_equal(sample.rgb, first.rgb)
+    calls.clear()
+    again = make_sample(3, "cable", "test", "bump", 1, SIZE, 2e-4)  # deterministic: the same redraw
+    assert again[0] == params and np.array_equal(again[2].rgb, sample.rgb)
+
+    def refuse_all(params, kind, rng, nthreads):
+        raise PlacementError("cable: could not place a 'bump' (injected)")
+
+    monkeypatch.setattr(dataset, "sample_defect", refuse_all)
+    with pytest.raises(PlacementError, match=r"could not place a 'bump' \(injected\); the scene was drawn 9 times"):
+        make_sample(3, "cable", "test", "bump", 1, SIZE, 2e-4)
+    monkeypatch.setattr(dataset, "sample_defect", real)
+    assert make_sample(3, "cable", "test", "bump", 1, SIZE, 2e-4)[0] == first_params
