@@ -55,7 +55,7 @@ def sample_arrays(root: Path, category: str, key: str, params) -> dict[str, np.n
         gt = gt[..., 0] if gt.ndim == 3 else gt
     seed = zlib.crc32(f"{category}/{key}".encode())
     height, foreground = visible_depth(xyz, params.data, np.random.default_rng(seed))
-    small, depth, _, box = network_inputs(rgb, xyz, params.data, np.random.default_rng(seed))
+    small, depth, _, box, _ = network_inputs(rgb, xyz, params.data, np.random.default_rng(seed))
     return {"rgb": rgb, "valid": valid_points(xyz), "height": height, "foreground": foreground, "gt": gt,
             "small": small, "depth": depth, "box": np.array(box)}
 

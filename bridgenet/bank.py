@@ -148,7 +148,7 @@ def read_good_parts(folder: Path, model: TrainedModel) -> tuple[Batch, list[Path
         if min(rgb.shape[:2]) < side:
             raise ValueError(f"{rgb_path}: {rgb.shape[1]}x{rgb.shape[0]} pixels, below the model's {side}x{side}")
         seed = zlib.crc32(rgb_path.relative_to(folder).as_posix().encode("utf-8"))
-        small, depth, foreground, _ = network_inputs(rgb, xyz, model.params.data, np.random.default_rng(seed))
+        small, depth, foreground, *_ = network_inputs(rgb, xyz, model.params.data, np.random.default_rng(seed))
         if not foreground.any():
             empty.append(rgb_path)
         arrays.append((small, depth, foreground))

@@ -52,6 +52,7 @@ class Prediction:
     status: str = "ok"
     mask: np.ndarray | None = None  # anomaly_map > the model's pixel threshold (None: model without one)
     brightness: float | None = None  # the part's, as the network saw it (the drift monitor's; None: no object)
+    missing_points: float | None = None  # share of the part's pixels without a 3D point (the drift monitor's)
 
 
 def resolve_model(ref: str | Path, tracking_uri: str | None = None, graph: bool = False) -> TrainedModel:
@@ -70,7 +71,8 @@ def log_record(model: TrainedModel, origin: ModelOrigin, digests: tuple[str | No
 
     if isinstance(outcome, Prediction):
         return prediction_record(model.category, model.threshold, origin, digests, source, outcome.status,
-                                 outcome.score, bool(outcome.anomalous), brightness=outcome.brightness)
+                                 outcome.score, bool(outcome.anomalous), brightness=outcome.brightness,
+                                 missing_points=outcome.missing_points)
     status = "no_object" if isinstance(outcome, NoObjectError) else "error"
     return prediction_record(model.category, model.threshold, origin, digests, source, status, message=str(outcome))
 
@@ -146,13 +148,15 @@ def minimum_side(model: TrainedModel) -> int:
 class PreparedSample:
     """One sample made ready for the network (:func:`prepare_sample`): network-size arrays
     (rgb uint8 (S, S, 3), depth float32 (S, S), foreground bool (S, S)), the frame's box
-    they show (top, left, height, width) and the frame's size (H, W)."""
+    they show (top, left, height, width), the frame's size (H, W) and the share of the part's
+    pixels without a measured point (:func:`bridgenet.data.depth.missing_share`)."""
 
     rgb: np.ndarray
     depth: np.ndarray
     foreground: np.ndarray
     box: tuple[int, int, int, int]
     frame: tuple[int, int]
+    missing: float = 0.0
 
 
 def prepare_sample(rgb: np.ndarray, xyz: np.ndarray, data_cfg: DataConfig, side: int, rgb_name: str = "rgb",
@@ -166,8 +170,8 @@ def prepare_sample(rgb: np.ndarray, xyz: np.ndarray, data_cfg: DataConfig, side:
     if min(rgb.shape[:2]) < side:
         raise ValueError(f"input is {rgb.shape[1]}x{rgb.shape[0]} pixels; the model needs at least "
                          f"{side}x{side} (its backbone's coarsest stride)")
-    rgb_small, depth, foreground, box = network_inputs(rgb, xyz, data_cfg, np.random.default_rng(0))
-    return PreparedSample(rgb_small, depth, foreground, tuple(box), (int(rgb.shape[0]), int(rgb.shape[1])))
+    rgb_small, depth, foreground, box, missing = network_inputs(rgb, xyz, data_cfg, np.random.default_rng(0))
+    return PreparedSample(rgb_small, depth, foreground, tuple(box), (int(rgb.shape[0]), int(rgb.shape[1])), missing)
 
 
 def empty_foreground_policy(model: TrainedModel, on_empty_foreground: str | None) -> str:
@@ -222,7 +226,7 @@ def predict_prepared(model: TrainedModel, samples: list[PreparedSample], policy:
         for i, score, anomaly_map, light in zip(indices, scored.scores, scored.frames, lights):
             score = float(score)
             outcomes[i] = Prediction(score, score > model.threshold, model.threshold, anomaly_map, "ok",
-                                     predicted_mask(model, anomaly_map), float(light))
+                                     predicted_mask(model, anomaly_map), float(light), float(samples[i].missing))
     return outcomes  # type: ignore[return-value]  # every slot filled above
 
 

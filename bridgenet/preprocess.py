@@ -14,6 +14,8 @@ One compressed ``.npz`` per sample at ``{cache_dir}/{category}/{split}/{defect}/
 - ``original_size`` int64 (2,): (H0, W0);
 - ``crop_box`` int64 (4,): the frame's box the arrays show, (top, left, height, width)
   (``data.crop``: a square around the part, or the whole frame);
+- ``missing`` float32 (): the share of the part's pixels without a measured point
+  (:func:`bridgenet.data.depth.missing_share`; the drift monitor's reference);
 - ``fingerprint`` str: hash of the source files (size, mtime_ns) and of the
   settings the entry was built with (:func:`fingerprint`).
 
@@ -47,6 +49,7 @@ import json
 import logging
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -64,7 +67,7 @@ from bridgenet.data.cache import (
     entry_fingerprint,
 )
 from bridgenet.data.crop import crop, object_box, whole_frame
-from bridgenet.data.depth import resize_depth_and_mask, visible_depth
+from bridgenet.data.depth import missing_share, resize_depth_and_mask, visible_depth
 from bridgenet.data.mvtec import scan_feedback_category
 from bridgenet.data.readers import load_sample, scan_dataset
 from bridgenet.data.samples import DataError, Sample
@@ -98,20 +101,33 @@ def fingerprint(sample: Sample, settings: dict[str, object]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+class NetworkInputs(NamedTuple):
+    """:func:`network_inputs`' result."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    foreground: np.ndarray
+    box: tuple[int, int, int, int]
+    missing: float
+
+
 def network_inputs(
     rgb: np.ndarray, xyz: np.ndarray, data_cfg: DataConfig, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+) -> NetworkInputs:
     """Network-ready arrays of one sample, the same for the cache and for online prediction.
 
     rgb uint8 (H, W, 3) and xyz float32 (H, W, 3) in; rgb uint8 (S, S, 3)
-    (antialiased bilinear resize), depth float32 (S, S) in [0, 1], foreground bool (S, S)
-    and the frame's box they show (top, left, height, width) out, S = ``data_cfg.image_size``.
+    (antialiased bilinear resize), depth float32 (S, S) in [0, 1], foreground bool (S, S),
+    the frame's box they show (top, left, height, width) and the share of the part's pixels
+    without a measured point (:func:`bridgenet.data.depth.missing_share`, before the depth's
+    holes are filled) out, S = ``data_cfg.image_size``.
     With ``data.crop: object`` the box is a square around the part
     (:func:`bridgenet.data.crop.object_box`), else the whole frame.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"rgb must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
     depth, foreground = visible_depth(xyz, data_cfg, rng)
+    missing = missing_share(xyz, foreground)
     if data_cfg.crop == "object":
         box = object_box(foreground, data_cfg.crop_margin)
     else:
@@ -123,7 +139,8 @@ def network_inputs(
         depth, foreground = np.zeros((size, size), np.float32), np.zeros((size, size), bool)
     rgb_small = np.asarray(Image.fromarray(np.ascontiguousarray(crop(rgb, box))).resize(
         (size, size), Image.Resampling.BILINEAR))
-    return rgb_small.astype(np.uint8), depth.astype(np.float32), foreground.astype(bool), box
+    return NetworkInputs(rgb_small.astype(np.uint8), depth.astype(np.float32), foreground.astype(bool), box,
+                         missing)
 
 
 def preprocess_sample(sample: Sample, data_cfg: DataConfig) -> dict[str, np.ndarray]:
@@ -137,7 +154,7 @@ def preprocess_sample(sample: Sample, data_cfg: DataConfig) -> dict[str, np.ndar
             sample.gt_path, f"good sample's mask marks {int(gt.sum())} pixels as anomalous"
         )
     try:
-        rgb_small, depth, foreground, box = network_inputs(
+        rgb_small, depth, foreground, box, missing = network_inputs(
             rgb, xyz, data_cfg, np.random.default_rng(sample_seed(sample))
         )
     except ValueError as exc:
@@ -149,6 +166,7 @@ def preprocess_sample(sample: Sample, data_cfg: DataConfig) -> dict[str, np.ndar
         "gt": gt.astype(bool),
         "original_size": np.array([height, width], dtype=np.int64),
         "crop_box": np.array(box, dtype=np.int64),
+        "missing": np.array(missing, dtype=np.float32),
     }
 
 

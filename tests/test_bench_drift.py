@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.drift import darken, darkened_pairs, darkenings, detected, variant_name
+from bench.drift import (
+    darken,
+    darkened_pairs,
+    darkenings,
+    detected,
+    drop_points,
+    dropouts,
+    dropped_pairs,
+    variant_name,
+)
 
 
 def test_darkening_keeps_shape_and_dtype_and_rounds():
@@ -45,3 +54,29 @@ def test_detection_counts_the_seeds_whose_pass_said_drift():
     runs = [{"variants": [{"darken": 0.0, "status": "ok"}, {"darken": 0.15, "status": "drift"}]},
             {"variants": [{"darken": 0.0, "status": "ok"}, {"darken": 0.15, "status": "ok"}]}]
     assert detected(runs) == {"0.00": "0/2", "0.15": "1/2"}
+    runs[0]["variants"].append({"darken": 0.0, "dropout": 0.05, "status": "drift"})
+    assert detected(runs) == {"0.00": "0/2", "0.15": "1/2", "dropout 0.05": "1/1"}
+
+
+def test_a_dropout_loses_that_share_of_the_points_of_a_copy_and_keeps_the_image(tmp_path):
+    import tifffile
+
+    xyz = np.random.default_rng(0).uniform(0.1, 0.5, size=(200, 300, 3)).astype(np.float32)
+    out = drop_points(xyz, 0.1, np.random.default_rng(1))
+    lost = (out == 0).all(axis=-1)
+    assert out.dtype == xyz.dtype and lost.mean() == pytest.approx(0.1, abs=0.01)
+    np.testing.assert_array_equal(out[~lost], xyz[~lost])
+    assert (xyz != 0).all()  # the input is left alone
+    assert dropouts([0.1, 0.0, 0.02, 0.1]) == [0.02, 0.1] and variant_name(0.05, "dropout") == "dropout-0.05"
+    with pytest.raises(ValueError, match="--dropout"):
+        dropouts([5.0])
+    path = tmp_path / "good" / "xyz" / "000.tiff"
+    path.parent.mkdir(parents=True)
+    tifffile.imwrite(path, xyz, photometric="minisblack", planarconfig="contig")
+    rgb = tmp_path / "good" / "rgb" / "000.png"
+    [(same_rgb, copy)] = dropped_pairs([(rgb, path)], 0.2, tmp_path / "dusty")
+    assert same_rgb == rgb and copy == tmp_path / "dusty" / "xyz" / "000.tiff"
+    assert (tifffile.imread(copy) == 0).all(axis=-1).mean() == pytest.approx(0.2, abs=0.01)
+    assert (tifffile.imread(path) != 0).all()
+    [(_, again)] = dropped_pairs([(rgb, path)], 0.2, tmp_path / "again")  # seeded by the file's name
+    np.testing.assert_array_equal(tifffile.imread(again), tifffile.imread(copy))

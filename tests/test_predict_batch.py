@@ -196,6 +196,8 @@ def test_folder_predict_logs_one_record_per_sample_in_one_go(tiny_root, model_fi
     assert broken.name in bad["message"].iloc[0]
     light = records.loc[ok.to_numpy(), "brightness"]
     assert light.between(0.05, 0.95).all() and light.nunique() > 1 and bad["brightness"].isna().all()
+    holes = records.loc[ok.to_numpy(), "missing_points"]  # rendered scans: every point of the part measured
+    assert holes.between(0.0, 0.05).all() and bad["missing_points"].isna().all()
 
 
 def test_cli_logs_to_monitor_log_unless_told_not_to(tiny_root, model_file, tmp_path):
@@ -229,6 +231,7 @@ def test_cli_logs_to_monitor_log_unless_told_not_to(tiny_root, model_file, tmp_p
     prepared = prepare_sample(read_rgb(rgb), read_xyz(xyz), model.params.data, minimum_side(model))
     expected = part_brightness(prepared.rgb[None], prepared.foreground[None])[0]
     assert 0.05 < row["brightness"] < 0.95 and row["brightness"] == pytest.approx(expected, abs=1e-9)
+    assert row["missing_points"] == pytest.approx(prepared.missing, abs=1e-9)
     predict("--set", f"monitor.log={log}", "--no-log")
     predict("--set", "monitor.log=''")
     assert len(read(log)) == 1
@@ -281,6 +284,7 @@ def test_the_served_model_logs_each_sample_with_its_files_digests(trained_bagel,
     assert np.allclose(records["score"], out["score"]) and set(records["source"]) == {"serve"}
     assert set(records["model_digest"]) == {sha256(path)}
     assert records["brightness"].between(0.05, 0.95).all()  # served records feed the brightness check too
+    assert records["missing_points"].between(0.0, 1.0).all()  # and the missing-points check
     with pytest.raises(Exception, match="rgb: expected shape"):
         wrapper.predict(None, {"rgb": np.zeros((2, 3)), "xyz": np.zeros((2, 3))})
     refused = read(log).iloc[-1]

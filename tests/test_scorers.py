@@ -115,7 +115,7 @@ def test_the_memory_head_sees_a_faint_stain_where_it_is(trained):
     for intact, stained, mask in stained_pairs(params):
         maps = []
         for rgb in (intact.rgb, stained):
-            small, depth, _, box = network_inputs(rgb, intact.xyz, params.data, np.random.default_rng(0))
+            small, depth, _, box, _ = network_inputs(rgb, intact.xyz, params.data, np.random.default_rng(0))
             with torch.no_grad():
                 embeddings = net.embed_inputs({
                     "rgb": torch.from_numpy(small).permute(2, 0, 1).float().div(255).unsqueeze(0),

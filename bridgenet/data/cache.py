@@ -22,7 +22,7 @@ import numpy as np
 from bridgenet.config import DataConfig
 from bridgenet.data.samples import LINE_SPLIT, SPLITS
 
-CACHE_VERSION = 3  # 2: entries hold their fingerprint; 3: and their crop box
+CACHE_VERSION = 4  # 2: entries hold their fingerprint; 3: and their crop box; 4: and the part's missing points
 SETTING_KEYS = (
     "format",
     "eyecandies_rgb",
@@ -75,7 +75,8 @@ class CachedSplit:
     (N, S, S), labels int64 (N,), defects/stems lists of N strings, gt a list of
     N bool (H0, W0) masks at original resolution, original_sizes int64 (N, 2),
     crop_boxes int64 (N, 4): the box of the original frame each sample's arrays show
-    (top, left, height, width); masked bool (N,) or None: whether each sample's ground truth
+    (top, left, height, width); missing float32 (N,) or None: the share of each part's pixels
+    without a measured point (None: not known, a split made by hand); masked bool (N,) or None: whether each sample's ground truth
     is known (False: a confirmed line defect without a mask, scored at image level only;
     None: every one's is).
     """
@@ -92,6 +93,7 @@ class CachedSplit:
     original_sizes: np.ndarray
     crop_boxes: np.ndarray
     masked: np.ndarray | None = None
+    missing: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -117,6 +119,7 @@ class CachedSplit:
         for name in ("defects", "stems", "gt"):
             picked[name] = [picked[name][i] for i in index]
         picked["masked"] = self.known_masks()[index]
+        picked["missing"] = None if self.missing is None else self.missing[index]
         return CachedSplit(**picked)
 
 
@@ -131,6 +134,8 @@ def join_splits(first: CachedSplit, second: CachedSplit, split: str) -> CachedSp
     for name in ("defects", "stems", "gt"):
         joined[name] = [*getattr(first, name), *getattr(second, name)]
     joined["masked"] = np.concatenate([first.known_masks(), second.known_masks()])
+    both = first.missing is not None and second.missing is not None
+    joined["missing"] = np.concatenate([first.missing, second.missing]) if both else None
     return CachedSplit(**joined)
 
 
@@ -186,7 +191,7 @@ def load_cached_split(
     if not rows:
         raise ValueError(f"{folder}: no cached sample of split {split!r}")
     arrays: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("rgb", "depth", "foreground", "gt", "original_size", "crop_box")
+        k: [] for k in ("rgb", "depth", "foreground", "gt", "original_size", "crop_box", "missing")
     }
     listed = manifest.get("entries", {})
     mismatched = []
@@ -230,4 +235,5 @@ def load_cached_split(
         original_sizes=np.stack(arrays["original_size"]).astype(np.int64, copy=False),
         crop_boxes=np.stack(arrays["crop_box"]).astype(np.int64, copy=False),
         masked=np.array([row["gt_path"] != "" or row["label"] == "0" for row in rows], dtype=bool),
+        missing=np.array(arrays["missing"], dtype=np.float32),
     )

@@ -58,6 +58,28 @@ def valid_points(xyz: np.ndarray) -> np.ndarray:
     return np.isfinite(total) & (z != 0)
 
 
+MISSING_REGION_CLOSING = 4  # closings (3 x 3 cross) that join the part's region across scattered dropouts
+
+
+def missing_share(xyz: np.ndarray, foreground: np.ndarray) -> float:
+    """Share of the part's region that holds no measured point: the sensor's dropouts on the part,
+    which the network never sees (they are filled from their neighbours); 0 for an empty foreground.
+    A dirty lens, stray light or a failing projector raises it before the scores move (the drift
+    monitor's ``missing_points``).
+
+    The region is ``foreground`` (H, W) bool at xyz's resolution, closed
+    (:data:`MISSING_REGION_CLOSING` times) and with its holes filled: scattered dropouts also
+    erode the foreground itself (at 10 % of the points lost, a rendered bagel's foreground
+    halves), so counting inside the foreground alone would read 5 % where the region reads 10 %.
+    """
+    if foreground.shape != xyz.shape[:2]:
+        raise ValueError(f"foreground {foreground.shape} and xyz {xyz.shape} differ in size")
+    if not foreground.any():
+        return 0.0
+    region = ndimage.binary_fill_holes(ndimage.binary_closing(foreground, iterations=MISSING_REGION_CLOSING))
+    return float((region & ~valid_points(xyz)).sum() / region.sum())
+
+
 def _ransac_plane(
     points: np.ndarray, inlier_distance: float, iterations: int, rng: np.random.Generator
 ) -> np.ndarray:

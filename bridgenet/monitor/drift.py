@@ -1,6 +1,6 @@
 """Drift statistics: a window of production records against the model's validation goods.
 
-Pure functions, arrays in, numbers out (no I/O). Four checks, each against a limit of
+Pure functions, arrays in, numbers out (no I/O). Five checks, each against a limit of
 ``monitor.*`` (:class:`bridgenet.config.MonitorConfig`):
 
 - **flagged rate**: the share of the window's ok records with verdict ``defect``, against
@@ -18,6 +18,12 @@ Pure functions, arrays in, numbers out (no I/O). Four checks, each against a lim
   ``max_brightness_shift`` of the reference's (lighting, exposure, a dirty lens). It reads the
   input, not the model: a change the scores barely show (the model is meant to be robust to
   it) is still seen.
+- **missing points**: the median share of the part's pixels without a measured 3D point
+  (:func:`bridgenet.data.depth.missing_share`, logged with each ok record) against the
+  validation goods', crossed when it rose by more than ``max_missing_points_increase`` (a
+  share of the part: 0.05 is 5 % of its pixels). The network never sees the dropouts (the
+  depth's holes are filled from their neighbours), so a dusty lens, stray light or a failing
+  projector would otherwise go unnoticed until the depth half of the model is blind.
 
 Fewer than ``min_samples`` ok records is "not enough data", never "ok"; only the no_object
 rate may still be judged then (a line where every part is missing is not quiet).
@@ -41,14 +47,15 @@ PSI_FLOOR = 1e-4  # a bin's share below this counts as this (an empty bin would 
 class Window:
     """The records a monitoring pass reads: ok records' ``scores`` (N,) and ``flagged`` (N,) bool,
     the counts of no_object and error records in the same stretch of the log, and the
-    ``brightness`` (M,) of the ok records that carry one (M <= N; logs written before it was
-    recorded carry none)."""
+    ``brightness`` (M,) and ``missing`` points (K,) of the ok records that carry them (M, K <= N;
+    logs written before they were recorded carry none)."""
 
     scores: np.ndarray
     flagged: np.ndarray
     no_object: int = 0
     errors: int = 0
     brightness: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    missing: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         scores, flagged = np.asarray(self.scores, dtype=np.float64), np.asarray(self.flagged, dtype=bool)
@@ -56,12 +63,13 @@ class Window:
             raise ValueError(f"Window: scores {scores.shape} and flagged {flagged.shape} must be two (N,) arrays")
         if not np.isfinite(scores).all():
             raise ValueError("Window: scores hold NaN or Inf")
-        brightness = np.asarray(self.brightness, dtype=np.float64)
-        if brightness.ndim != 1 or brightness.size > scores.size or not np.isfinite(brightness).all():
-            raise ValueError(f"Window: brightness {brightness.shape} must be finite, (M,) with M <= {scores.size}")
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "flagged", flagged)
-        object.__setattr__(self, "brightness", brightness)
+        for name in ("brightness", "missing"):
+            values = np.asarray(getattr(self, name), dtype=np.float64)
+            if values.ndim != 1 or values.size > scores.size or not np.isfinite(values).all():
+                raise ValueError(f"Window: {name} {values.shape} must be finite, (M,) with M <= {scores.size}")
+            object.__setattr__(self, name, values)
 
 
 def part_brightness(rgb: np.ndarray, foreground: np.ndarray) -> np.ndarray:
@@ -135,14 +143,16 @@ def brightness_shift(observed: np.ndarray, reference: np.ndarray) -> float:
 
 
 def assess(window: Window, reference: np.ndarray, threshold_quantile: float, cfg: MonitorConfig,
-           reference_brightness: np.ndarray | None = None) -> Assessment:
+           reference_brightness: np.ndarray | None = None, reference_missing: np.ndarray | None = None) -> Assessment:
     """Judge ``window`` against ``reference`` (the model's validation goods' scores, (R,)) and the limits
     of ``cfg``; ``threshold_quantile`` is the model's own (its promise on good parts is ``1 - it``).
-    ``reference_brightness``: the validation goods' :func:`part_brightness` (None: not judged)."""
+    ``reference_brightness``: the validation goods' :func:`part_brightness`, ``reference_missing``
+    their missing points (:func:`bridgenet.data.depth.missing_share`); None: that check is not judged."""
     from scipy.stats import ks_2samp  # here: predict imports this module for part_brightness alone
 
     reference = np.asarray(reference, dtype=np.float64)
     ref_light = np.zeros(0) if reference_brightness is None else np.asarray(reference_brightness, np.float64)
+    ref_missing = np.zeros(0) if reference_missing is None else np.asarray(reference_missing, np.float64)
     n_ok = int(window.scores.size)
     n_records = n_ok + window.no_object
     expected = 1.0 - threshold_quantile
@@ -157,6 +167,9 @@ def assess(window: Window, reference: np.ndarray, threshold_quantile: float, cfg
         "n_brightness": int(window.brightness.size), "brightness_median": None, "brightness_shift": None,
         "brightness_ks_pvalue": None,
         "reference_brightness_median": float(np.median(ref_light)) if ref_light.size else None,
+        "n_missing_points": int(window.missing.size), "missing_points_median": None,
+        "missing_points_increase": None, "missing_points_ks_pvalue": None,
+        "reference_missing_points_median": float(np.median(ref_missing)) if ref_missing.size else None,
     }
     crossed: list[str] = []
     if n_records >= cfg.min_samples and numbers["no_object_rate"] > cfg.max_no_object_rate:
@@ -173,6 +186,11 @@ def assess(window: Window, reference: np.ndarray, threshold_quantile: float, cfg
         numbers.update(brightness_median=float(np.median(window.brightness)),
                        brightness_shift=brightness_shift(window.brightness, ref_light),
                        brightness_ks_pvalue=float(ks_2samp(window.brightness, ref_light).pvalue))
+    if window.missing.size and ref_missing.size:
+        median = float(np.median(window.missing))
+        numbers.update(missing_points_median=median,
+                       missing_points_increase=median - numbers["reference_missing_points_median"],
+                       missing_points_ks_pvalue=float(ks_2samp(window.missing, ref_missing).pvalue))
     if n_ok >= cfg.min_samples:
         if numbers["flag_rate"] > numbers["flag_rate_limit"]:
             crossed.append("flag_rate")
@@ -183,6 +201,9 @@ def assess(window: Window, reference: np.ndarray, threshold_quantile: float, cfg
     if (window.brightness.size >= cfg.min_samples and numbers["brightness_shift"] is not None
             and abs(numbers["brightness_shift"]) > cfg.max_brightness_shift):
         crossed.append("brightness")
+    if (window.missing.size >= cfg.min_samples and numbers["missing_points_increase"] is not None
+            and numbers["missing_points_increase"] > cfg.max_missing_points_increase):
+        crossed.append("missing_points")
     if crossed:
         status = DRIFT
     else:
@@ -193,5 +214,6 @@ def assess(window: Window, reference: np.ndarray, threshold_quantile: float, cfg
 def limits(cfg: MonitorConfig) -> dict[str, float | int]:
     """The limits a pass judges by, as logged with it."""
     keys = ("window", "window_hours", "min_samples", "max_flag_rate_ratio", "psi_limit", "psi_bins",
-            "psi_min_per_bin", "ks_pvalue", "max_no_object_rate", "max_brightness_shift")
+            "psi_min_per_bin", "ks_pvalue", "max_no_object_rate", "max_brightness_shift",
+            "max_missing_points_increase")
     return {key: getattr(cfg, key) for key in keys}

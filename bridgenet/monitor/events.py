@@ -16,7 +16,8 @@ _PAYLOAD_KEYS = ("status", "crossed", "time", "n_ok", "n_no_object", "n_error", 
                  "expected_flag_rate", "flag_rate_limit", "flag_rate_ratio", "psi", "psi_bins", "ks_statistic",
                  "ks_pvalue", "no_object_rate", "score_median", "reference_median", "n_brightness",
                  "brightness_median", "reference_brightness_median", "brightness_shift", "brightness_ks_pvalue",
-                 "limits", "model",
+                 "n_missing_points", "missing_points_median", "reference_missing_points_median",
+                 "missing_points_increase", "missing_points_ks_pvalue", "limits", "model",
                  "window", "mlflow_run_id")
 
 

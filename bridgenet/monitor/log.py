@@ -23,10 +23,12 @@ threshold       real   the model's image threshold
 source          text   ``predict`` (the CLI) or ``serve`` (the REST model)
 brightness      real   the part's mean brightness in [0, 1] as the network saw it (ok records;
                        :func:`bridgenet.monitor.drift.part_brightness`), else NULL
+missing_points  real   the share of the part's pixels without a measured 3D point (ok records;
+                       :func:`bridgenet.data.depth.missing_share`), else NULL
 ==============  =====  =========================================================
 
-A log written before ``brightness`` existed (schema 1) gains the column, empty for its old
-records, when a writer opens it; :func:`read` reads either.
+A log written before ``brightness`` (schema 1) or ``missing_points`` (schema 2) existed gains
+the columns, empty for its old records, when a writer opens it; :func:`read` reads any.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 TABLE = "predictions"
-SCHEMA_VERSION = 2  # PRAGMA user_version of a log this module wrote (2: brightness added)
+SCHEMA_VERSION = 3  # PRAGMA user_version of a log this module wrote (2: brightness, 3: missing_points)
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another's transaction before giving up
 STATUSES = ("ok", "no_object", "error")
 VERDICTS = ("defect", "good")
@@ -67,7 +69,8 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     message TEXT,
     threshold REAL,
     source TEXT NOT NULL,
-    brightness REAL
+    brightness REAL,
+    missing_points REAL
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_category_time ON {TABLE} (category, time);
 PRAGMA user_version = {SCHEMA_VERSION};
@@ -92,6 +95,7 @@ class PredictionRecord:
     threshold: float | None
     source: str
     brightness: float | None = None
+    missing_points: float | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("status", self.status, STATUSES), ("source", self.source, SOURCES),
@@ -101,6 +105,7 @@ class PredictionRecord:
 
 
 COLUMNS = ("id", *(f.name for f in fields(PredictionRecord)))
+ADDED_COLUMNS = ("brightness", "missing_points")  # real columns added after schema 1, in order
 
 
 def utc_now() -> str:
@@ -133,8 +138,10 @@ def _connection(path: Path) -> sqlite3.Connection:
             # WAL + NORMAL: a committed record survives a crash of the process, not a power cut
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(SCHEMA)
-            if "brightness" not in _columns(connection):  # a schema-1 log: add the column
-                connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN brightness REAL")
+            present = _columns(connection)
+            for column in ADDED_COLUMNS:  # a log of an earlier schema: add what it lacks
+                if column not in present:
+                    connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN {column} REAL")
         except sqlite3.Error:
             connection.close()
             raise
@@ -199,7 +206,7 @@ def read(path: str | Path, category: str | None = None, since: datetime | str | 
         args.append(limit)
     connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
     try:
-        present = _columns(connection)  # a schema-1 log read before any writer added brightness
+        present = _columns(connection)  # an earlier schema's log read before any writer added its columns
         names = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
         sql = f"SELECT {names} FROM {TABLE}" + (f" WHERE {' AND '.join(where)}" if where else "")
         sql += " ORDER BY id DESC" + (" LIMIT ?" if limit is not None else "")
@@ -210,4 +217,4 @@ def read(path: str | Path, category: str | None = None, since: datetime | str | 
         connection.close()
     table = pd.DataFrame(rows[::-1], columns=list(COLUMNS))
     table["time"] = pd.to_datetime(table["time"], utc=True, format="ISO8601")
-    return table.astype({"score": float, "threshold": float, "brightness": float})
+    return table.astype({"score": float, "threshold": float, **{column: float for column in ADDED_COLUMNS}})

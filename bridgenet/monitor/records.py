@@ -93,7 +93,8 @@ def array_digest(array: np.ndarray) -> str:
 
 def prediction_record(category: str, threshold: float, origin: ModelOrigin, digests: tuple[str | None, str | None],
                       source: str, status: str, score: float | None = None, anomalous: bool | None = None,
-                      message: str | None = None, brightness: float | None = None) -> PredictionRecord:
+                      message: str | None = None, brightness: float | None = None,
+                      missing_points: float | None = None) -> PredictionRecord:
     """One log record, stamped now; ``anomalous`` None (nothing decided) leaves the verdict empty."""
     verdict = None if anomalous is None else ("defect" if anomalous else "good")
     return PredictionRecord(
@@ -101,6 +102,7 @@ def prediction_record(category: str, threshold: float, origin: ModelOrigin, dige
         model_digest=origin.digest, rgb_digest=digests[0], xyz_digest=digests[1],
         score=None if score is None else float(score), verdict=verdict, status=status, message=message,
         threshold=float(threshold), source=source, brightness=None if brightness is None else float(brightness),
+        missing_points=None if missing_points is None else float(missing_points),
     )
 
 

@@ -28,7 +28,9 @@ LOGGER = logging.getLogger(__name__)
 METRIC_KEYS = ("n_ok", "n_no_object", "n_error", "n_reference", "flag_rate", "expected_flag_rate",
                "flag_rate_limit", "flag_rate_ratio", "psi", "psi_bins", "ks_statistic", "ks_pvalue",
                "no_object_rate", "score_median", "reference_median", "n_brightness", "brightness_median",
-               "reference_brightness_median", "brightness_shift", "brightness_ks_pvalue")
+               "reference_brightness_median", "brightness_shift", "brightness_ks_pvalue", "n_missing_points",
+               "missing_points_median", "reference_missing_points_median", "missing_points_increase",
+               "missing_points_ks_pvalue")
 
 
 def describe_pass(summary: Mapping[str, Any]) -> str:
@@ -58,8 +60,11 @@ def describe_pass(summary: Mapping[str, Any]) -> str:
             ".3g"),
         row("brightness vs validation goods", summary.get("brightness_shift"),
             f"± {limits['max_brightness_shift']:.0%}", "brightness", "+.1%"),
+        row("part without a 3D point vs validation goods", summary.get("missing_points_increase"),
+            f"+ {limits['max_missing_points_increase']:.0%}", "missing_points", "+.1%"),
         "",
-        "The two score and brightness distributions: artifact `drift.png`; every number: `drift.json`.",
+        ("The distributions of scores, brightness and missing points: artifact `drift.png`; every number: "
+        "`drift.json`."),
     ]
     return "\n".join(lines)
 

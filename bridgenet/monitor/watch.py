@@ -69,12 +69,13 @@ def select_window(records: pd.DataFrame, model_digest: str, cfg: MonitorConfig,
         mine = mine[times >= pd.Timestamp(now) - pd.Timedelta(hours=cfg.window_hours)]
     ok = mine[mine["status"] == "ok"].tail(cfg.window)
     stretch = mine[mine["id"] >= ok["id"].iloc[0]] if len(ok) else mine.tail(cfg.window)
-    light = ok["brightness"].to_numpy(dtype=np.float64) if "brightness" in ok else np.zeros(0)
+    light, holes = (ok[c].to_numpy(dtype=np.float64) if c in ok else np.zeros(0) for c in ("brightness", "missing_points"))
     window = Window(scores=ok["score"].to_numpy(dtype=np.float64),
                     flagged=(ok["verdict"] == "defect").to_numpy(),
                     no_object=int((stretch["status"] == "no_object").sum()),
                     errors=int((stretch["status"] == "error").sum()),
-                    brightness=light[np.isfinite(light)])  # records logged before brightness was carry none
+                    brightness=light[np.isfinite(light)],  # records logged before these were carry none
+                    missing=holes[np.isfinite(holes)])
     where = {"first": str(stretch["time"].iloc[0]) if len(stretch) else None,
              "last": str(stretch["time"].iloc[-1]) if len(stretch) else None,
              "records_of_other_models": other_models}
@@ -99,9 +100,9 @@ def monitor_category(params: Params, category: str, model_ref: str | None = None
     model = load_model(path)
     if model.category != category:
         raise ValueError(f"{ref} is a model of {model.category!r}, not of {category!r}")
-    reference_scores, light = reference(params, category, model, digest)
+    goods = reference(params, category, model, digest)
     window, where = select_window(_read_log(Path(cfg.log), category), digest, cfg, now)
-    result = assess(window, reference_scores, model.params.train.threshold_quantile, cfg, light)
+    result = assess(window, goods.scores, model.params.train.threshold_quantile, cfg, goods.brightness, goods.missing)
     folder = category_dir(params, category)
     summary = {"category": category, "status": result.status, "crossed": list(result.crossed),
                "time": now.isoformat(), **result.numbers, "limits": limits(cfg),
@@ -109,8 +110,8 @@ def monitor_category(params: Params, category: str, model_ref: str | None = None
                          "threshold_quantile": model.params.train.threshold_quantile},
                "window": where, "log": str(cfg.log),
                "files": {"summary": str(folder / "drift.json"), "figure": str(folder / "drift.png")}}
-    write_figure(Path(summary["files"]["figure"]), reference_scores, window, result, category, light,
-                 cfg.max_brightness_shift)
+    write_figure(Path(summary["files"]["figure"]), goods.scores, window, result, category, goods.brightness,
+                 cfg.max_brightness_shift, goods.missing, cfg.max_missing_points_increase)
     if track:
         from bridgenet.monitor.runs import log_monitoring_run
 
@@ -121,16 +122,18 @@ def monitor_category(params: Params, category: str, model_ref: str | None = None
 
 
 def write_figure(path: Path, reference: np.ndarray, window: Window, result: Assessment, category: str,
-                 reference_light: np.ndarray | None = None, max_shift: float | None = None) -> Path:
+                 reference_light: np.ndarray | None = None, max_shift: float | None = None,
+                 reference_missing: np.ndarray | None = None, max_increase: float | None = None) -> Path:
     """The two score distributions (validation goods, the window), the two brightness distributions
-    with the limits around the reference's median, and the flagged rate against its limit."""
+    with the limits around the reference's median, the two distributions of missing 3D points with
+    the limit above the reference's median, and the flagged rate against its limit."""
     from matplotlib.figure import Figure
 
     from bridgenet.reports import save_figure
 
     n = result.numbers
-    fig = Figure(figsize=(14, 4))
-    left, middle, right = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 2, 1]})
+    fig = Figure(figsize=(18, 4))
+    left, middle, holes, right = fig.subplots(1, 4, gridspec_kw={"width_ratios": [3, 2, 2, 1]})
     _two_histograms(left, reference, window.scores)
     stats = (f"PSI {n['psi']:.3f}, KS p {n['ks_pvalue']:.2g}" if n["psi"] is not None else "no ok record")
     left.set(xlabel="image score", ylabel="density", title=f"{category}: scores ({stats})")
@@ -151,6 +154,20 @@ def write_figure(path: Path, reference: np.ndarray, window: Window, result: Asse
                title="brightness " + (f"{shift:+.1%} vs validation goods" if shift is not None else "not recorded"))
     if middle.get_legend_handles_labels()[0]:
         middle.legend(loc="best", fontsize="small")
+    missing = np.zeros(0) if reference_missing is None else np.asarray(reference_missing, dtype=np.float64)
+    _two_histograms(holes, 100 * missing, 100 * window.missing)
+    if missing.size and max_increase is not None:
+        base = float(np.median(missing))
+        holes.axvline(100 * base, color="tab:blue", label="medians")
+        if window.missing.size:
+            holes.axvline(100 * float(np.median(window.missing)), color="tab:orange")
+        holes.axvline(100 * (base + max_increase), color="tab:red", linestyle="--", label="limit for the window's median")
+    rise = n.get("missing_points_increase")
+    holes.set(xlabel="part without a 3D point (%)", ylabel="density",
+              title="missing points " + (f"{100 * rise:+.1f} points vs validation goods" if rise is not None
+                                         else "not recorded"))
+    if holes.get_legend_handles_labels()[0]:
+        holes.legend(loc="best", fontsize="small")
     rates = [n["flag_rate"] or 0.0, n["expected_flag_rate"], n["no_object_rate"] or 0.0]
     right.bar(["flagged", "promised", "no\nobject"], rates, color=["tab:red", "tab:green", "tab:grey"])
     right.axhline(n["flag_rate_limit"], color="tab:red", linestyle="--", label="flagged limit")

@@ -84,7 +84,7 @@ def test_network_inputs_show_the_part_large_and_map_back_to_the_frame():
     rgb[150:200, 30:90] = 200
     rgb[170:176, 50:56] = 0  # a dark defect on the part
     cfg = DataConfig(image_size=64, morph_kernel=3, min_component_pixels=16)
-    small, _depth, foreground, box = network_inputs(rgb, xyz, cfg, np.random.default_rng(0))
+    small, _depth, foreground, box, _ = network_inputs(rgb, xyz, cfg, np.random.default_rng(0))
     top, left, side, _ = box
     assert side < size / 2 and top <= 150 and top + side >= 200 and left <= 30 and left + side >= 90
     assert foreground.mean() > 0.3  # the part fills the input

@@ -13,6 +13,8 @@ from bridgenet.data.depth import (
     extract_visible_depth,
     fill_depth_holes,
     fit_background_plane,
+    frame_visible_depth,
+    missing_share,
 )
 
 SIZE = 128
@@ -93,6 +95,22 @@ def test_missing_points_inside_the_object_are_filled():
     neighbours = np.concatenate([depth[53, 65:75], depth[66, 65:75]])
     assert depth[55:65, 65:75].min() >= neighbours.min() - 1e-6
     assert depth[55:65, 65:75].max() <= neighbours.max() + 1e-6
+
+
+def test_missing_share_counts_the_dropouts_on_the_part_only():
+    heights, _ = box_heights()
+    xyz = scene(heights)
+    settings = {k: v for k, v in SETTINGS.items() if k != "image_size"}
+    _, foreground = frame_visible_depth(xyz, rng=np.random.default_rng(0), **settings)
+    assert missing_share(xyz, foreground) == 0.0
+    xyz[55:65, 65:75] = 0  # 100 of the box's 3,600 pixels lost on the part
+    xyz[5:15, 5:15] = np.nan  # and 100 on the table, which do not count
+    _, foreground = frame_visible_depth(xyz, rng=np.random.default_rng(0), **settings)
+    assert foreground[55:65, 65:75].all() and not foreground[5:15, 5:15].any()
+    assert missing_share(xyz, foreground) == pytest.approx(100 / foreground.sum())
+    assert missing_share(xyz, np.zeros_like(foreground)) == 0.0  # no part: nothing missing on it
+    with pytest.raises(ValueError, match="differ in size"):
+        missing_share(xyz, foreground[:-1])
 
 
 def test_enclosed_table_stays_background():

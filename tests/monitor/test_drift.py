@@ -148,6 +148,32 @@ def test_brightness_beyond_the_limit_is_drift_while_the_scores_are_quiet():
         Window(scores, np.zeros(100, bool), brightness=np.full(3, np.nan))
 
 
+def test_more_missing_points_than_the_goods_had_is_drift_while_the_scores_are_quiet():
+    cfg = MonitorConfig()
+    rng = np.random.default_rng(2)
+    reference, holes = rng.normal(size=60), rng.uniform(0.01, 0.03, size=60)  # real goods: about 2 %
+    scores = rng.normal(size=100)
+
+    def judge(added: float, n: int = 100, ref_holes=holes):
+        window = Window(scores, np.zeros(100, bool), missing=rng.uniform(0.01, 0.03, size=n) + added)
+        return assess(window, reference, 0.99, cfg, None, ref_holes)
+
+    quiet, some, dusty, fewer = judge(0.0), judge(0.03), judge(0.08), judge(-0.01)
+    assert quiet.status == OK and abs(quiet.numbers["missing_points_increase"]) < 0.005
+    assert some.status == OK and some.numbers["missing_points_increase"] == pytest.approx(0.03, abs=0.005)
+    assert dusty.status == DRIFT and dusty.crossed == ("missing_points",)
+    assert dusty.numbers["missing_points_increase"] == pytest.approx(0.08, abs=0.005)
+    assert dusty.numbers["missing_points_ks_pvalue"] < 1e-6 and dusty.numbers["brightness_shift"] is None
+    assert fewer.status == OK  # fewer dropouts than the goods had is no fault
+    # too few records carry it (an old log), or no reference (an old cache): never judged
+    assert judge(0.08, n=cfg.min_samples - 1).status == OK
+    unjudged = judge(0.08, ref_holes=None)
+    assert unjudged.status == OK and unjudged.numbers["missing_points_increase"] is None
+    assert "missing_points" not in assess(Window(scores, np.zeros(100, bool)), reference, 0.99, cfg, None, holes).crossed
+    with pytest.raises(ValueError, match="missing"):
+        Window(scores, np.zeros(100, bool), missing=np.full(101, 0.1))
+
+
 def test_min_samples_above_the_window_is_refused():
     with pytest.raises(ValueError, match="min_samples"):
         MonitorConfig(window=10, min_samples=20)
@@ -261,6 +287,43 @@ def test_a_line_15_percent_darker_is_drift_by_its_brightness_where_the_scores_ar
     shifts = [1 + results[name]["brightness_shift"] for name in ("undrifted", "darker")]
     assert shifts[1] / shifts[0] == pytest.approx(0.85, abs=0.01)
     assert Path(results["darker"]["files"]["figure"]).stat().st_size > 0
+
+
+def test_a_scanner_that_loses_a_tenth_of_the_part_is_drift_by_its_missing_points(drift_case, tmp_path):
+    """The whole chain: raw scans with dropouts punched into them -> predict -> log -> monitor."""
+    from bridgenet.data.samples import read_rgb, read_xyz
+    from bridgenet.monitor.records import load_with_origin, write_records
+    from bridgenet.predict import log_record, minimum_side, predict_prepared, prepare_sample
+
+    _root, params, model_file, _threshold, _quiet, _ = drift_case
+    model, origin = load_with_origin(model_file)
+    folder = Path(params.data.root) / "bagel" / "test" / "good"
+    rng = np.random.default_rng(0)
+    results, shares = {}, {}
+    for name, lost in (("intact", 0.0), ("dusty", 0.10)):
+        prepared = []
+        for rgb_path in sorted((folder / "rgb").iterdir()):
+            xyz = read_xyz(folder / "xyz" / f"{rgb_path.stem}.tiff").copy()
+            xyz[rng.random(xyz.shape[:2]) < lost] = 0.0  # scattered dropouts over the whole frame
+            prepared.append(prepare_sample(read_rgb(rgb_path), xyz, params.data, minimum_side(model)))
+        outcomes = predict_prepared(model, prepared, "anomalous")
+        log = tmp_path / name / "predictions.sqlite"
+        write_records(log, [log_record(model, origin, (None, None), "predict", o) for o in outcomes])
+        shares[name] = float(np.median([p.missing for p in prepared]))
+        run = params.model_copy(update={"monitor": params.monitor.model_copy(update={"log": str(log)})})
+        results[name] = monitor_category(run, "bagel", str(model_file), now=dt.datetime.now(dt.timezone.utc),
+                                         track=False)
+    report = {name: {k: r[k] for k in ("status", "crossed", "n_missing_points", "missing_points_median",
+                                        "reference_missing_points_median", "missing_points_increase")}
+              for name, r in results.items()}
+    print(json.dumps(report, indent=1))
+    # renders lose few points; a tenth lost reads a bit less at this tiny size (the region's edge keeps fewer)
+    assert shares["intact"] < 0.005 and 0.055 < shares["dusty"] <= 0.11
+    assert results["intact"]["reference_missing_points_median"] < 0.005  # read from the validation cache
+    assert "missing_points" not in results["intact"]["crossed"], report
+    assert results["dusty"]["status"] == DRIFT and "missing_points" in results["dusty"]["crossed"], report
+    dusty = results["dusty"]
+    assert dusty["missing_points_increase"] == pytest.approx(shares["dusty"] - dusty["reference_missing_points_median"])
 
 
 def test_the_reference_is_scored_once_per_model(drift_case, tmp_path, monkeypatch):

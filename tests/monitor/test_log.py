@@ -34,7 +34,8 @@ def test_the_table_has_the_documented_columns_in_wal_mode(tmp_path):
     assert columns == [("id", "INTEGER"), ("time", "TEXT"), ("category", "TEXT"), ("model", "TEXT"),
                        ("version", "TEXT"), ("model_digest", "TEXT"), ("rgb_digest", "TEXT"),
                        ("xyz_digest", "TEXT"), ("score", "REAL"), ("verdict", "TEXT"), ("status", "TEXT"),
-                       ("message", "TEXT"), ("threshold", "REAL"), ("source", "TEXT"), ("brightness", "REAL")]
+                       ("message", "TEXT"), ("threshold", "REAL"), ("source", "TEXT"), ("brightness", "REAL"),
+                       ("missing_points", "REAL")]
     assert [t for t in tables if not t.startswith("sqlite_")] == ["predictions"]
 
 
@@ -44,23 +45,41 @@ V1_SCHEMA = """CREATE TABLE predictions (
     message TEXT, threshold REAL, source TEXT NOT NULL); PRAGMA user_version = 1;"""
 
 
-def test_a_log_from_before_brightness_is_read_and_gains_the_column_when_written(tmp_path):
+def test_a_log_from_before_brightness_is_read_and_gains_the_columns_when_written(tmp_path):
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as db:
         db.executescript(V1_SCHEMA)
         db.execute("INSERT INTO predictions (time, category, score, verdict, status, threshold, source) "
                    "VALUES ('2026-01-01T00:00:00.000000+00:00', 'bagel', 0.3, 'good', 'ok', 0.5, 'predict')")
     old = log.read(path)  # read as it is: no writer has opened it yet
-    assert list(old.columns) == list(log.COLUMNS) and np.isnan(old["brightness"].iloc[0])
+    assert list(old.columns) == list(log.COLUMNS) and old[["brightness", "missing_points"]].isna().all(axis=None)
     with sqlite3.connect(path) as db:
         assert "brightness" not in {row[1] for row in db.execute("PRAGMA table_info(predictions)")}
-    new = prediction_record("bagel", 0.5, ORIGIN, (None, None), "predict", "ok", 0.2, False, brightness=0.42)
+    new = prediction_record("bagel", 0.5, ORIGIN, (None, None), "predict", "ok", 0.2, False, brightness=0.42,
+                            missing_points=0.03)
     log.append(path, [new])
     log.close_all()
     table = log.read(path)
     assert len(table) == 2 and np.isnan(table["brightness"].iloc[0]) and table["brightness"].iloc[1] == 0.42
+    assert np.isnan(table["missing_points"].iloc[0]) and table["missing_points"].iloc[1] == pytest.approx(0.03)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == log.SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == log.SCHEMA_VERSION == 3
+
+
+def test_a_log_with_brightness_but_not_missing_points_keeps_its_values_and_gains_the_column(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_SCHEMA.replace("source TEXT NOT NULL)", "source TEXT NOT NULL, brightness REAL)")
+                         .replace("user_version = 1", "user_version = 2"))
+        db.execute("INSERT INTO predictions (time, category, score, verdict, status, threshold, source, brightness) "
+                   "VALUES ('2026-01-01T00:00:00.000000+00:00', 'bagel', 0.3, 'good', 'ok', 0.5, 'predict', 0.4)")
+    assert log.read(path)["brightness"].tolist() == [0.4]
+    log.append(path, [prediction_record("bagel", 0.5, ORIGIN, (None, None), "serve", "ok", 0.2, False,
+                                        brightness=0.5, missing_points=0.1)])
+    log.close_all()
+    table = log.read(path)
+    assert table["brightness"].tolist() == [0.4, 0.5]
+    assert np.isnan(table["missing_points"].iloc[0]) and table["missing_points"].iloc[1] == pytest.approx(0.1)
 
 
 def test_read_filters_by_category_time_and_count(tmp_path):
