@@ -9,7 +9,11 @@ Pipeline of :func:`extract_visible_depth` on an organised point map
    signed distances of ALL valid points follow in numpy, positive on the
    camera's side;
 2. raw foreground = valid points farther than ``plane_distance`` on the
-   camera side; clean it with an opening then a closing (``morph_kernel``
+   camera side; missing points next to it (within the ``morph_kernel``
+   square) count as unknown, not as background, so that scattered sensor
+   dropouts do not fray the part's mask (at 5 % of the points lost the
+   opening alone took a tenth of a bagel's mask, its frayed rim scoring as a
+   defect); clean it with an opening then a closing (``morph_kernel``
    square), drop 8-connected blobs under ``min_component_pixels`` and fill
    enclosed holes made mostly (> 50 %) of missing points. Enclosed regions of
    valid table points (the hole of a bagel) stay background;
@@ -206,6 +210,7 @@ def clean_foreground(
     box = _bounding_box(raw, morph_kernel + 1)
     mask = np.ascontiguousarray(raw[box], dtype=bool)
     if morph_kernel > 1:
+        mask |= ~valid[box] & _dilate(mask, morph_kernel)  # dropouts beside the part: unknown, not table
         mask = _dilate(_erode(mask, morph_kernel), morph_kernel)
         mask = _erode(_dilate(mask, morph_kernel), morph_kernel)
     if min_component_pixels > 1 and mask.any():
