@@ -9,13 +9,7 @@ Pipeline of :func:`extract_visible_depth` on an organised point map
    signed distances of ALL valid points follow in numpy, positive on the
    camera's side;
 2. raw foreground = valid points farther than ``plane_distance`` on the
-   camera side; a speck of missing points (a connected group of at most
-   ``morph_kernel`` squared) whose ``morph_kernel`` square is mostly raw
-   foreground counts as foreground too, so that scattered sensor dropouts do
-   not fray the part's mask (at 5 % of the points lost the opening alone took
-   a tenth of a bagel's mask, its frayed rim scoring as a defect), while the
-   larger regions without points (the shadow beside a part's silhouette, a
-   bore) stay as they were; clean it with an opening then a closing (``morph_kernel``
+   camera side; clean it with an opening then a closing (``morph_kernel``
    square), drop 8-connected blobs under ``min_component_pixels`` and fill
    enclosed holes made mostly (> 50 %) of missing points. Enclosed regions of
    valid table points (the hole of a bagel) stay background;
@@ -212,12 +206,6 @@ def clean_foreground(
     box = _bounding_box(raw, morph_kernel + 1)
     mask = np.ascontiguousarray(raw[box], dtype=bool)
     if morph_kernel > 1:
-        # a speck of dropouts amid the part is part; a shadow band or a bore is not
-        specks, _ = ndimage.label(~valid[box], structure=_EIGHT_CONNECTED)
-        small = np.bincount(specks.ravel()) <= morph_kernel**2
-        small[0] = False
-        amid = ndimage.uniform_filter(mask.astype(np.float32), size=morph_kernel, mode="nearest") > 0.5
-        mask |= small[specks] & amid
         mask = _dilate(_erode(mask, morph_kernel), morph_kernel)
         mask = _erode(_dilate(mask, morph_kernel), morph_kernel)
     if min_component_pixels > 1 and mask.any():

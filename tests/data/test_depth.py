@@ -113,16 +113,6 @@ def test_missing_share_counts_the_dropouts_on_the_part_only():
         missing_share(xyz, foreground[:-1])
 
 
-def test_scattered_dropouts_do_not_fray_the_part():
-    heights, box = box_heights()
-    xyz = scene(heights)
-    xyz[np.random.default_rng(3).random(xyz.shape[:2]) < 0.05] = 0  # 5 % of the points lost, everywhere
-    _, foreground = run(xyz, image_size=SIZE)
-    intact = run(scene(heights), image_size=SIZE)[1]
-    assert (foreground & intact).sum() / (foreground | intact).sum() > 0.98
-    assert foreground[box].mean() > 0.98 and not foreground[~ndimage.binary_dilation(box, iterations=2)].any()
-
-
 def test_enclosed_table_stays_background():
     heights, _ = box_heights()
     heights[50:70, 60:80] = 0  # a ring: the table shows through the middle
