@@ -300,8 +300,8 @@ class MonitorConfig(Section):
     # than this share (0.08: 8 % darker or lighter)
     max_brightness_shift: float = Field(0.08, gt=0)
     # the median share of the part's pixels without a measured 3D point against the validation
-    # goods': drift when it rose by more than this share of the part (0.05: 5 % of its pixels)
-    max_missing_points_increase: float = Field(0.05, gt=0, le=1)
+    # goods': drift when it rose by more than this share of the part (0.03: 3 % of its pixels)
+    max_missing_points_increase: float = Field(0.03, gt=0, le=1)
 
     @model_validator(mode="after")
     def _enough_in_a_window(self) -> MonitorConfig:

@@ -21,7 +21,7 @@ Pure functions, arrays in, numbers out (no I/O). Five checks, each against a lim
 - **missing points**: the median share of the part's pixels without a measured 3D point
   (:func:`bridgenet.data.depth.missing_share`, logged with each ok record) against the
   validation goods', crossed when it rose by more than ``max_missing_points_increase`` (a
-  share of the part: 0.05 is 5 % of its pixels). The network never sees the dropouts (the
+  share of the part: 0.03 is 3 % of its pixels). The network never sees the dropouts (the
   depth's holes are filled from their neighbours), so a dusty lens, stray light or a failing
   projector would otherwise go unnoticed until the depth half of the model is blind.
 
