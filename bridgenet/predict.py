@@ -156,7 +156,7 @@ class PreparedSample:
     foreground: np.ndarray
     box: tuple[int, int, int, int]
     frame: tuple[int, int]
-    missing: float = 0.0
+    missing: float
 
 
 def prepare_sample(rgb: np.ndarray, xyz: np.ndarray, data_cfg: DataConfig, side: int, rgb_name: str = "rgb",
