@@ -76,9 +76,9 @@ class CachedSplit:
     N bool (H0, W0) masks at original resolution, original_sizes int64 (N, 2),
     crop_boxes int64 (N, 4): the box of the original frame each sample's arrays show
     (top, left, height, width); missing float32 (N,) or None: the share of each part's pixels
-    without a measured point (None: not known, a split made by hand); masked bool (N,) or None: whether each sample's ground truth
-    is known (False: a confirmed line defect without a mask, scored at image level only;
-    None: every one's is).
+    without a measured point (None: not known, a split made by hand); masked bool (N,) or None:
+    whether each sample's ground truth is known (False: a confirmed line defect without a mask,
+    scored at image level only; None: every one's is).
     """
 
     category: str
