@@ -76,8 +76,9 @@ def missing_share(xyz: np.ndarray, foreground: np.ndarray) -> float:
         raise ValueError(f"foreground {foreground.shape} and xyz {xyz.shape} differ in size")
     if not foreground.any():
         return 0.0
-    region = ndimage.binary_fill_holes(ndimage.binary_closing(foreground, iterations=MISSING_REGION_CLOSING))
-    return float((region & ~valid_points(xyz)).sum() / region.sum())
+    box = _bounding_box(foreground, MISSING_REGION_CLOSING + 1)  # the same result as on the whole frame, faster
+    region = ndimage.binary_fill_holes(ndimage.binary_closing(foreground[box], iterations=MISSING_REGION_CLOSING))
+    return float((region & ~valid_points(xyz[box])).sum() / region.sum())
 
 
 def _ransac_plane(
