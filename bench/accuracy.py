@@ -68,8 +68,9 @@ from bench.common import PARAMS, PEER, REPO, RESULTS, bench_command, machine_inf
 from bench.results import read_json, read_records, record_rows, rows_frame, write_results
 
 
-def published_runs(out: Path, digest: str) -> list[dict[str, Any]]:
-    """Per-run results of an earlier summary in ``out`` that were made under the same params digest."""
+def published_runs(out: Path, digest: str, train_digest: str | None = None) -> list[dict[str, Any]]:
+    """Per-run results of an earlier summary in ``out`` that were made under the same params digest,
+    and its peer records that are current under ``train_digest`` (:func:`peer_current`; None: none)."""
     path = out / "accuracy.json"
     if not path.is_file():
         return []
@@ -77,7 +78,8 @@ def published_runs(out: Path, digest: str) -> list[dict[str, Any]]:
         runs = json.loads(path.read_text()).get("runs", [])
     except json.JSONDecodeError as err:
         raise SystemExit(f"{path}: not valid JSON ({err}); move it away or pass --rerun-published") from err
-    return [r for r in runs if r.get("params_digest") == digest]
+    return [r for r in runs if r.get("params_digest") == digest
+            or ("config" not in r and train_digest is not None and peer_current(r, train_digest))]
 
 
 def seed_work_results(results_dir: Path, runs: list[dict[str, Any]]) -> int:
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     digest = params_digest()
     memory = defaults.model.memory
     if not args.rerun_published:
-        reused = seed_work_results(results_dir, published_runs(args.out, digest))
+        reused = seed_work_results(results_dir, published_runs(args.out, digest, params_digest("train")))
         if reused:
             print(f"{reused} runs taken from {args.out / 'accuracy.json'} (same params digest {digest})")
     if not args.summary_only:

@@ -19,7 +19,7 @@ from bench.accuracy_report import (
     update_readme,
     variants,
 )
-from bench.accuracy_runs import CONFIGS, caps_unbound
+from bench.accuracy_runs import CONFIGS, TEST_SIZES, caps_unbound
 from bench.common import PEER
 from bench.results import record_rows, rows_frame
 
@@ -146,6 +146,14 @@ def test_published_runs_fill_only_what_the_work_folder_lacks_and_only_under_the_
     assert not (work / "rgb-seed1-a.json").exists()  # another params.yaml
     assert json.loads((work / "depth-seed0-a.json").read_text())["scores"] == {}
     assert published_runs(tmp_path / "nowhere", "abc") == []
+    # the peer's records come back too where its goods, settings and test splits are current
+    peer = {"preset": "default", "category": "a", "train_digest": "t1", "test_sizes": TEST_SIZES, "values": {}}
+    stale = {**peer, "category": "b", "train_digest": "t0"}
+    (out / "accuracy.json").write_text(json.dumps({"runs": [same, peer, stale]}))
+    assert published_runs(out, "abc") == [same]
+    assert published_runs(out, "abc", "t1") == [same, peer]
+    assert seed_work_results(work, published_runs(out, "abc", "t1")) == 1
+    assert json.loads((work / "peer-default-a.json").read_text()) == peer
 
 
 def test_the_readme_block_names_the_command_machine_and_date_and_replaces_only_its_markers(tmp_path):
