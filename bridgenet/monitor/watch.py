@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,37 +138,19 @@ def write_figure(path: Path, reference: np.ndarray, window: Window, result: Asse
     _two_histograms(left, reference, window.scores)
     stats = (f"PSI {n['psi']:.3f}, KS p {n['ks_pvalue']:.2g}" if n["psi"] is not None else "no ok record")
     left.set(xlabel="image score", ylabel="density", title=f"{category}: scores ({stats})")
-    if left.get_legend_handles_labels()[0]:
-        left.legend(loc="best", fontsize="small")
-    light = np.zeros(0) if reference_light is None else np.asarray(reference_light, dtype=np.float64)
-    _two_histograms(middle, light, window.brightness)
-    if light.size and max_shift is not None:  # the check compares the two medians
-        base = float(np.median(light))
-        middle.axvline(base, color="tab:blue", label="medians")
-        if window.brightness.size:
-            middle.axvline(float(np.median(window.brightness)), color="tab:orange")
-        for side in (-1, 1):
-            middle.axvline(base * (1 + side * max_shift), color="tab:red", linestyle="--",
-                           label="limits for the window's median" if side < 0 else None)
+    _legend(left)
+    # the input checks compare the window's median with the validation goods' median
+    _input_panel(middle, reference_light, window.brightness, None if max_shift is None else
+                 lambda base: [base * (1 - max_shift), base * (1 + max_shift)], "limits for the window's median")
     shift = n.get("brightness_shift")
     middle.set(xlabel="part brightness (0-1)", ylabel="density",
                title="brightness " + (f"{shift:+.1%} vs validation goods" if shift is not None else "not recorded"))
-    if middle.get_legend_handles_labels()[0]:
-        middle.legend(loc="best", fontsize="small")
-    missing = np.zeros(0) if reference_missing is None else np.asarray(reference_missing, dtype=np.float64)
-    _two_histograms(holes, 100 * missing, 100 * window.missing)
-    if missing.size and max_increase is not None:
-        base = float(np.median(missing))
-        holes.axvline(100 * base, color="tab:blue", label="medians")
-        if window.missing.size:
-            holes.axvline(100 * float(np.median(window.missing)), color="tab:orange")
-        holes.axvline(100 * (base + max_increase), color="tab:red", linestyle="--", label="limit for the window's median")
+    _input_panel(holes, reference_missing, window.missing, None if max_increase is None else
+                 lambda base: [base + max_increase], "limit for the window's median", scale=100.0)
     rise = n.get("missing_points_increase")
     holes.set(xlabel="part without a 3D point (%)", ylabel="density",
               title="missing points " + (f"{100 * rise:+.1f} points vs validation goods" if rise is not None
                                          else "not recorded"))
-    if holes.get_legend_handles_labels()[0]:
-        holes.legend(loc="best", fontsize="small")
     rates = [n["flag_rate"] or 0.0, n["expected_flag_rate"], n["no_object_rate"] or 0.0]
     right.bar(["flagged", "promised", "no\nobject"], rates, color=["tab:red", "tab:green", "tab:grey"])
     right.axhline(n["flag_rate_limit"], color="tab:red", linestyle="--", label="flagged limit")
@@ -175,6 +158,27 @@ def write_figure(path: Path, reference: np.ndarray, window: Window, result: Asse
     right.legend(loc="upper right")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _input_panel(ax: Any, reference: np.ndarray | None, window: np.ndarray,
+                 limits: Callable[[float], list[float]] | None, limit_label: str, scale: float = 1.0) -> None:
+    """One input check's panel: both distributions times ``scale``, both medians and the limits
+    that ``limits`` places around the reference's median (none without a reference or limits), legend."""
+    ref = np.zeros(0) if reference is None else np.asarray(reference, dtype=np.float64)
+    _two_histograms(ax, scale * ref, scale * window)
+    if ref.size and limits is not None:
+        base = float(np.median(ref))
+        ax.axvline(scale * base, color="tab:blue", label="medians")
+        if window.size:
+            ax.axvline(scale * float(np.median(window)), color="tab:orange")
+        for i, at in enumerate(limits(base)):
+            ax.axvline(scale * at, color="tab:red", linestyle="--", label=limit_label if i == 0 else None)
+    _legend(ax)
+
+
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize="small")
 
 
 def _two_histograms(ax: Any, reference: np.ndarray, window: np.ndarray) -> None:
