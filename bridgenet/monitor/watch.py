@@ -70,7 +70,8 @@ def select_window(records: pd.DataFrame, model_digest: str, cfg: MonitorConfig,
         mine = mine[times >= pd.Timestamp(now) - pd.Timedelta(hours=cfg.window_hours)]
     ok = mine[mine["status"] == "ok"].tail(cfg.window)
     stretch = mine[mine["id"] >= ok["id"].iloc[0]] if len(ok) else mine.tail(cfg.window)
-    light, holes = (ok[c].to_numpy(dtype=np.float64) if c in ok else np.zeros(0) for c in ("brightness", "missing_points"))
+    light, holes = (ok[c].to_numpy(dtype=np.float64) if c in ok else np.zeros(0)
+                    for c in ("brightness", "missing_points"))
     window = Window(scores=ok["score"].to_numpy(dtype=np.float64),
                     flagged=(ok["verdict"] == "defect").to_numpy(),
                     no_object=int((stretch["status"] == "no_object").sum()),
