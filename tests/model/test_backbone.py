@@ -171,7 +171,12 @@ def test_package_source_refuses_models_it_does_not_ship():
 
 
 def test_hub_offline_is_a_clear_error(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, at import: without this it would try the network
+    # and the test would wait for the connection to time out (~45 s) before passing
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsUnavailableError, match="model.weights=hub"):
