@@ -67,9 +67,10 @@ def probe_category(params: Any, category: str, tests: dict[str, Path]) -> dict[s
     from bridgenet.data.cache import load_cached_split
     from bridgenet.evaluate import evaluate_category
 
+    if params.model.scorer != "memory":  # threshold and validation figures follow the params' scorer
+        raise ValueError(f"memory probe: params need model.scorer=memory (PROBE_SETS), got {params.model.scorer!r}")
     started = time.perf_counter()
     model = probe_model(params, category)
-    model.network.scorer = "memory"
     result: dict[str, Any] = {"category": category, "bank": {m: int(model.network.memory.bank(m).shape[0])
                                                              for m in model.network.modalities},
                               "validation_image_auroc": model.meta.metrics.get("val_image_auroc"), "tests": {}}

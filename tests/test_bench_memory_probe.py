@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from bench.memory_probe import PROBE_SETS, main, means, probe_category, probe_model
@@ -37,6 +38,8 @@ def test_the_probe_scores_each_test_split_and_follows_the_settings(tiny_root):
     assert wider["tests"]["a"] != first
     mean = means([result, wider])["a"]["image_auroc"]
     assert np.isclose(mean, (first["image_auroc"] + wider["tests"]["a"]["image_auroc"]) / 2)
+    with pytest.raises(ValueError, match=r"model\.scorer=memory"):  # fused figures never pass as the memory's
+        probe_category(tiny_params(tiny_root), "bagel", {"a": cache})
 
 
 def test_the_command_line_writes_the_settings_and_means_without_local_paths(tiny_root, tmp_path):
