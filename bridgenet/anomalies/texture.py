@@ -1,5 +1,8 @@
 """Unified Texture Anomaly Generator: Perlin regions on the foreground filled with blended texture.
 
+Beyond the paper, a region's blend may fade out beyond its rim (``soft_edge_prob``), the label
+covering the fade: real stains and worn spots have no crisp outline.
+
 All per-step work is tensor indexing on the training device: Perlin masks and
 resized textures are drawn once into banks when the generator is built.
 """
@@ -9,12 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from bridgenet.anomalies.perlin import perlin_mask
 from bridgenet.anomalies.textures import load_textures
 from bridgenet.config import TextureConfig
 
 MODALITY_CHOICES = ("rgb", "depth", "both")
+SOFT_EDGE_LABEL = 0.1  # a softened region's label: where its blend weight reaches this
 
 
 def _dihedral(images: torch.Tensor) -> torch.Tensor:
@@ -23,6 +28,12 @@ def _dihedral(images: torch.Tensor) -> torch.Tensor:
     for flipped in (images, images.flip(-1)):
         views += [torch.rot90(flipped, k, dims=(-2, -1)) for k in range(4)]
     return torch.cat(views)
+
+
+def _or_whole_image(foreground: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) bool where anomalies may go: the foreground, or the whole image where it is empty."""
+    empty = ~foreground.flatten(1).any(1)
+    return foreground | empty.view(-1, 1, 1)
 
 
 def choose_modalities(
@@ -82,8 +93,7 @@ class TextureAnomalyGenerator:
         the whole image as its foreground, as the network then scores the whole image.
         """
         b = foreground.shape[0]
-        whole = ~foreground.flatten(1).any(1)
-        foreground = foreground | whole.view(b, 1, 1)
+        foreground = _or_whole_image(foreground)
         picks = torch.randint(len(self.masks), (b, tries), generator=generator).to(self.masks.device)
         candidates = self.masks[picks] & foreground.unsqueeze(1)  # (B, tries, S, S)
         non_empty = candidates.flatten(2).any(-1)  # (B, tries)
@@ -100,6 +110,8 @@ class TextureAnomalyGenerator:
         beta = beta.clamp(self.cfg.beta_min, self.cfg.beta_max).to(device).view(b, 1, 1, 1)
         touched = choose_modalities(b, self.cfg.modality_probs, self.modalities, generator)
         m = region.unsqueeze(1)
+        if self.cfg.soft_edge_prob > 0:
+            m, region = self.soften(m, _or_whole_image(foreground.to(torch.bool)), generator)
         out = {"rgb": rgb, "depth": depth}
         sources = {"rgb": texture, "depth": texture.mean(dim=1, keepdim=True)}
         for name, selected in touched.items():
@@ -107,6 +119,25 @@ class TextureAnomalyGenerator:
             blended = (1 - beta) * sources[name] + beta * out[name]
             out[name] = out[name] * (1 - weight) + blended * weight
         return out["rgb"], out["depth"], region, touched
+
+    def soften(
+        self, m: torch.Tensor, foreground: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, S, S) blend weights and (B, S, S) labels of regions ``m`` (B, 1, S, S).
+
+        A share ``soft_edge_prob`` of the samples gets a halo: the blend fades out beyond the
+        region's rim over about two sigma (sigma drawn in [1, ``soft_edge_px``] pixels), on the
+        ``foreground`` only, as a stain or a worn spot fades into the surface around it; its label
+        then covers the halo where the blend weight is at least SOFT_EDGE_LABEL. The rest stay crisp.
+        """
+        b = m.shape[0]
+        soft = (torch.rand(b, generator=generator) < self.cfg.soft_edge_prob).to(m.device).view(b, 1, 1, 1)
+        sigma = 1.0 + float(torch.rand(1, generator=generator)) * (self.cfg.soft_edge_px - 1.0)
+        kernel = 2 * int(np.ceil(3 * sigma)) + 1
+        halo = (2 * gaussian_blur(m, [kernel, kernel], [sigma, sigma])).clamp(0, 1)
+        halo = torch.maximum(halo * foreground.unsqueeze(1).to(m.dtype), m)
+        weights = torch.where(soft, halo, m)
+        return weights, (weights >= SOFT_EDGE_LABEL).squeeze(1).to(m.dtype)
 
 
 def mask_to_grid(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -131,6 +131,8 @@ class TextureConfig(Section):
     beta_max: float = Field(0.8, ge=0, le=1)
     modality_probs: Probabilities = (1 / 3, 1 / 3, 1 / 3)
     focal_gamma: float = Field(0.0, ge=0, le=10)
+    soft_edge_prob: float = Field(0.0, ge=0, le=1)
+    soft_edge_px: float = Field(6.0, ge=1, le=64)
 
     _probs = field_validator("modality_probs")(classmethod(lambda cls, v: _check_probabilities(v)))
 

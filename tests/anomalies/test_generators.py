@@ -8,7 +8,12 @@ import torch
 
 from bridgenet.anomalies.gaussian import GaussianAnomalyGenerator
 from bridgenet.anomalies.perlin import perlin_mask
-from bridgenet.anomalies.texture import TextureAnomalyGenerator, choose_modalities, mask_to_grid
+from bridgenet.anomalies.texture import (
+    SOFT_EDGE_LABEL,
+    TextureAnomalyGenerator,
+    choose_modalities,
+    mask_to_grid,
+)
 from bridgenet.anomalies.textures import load_textures
 from bridgenet.config import GaussianConfig, TextureConfig
 
@@ -130,3 +135,43 @@ def test_texture_bank_holds_flat_colours_besides_textures():
     assert (spread == 0).sum() == 5
     with pytest.raises(ValueError, match="n_flat"):
         TextureAnomalyGenerator(TextureConfig(), S, ("rgb",), np.random.default_rng(0), n_flat=-1)
+
+
+def test_soft_edges_fade_beyond_the_region_and_label_the_halo():
+    rgb, depth, fg = _batch(16)
+    crisp_gen = TextureAnomalyGenerator(TextureConfig(), S, ("rgb", "depth"), np.random.default_rng(0), n_masks=8)
+    soft_gen = TextureAnomalyGenerator(
+        TextureConfig(soft_edge_prob=1.0, soft_edge_px=4.0), S, ("rgb", "depth"), np.random.default_rng(0), n_masks=8
+    )
+    _, _, crisp, _ = crisp_gen(rgb, depth, fg, torch.Generator().manual_seed(2))
+    out_rgb, out_depth, soft, touched = soft_gen(rgb, depth, fg, torch.Generator().manual_seed(2))
+    crisp, soft = crisp.bool(), soft.bool()
+    assert (crisp & ~soft).sum() == 0  # the halo adds to the region, never takes from it
+    # samples whose region is more than a speck and leaves some foreground free
+    room = (fg & ~crisp).flatten(1).any(1) & (crisp.flatten(1).sum(1) >= 16)
+    assert room.sum() >= 8
+    assert (soft & ~crisp).flatten(1).any(1)[room].all()  # each of those got a halo ...
+    assert (soft & ~fg).sum() == 0  # ... on the foreground only
+    # outside the label the blend weight is below SOFT_EDGE_LABEL: a change of at most
+    # 0.1 x (1 - beta_min) x the largest texture-to-input difference (0.75 here)
+    change = torch.maximum((out_rgb - rgb).abs().amax(1), (out_depth - depth).abs()[:, 0])
+    assert change[~soft].max() < SOFT_EDGE_LABEL * 0.8 * 0.75
+    assert change[~fg].max() == 0
+    halo = soft & ~crisp
+    # the halo fades: its change is weaker than the region's on a flat input, and the label
+    # covers only where the blend still shows
+    for i in torch.nonzero(touched["depth"]).flatten().tolist():
+        delta = (out_depth[i, 0] - depth[i, 0]).abs()
+        if halo[i].any() and delta[crisp[i]].max() > 0.05:
+            assert delta[halo[i]].mean() < delta[crisp[i]].mean()
+            assert delta[halo[i]].max() > 0
+
+
+def test_soft_edges_off_leave_the_random_stream_as_it_was(texture_gen):
+    rgb, depth, fg = _batch()
+    off = TextureAnomalyGenerator(TextureConfig(soft_edge_prob=0.0), S, ("rgb", "depth"), np.random.default_rng(0),
+                                  n_masks=8)
+    a = texture_gen(rgb, depth, fg, torch.Generator().manual_seed(7))
+    b = off(rgb, depth, fg, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[2], b[2])
