@@ -92,7 +92,7 @@ class ModelConfig(Section):
     foreground_only: bool = True
     backbone_cpu_batch: int = Field(2, ge=0, le=1024)
     scorer: Literal["discriminator", "memory", "fused"] = "fused"
-    fusion_weight: float = Field(0.5, ge=0, le=1)  # weight of the discriminator in the fused score
+    fusion_weight: float = Field(0.6, ge=0, le=1)  # weight of the discriminator in the fused score
     memory: MemoryConfig = MemoryConfig()
 
     @field_validator("weights")
@@ -131,7 +131,7 @@ class TextureConfig(Section):
     beta_max: float = Field(0.8, ge=0, le=1)
     modality_probs: Probabilities = (1 / 3, 1 / 3, 1 / 3)
     focal_gamma: float = Field(0.0, ge=0, le=10)
-    soft_edge_prob: float = Field(0.0, ge=0, le=1)
+    soft_edge_prob: float = Field(1.0, ge=0, le=1)
     soft_edge_px: float = Field(6.0, ge=1, le=64)
 
     _probs = field_validator("modality_probs")(classmethod(lambda cls, v: _check_probabilities(v)))

@@ -22,7 +22,10 @@ S = 64
 
 @pytest.fixture(scope="module")
 def texture_gen() -> TextureAnomalyGenerator:
-    return TextureAnomalyGenerator(TextureConfig(), S, ("rgb", "depth"), np.random.default_rng(0), n_masks=8)
+    """The paper's generator: crisp regions (soft edges: test_soft_edges_...)."""
+    return TextureAnomalyGenerator(
+        TextureConfig(soft_edge_prob=0.0), S, ("rgb", "depth"), np.random.default_rng(0), n_masks=8
+    )
 
 
 def _batch(b: int = 6):
@@ -139,7 +142,9 @@ def test_texture_bank_holds_flat_colours_besides_textures():
 
 def test_soft_edges_fade_beyond_the_region_and_label_the_halo():
     rgb, depth, fg = _batch(16)
-    crisp_gen = TextureAnomalyGenerator(TextureConfig(), S, ("rgb", "depth"), np.random.default_rng(0), n_masks=8)
+    crisp_gen = TextureAnomalyGenerator(
+        TextureConfig(soft_edge_prob=0.0), S, ("rgb", "depth"), np.random.default_rng(0), n_masks=8
+    )
     soft_gen = TextureAnomalyGenerator(
         TextureConfig(soft_edge_prob=1.0, soft_edge_px=4.0), S, ("rgb", "depth"), np.random.default_rng(0), n_masks=8
     )
@@ -166,12 +171,3 @@ def test_soft_edges_fade_beyond_the_region_and_label_the_halo():
             assert delta[halo[i]].mean() < delta[crisp[i]].mean()
             assert delta[halo[i]].max() > 0
 
-
-def test_soft_edges_off_leave_the_random_stream_as_it_was(texture_gen):
-    rgb, depth, fg = _batch()
-    off = TextureAnomalyGenerator(TextureConfig(soft_edge_prob=0.0), S, ("rgb", "depth"), np.random.default_rng(0),
-                                  n_masks=8)
-    a = texture_gen(rgb, depth, fg, torch.Generator().manual_seed(7))
-    b = off(rgb, depth, fg, torch.Generator().manual_seed(7))
-    torch.testing.assert_close(a[0], b[0])
-    torch.testing.assert_close(a[2], b[2])
