@@ -142,12 +142,13 @@ def test_heatmap_and_mask_pictures(tiny_root, trained_bagel, model_file, tmp_pat
         results[defect] = (prediction, heatmap)
     assert not np.array_equal(results["good"][1], results["contamination"][1])
     # the contour (cyan) is drawn where the map crosses the pixel threshold, and only then
-    # (the colour bar's threshold mark alone is about 40 cyan pixels)
+    # (the colour bar's threshold mark alone is about 40 cyan pixels; the contour of a region
+    # of 8 map pixels adds about 100)
     crossing = []
     for prediction, heatmap in results.values():
         cyan = ((heatmap[..., 0] < 60) & (heatmap[..., 1] > 200) & (heatmap[..., 2] > 200)).sum()
         crossing.append(prediction.anomaly_map.max() > model.pixel_threshold)
-        assert (cyan > 200) == crossing[-1], cyan
+        assert (cyan > 80) == crossing[-1], cyan
     assert any(crossing)
 
 
