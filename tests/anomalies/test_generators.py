@@ -171,3 +171,16 @@ def test_soft_edges_fade_beyond_the_region_and_label_the_halo():
             assert delta[halo[i]].mean() < delta[crisp[i]].mean()
             assert delta[halo[i]].max() > 0
 
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.7, 6.0])
+def test_the_soft_edges_blur_equals_torchvision_s(sigma):
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    from bridgenet.anomalies.texture import _gaussian_blur
+
+    images = (torch.rand(3, 1, 48, 40, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    size = 2 * int(np.ceil(3 * sigma)) + 1
+    torch.testing.assert_close(_gaussian_blur(images, sigma), gaussian_blur(images, [size, size], [sigma, sigma]))
+    with pytest.raises(ValueError, match="radius"):
+        _gaussian_blur(images[..., :8, :8], 6.0)
