@@ -44,13 +44,11 @@ def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     def along(n: int) -> torch.Tensor:  # (n, n): output i = sum_j matrix[i, j] * input j
         if radius >= n:
             raise ValueError(f"soft edges: blur radius {radius} px does not fit an image side of {n} px")
-        rows = torch.arange(n, device=images.device)
+        rows = torch.arange(n, device=images.device).view(n, 1).expand(n, len(kernel))
+        cols = (rows + torch.arange(-radius, radius + 1, device=images.device)).abs()  # reflected at 0 ...
+        cols = torch.where(cols > n - 1, 2 * (n - 1) - cols, cols)  # ... and at n - 1
         matrix = torch.zeros(n, n, dtype=images.dtype, device=images.device)
-        for offset, weight in zip(range(-radius, radius + 1), kernel):
-            cols = (rows + offset).abs()  # reflected at 0 ...
-            cols = torch.where(cols > n - 1, 2 * (n - 1) - cols, cols)  # ... and at n - 1
-            matrix.index_put_((rows, cols), weight.expand(n), accumulate=True)
-        return matrix
+        return matrix.index_put_((rows, cols), kernel.expand(n, -1), accumulate=True)
 
     return along(images.shape[-2]) @ images @ along(images.shape[-1]).T
 

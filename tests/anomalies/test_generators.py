@@ -140,15 +140,12 @@ def test_texture_bank_holds_flat_colours_besides_textures():
         TextureAnomalyGenerator(TextureConfig(), S, ("rgb",), np.random.default_rng(0), n_flat=-1)
 
 
-def test_soft_edges_fade_beyond_the_region_and_label_the_halo():
+def test_soft_edges_fade_beyond_the_region_and_label_the_halo(texture_gen):
     rgb, depth, fg = _batch(16)
-    crisp_gen = TextureAnomalyGenerator(
-        TextureConfig(soft_edge_prob=0.0), S, ("rgb", "depth"), np.random.default_rng(0), n_masks=8
-    )
     soft_gen = TextureAnomalyGenerator(
         TextureConfig(soft_edge_prob=1.0, soft_edge_px=4.0), S, ("rgb", "depth"), np.random.default_rng(0), n_masks=8
     )
-    _, _, crisp, _ = crisp_gen(rgb, depth, fg, torch.Generator().manual_seed(2))
+    _, _, crisp, _ = texture_gen(rgb, depth, fg, torch.Generator().manual_seed(2))
     out_rgb, out_depth, soft, touched = soft_gen(rgb, depth, fg, torch.Generator().manual_seed(2))
     crisp, soft = crisp.bool(), soft.bool()
     assert (crisp & ~soft).sum() == 0  # the halo adds to the region, never takes from it
@@ -170,7 +167,6 @@ def test_soft_edges_fade_beyond_the_region_and_label_the_halo():
         if halo[i].any() and delta[crisp[i]].max() > 0.05:
             assert delta[halo[i]].mean() < delta[crisp[i]].mean()
             assert delta[halo[i]].max() > 0
-
 
 
 @pytest.mark.parametrize("sigma", [1.0, 2.7, 6.0])
