@@ -267,7 +267,7 @@ def _register_logged(params: Params, record: TrainingRunRecord, logged: LoggedTr
     registry.describe_registered_model(params, category, registered_model_description(params, category), {
         "category": category,
         "data": str(Path(params.data.root) / category),
-        "modalities": "+".join(params.model.modalities),
+        "modalities": "+".join(record.trained_params.model.modalities),
         "gate": f"FPR <= {promotion.max_fpr_at_threshold:g}, recall >= {promotion.min_recall_at_threshold:g}, "
                 f"image AUROC >= {promotion.min_image_auroc:g}",
     })

@@ -67,6 +67,30 @@ def check_steps(params: Params, category: str, n_samples: int) -> None:
     )
 
 
+def modalities_with_a_signal(params: Params, category: str, foreground: np.ndarray) -> Params:
+    """``params`` for a category whose training scans show no object above the support plane
+    (``foreground`` (N, S, S) all False): RGB alone.
+
+    Such scans (a part flatter than ``data.plane_distance``, a sensor that gave no point
+    cloud, a flat stand-in for one) give an all-zero depth image (:mod:`bridgenet.data.depth`),
+    so a depth branch has nothing to learn and its memory distances only add noise to the
+    fused score (docs/benchmarks.md, "Without point clouds"). The model then trains on RGB
+    alone, says so in a warning and in its params; a depth-only model is refused.
+    """
+    modalities = params.model.modalities
+    if "depth" not in modalities or foreground.any():
+        return params
+    if modalities == ("depth",):
+        raise TrainingError(
+            f"{category}: no training scan in {params.data.cache_dir} shows an object above the support "
+            f"plane (data.plane_distance {params.data.plane_distance} m), so the depth image is empty and a "
+            "depth-only model has nothing to learn: train with model.modalities=[rgb] or check the point clouds"
+        )
+    LOGGER.warning("%s: no training scan shows an object above the support plane, so the depth image is "
+                   "empty: training on RGB alone (model.modalities %s -> [rgb])", category, list(modalities))
+    return params.model_copy(update={"model": params.model.model_copy(update={"modalities": ("rgb",)})})
+
+
 def fast_start_graph(model: TrainedModel) -> bytes | None:
     """The model's traced graph, saved in model.pt so that ``bridgenet predict`` starts without
     timm; None (and a warning: predict then builds the network, a second slower) if tracing fails."""
@@ -121,6 +145,7 @@ def _train_category(
     device = resolve_device(tcfg.device)
     train_split = load_cached_split(params.data.cache_dir, category, "train", params.data)
     check_steps(params, category, len(train_split))
+    params = modalities_with_a_signal(params, category, train_split.foreground)
     val_split = load_cached_split(params.data.cache_dir, category, "validation", params.data)
     started = time.perf_counter()
     trainer = Trainer(params, train_split, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -116,3 +117,34 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_root, tmp_path
         score_split(load_model(tmp_path / "straight" / "cookie" / "model.pt"), split, 4, torch.device("cpu"))[0],
         rtol=1e-6,
     )
+
+
+def test_scans_without_any_object_train_on_rgb_alone(tiny_root, tmp_path, monkeypatch, caplog):
+    from bridgenet import train as train_module
+    from bridgenet.train import TrainingError, modalities_with_a_signal
+
+    params = tiny_params(tiny_root, "train.epochs=1")
+    assert params.model.modalities == ("rgb", "depth")
+    load = train_module.load_cached_split
+
+    def flat(cache_dir, category, split, data):  # a flat stand-in point cloud: no object above the plane
+        cached = load(cache_dir, category, split, data)
+        return dataclasses.replace(cached, depth=np.zeros_like(cached.depth),
+                                   foreground=np.zeros_like(cached.foreground))
+
+    monkeypatch.setattr(train_module, "load_cached_split", flat)
+    with caplog.at_level("WARNING", logger="bridgenet.train"):
+        summary = train_category(params, "cookie", out_dir=tmp_path / "flat")
+    assert "no training scan shows an object above the support plane" in caplog.text
+    model = load_model(summary.model_path)
+    assert model.network.modalities == ("rgb",) and model.params.model.modalities == ("rgb",)
+    assert model.foreground_fraction == 0.0
+    split = flat(params.data.cache_dir, "cookie", "test", params.data)
+    scores = score_split(model, split, 4, torch.device("cpu"))[0]
+    assert np.isfinite(scores).all() and np.ptp(scores) > 0
+
+    some = load(params.data.cache_dir, "cookie", "train", params.data).foreground
+    assert modalities_with_a_signal(params, "cookie", some) is params  # an object anywhere: both kept
+    depth_only = tiny_params(tiny_root, "model.modalities=[depth]")
+    with pytest.raises(TrainingError, match="cookie: no training scan .* depth-only model has nothing to learn"):
+        modalities_with_a_signal(depth_only, "cookie", np.zeros_like(some))

@@ -220,7 +220,7 @@ def model_card_markdown(
     figures = {title: f"figures/{record.figures[key].name}"
                for key, title in FIGURE_TITLES.items() if key in record.figures}
     name = model_name(params, category)
-    m = params.model
+    m = record.trained_params.model  # what the model was trained with (RGB alone where scans hold no object)
     at = evaluation.at_threshold()
     metrics = {**evaluation.metrics, **{f"{k}_at_threshold": at[k] for k in ("fpr", "recall", "precision")}}
     champion_version, champ = champion if champion else (None, None)
