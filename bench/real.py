@@ -83,6 +83,7 @@ from bench.real_runs import (
 )
 from bench.results import current_record, record_rows, rows_frame, write_results
 from bridgenet.config import ConfigError, Params
+from bridgenet.train import TrainingError
 
 LOGGER = logging.getLogger("bench.real")  # not __name__: "__main__" under python -m
 BENCH_KEYS = ("data.root", "data.categories", "data.cache_dir")  # set by the bench, not by --set
@@ -166,7 +167,11 @@ def run_jobs(args: argparse.Namespace, base: Params, work: Path) -> Iterator[str
                 yield headline(f"{config} / {scorer}", cell)
             continue
         yield f"{tag}: training"
-        record = train_and_score(params, model_dir(work, bench, config, seed, category), config, seed, category)
+        try:
+            record = train_and_score(params, model_dir(work, bench, config, seed, category), config, seed, category)
+        except TrainingError as err:  # e.g. depth alone on scans without an object: the other runs go on
+            yield f"{tag}: not trained: {err}"
+            continue
         write_results(path, record)
         for scorer, cell in record["scores"].items():
             yield headline(f"{config} / {scorer}", cell)

@@ -279,3 +279,27 @@ def test_the_published_summary_names_no_path_of_this_machine(tmp_path):
     assert portable_run(run, work)["model"] == "models/abc/rgb/seed0/x/model.pt"
     assert portable_run({"model": "/elsewhere/model.pt"}, work)["model"] == "model.pt"
     assert run["model"].startswith(str(tmp_path))  # the record the bench resumes from keeps its path
+
+
+def test_a_configuration_training_refuses_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    from bench import real
+    import bridgenet.preprocess
+    from bridgenet.train import TrainingError
+
+    (tmp_path / "root" / "cable_gland" / "train").mkdir(parents=True)
+    monkeypatch.setattr(bridgenet.preprocess, "run_preprocess", lambda params: None)
+    trained = []
+
+    def train_and_score(params, out_dir, config, seed, category):
+        if config == "depth":
+            raise TrainingError(f"{category}: no training scan shows an object above the support plane")
+        trained.append(config)
+        return {**_run(config, seed, category, 0.9), "best_epoch": 3, "epochs": 20}
+
+    monkeypatch.setattr(real, "train_and_score", train_and_score)
+    args = real.parse_args(["--data-root", str(tmp_path / "root"), "--work", str(tmp_path / "work"),
+                            "--out", str(tmp_path / "out"), "--categories", "cable_gland", "--seeds", "0",
+                            "--configs", "depth", "rgb", "--no-peer"])
+    lines = list(real.run_jobs(args, base_params(args.data_root, []), args.work))
+    assert any("depth seed 0 cable_gland: not trained: cable_gland: no training scan" in line for line in lines)
+    assert trained == ["rgb"]
