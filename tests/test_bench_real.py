@@ -282,8 +282,8 @@ def test_the_published_summary_names_no_path_of_this_machine(tmp_path):
 
 
 def test_a_configuration_training_refuses_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
-    from bench import real
     import bridgenet.preprocess
+    from bench import real
     from bridgenet.train import TrainingError
 
     (tmp_path / "root" / "cable_gland" / "train").mkdir(parents=True)
