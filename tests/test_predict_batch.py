@@ -119,18 +119,30 @@ def test_the_pixel_threshold_comes_from_the_validation_goods_and_is_saved(traine
     assert load_model(tmp_path / "model.pt").pixel_threshold == model.pixel_threshold
 
 
-def test_heatmap_and_mask_pictures(tiny_root, trained_bagel, model_file, tmp_path):
+def test_heatmap_and_mask_pictures(tiny_root, trained_bagel, tmp_path):
     from PIL import Image
 
     from bridgenet.data.samples import read_rgb, read_xyz
+    from bridgenet.model.io import save_model
     from bridgenet.predict import predict_arrays
 
-    _, _, model = trained_bagel
+    _, _, trained = trained_bagel
     folder = tiny_root / "synth" / "bagel" / "test"
+
+    def sample(defect: str):
+        rgb_path = min((folder / defect / "rgb").iterdir())
+        return rgb_path, folder / defect / "xyz" / f"{rgb_path.stem}.tiff"
+
+    # a pixel threshold halfway up the contaminated part's map, so that its contour is drawn
+    # whatever the tiny model's own threshold (the pictures are under test, not the model)
+    rgb_path, xyz_path = sample("contamination")
+    peak_map = predict_arrays(trained, read_rgb(rgb_path), read_xyz(xyz_path)).anomaly_map
+    model = trained.with_meta(pixel_threshold=float((peak_map.max() + np.median(peak_map)) / 2))
+    save_model(model, tmp_path / "model.pt")
+    model_file = tmp_path / "model.pt"
     results = {}
     for defect in ("good", "contamination"):
-        rgb_path = min((folder / defect / "rgb").iterdir())
-        xyz_path = folder / defect / "xyz" / f"{rgb_path.stem}.tiff"
+        rgb_path, xyz_path = sample(defect)
         out = predict_files(model_file, rgb_path, xyz_path, tmp_path / f"{defect}.png",
                             mask_path=tmp_path / f"{defect}_mask.png")
         prediction = predict_arrays(model, read_rgb(rgb_path), read_xyz(xyz_path))

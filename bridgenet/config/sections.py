@@ -92,7 +92,7 @@ class ModelConfig(Section):
     foreground_only: bool = True
     backbone_cpu_batch: int = Field(2, ge=0, le=1024)
     scorer: Literal["discriminator", "memory", "fused"] = "fused"
-    fusion_weight: float = Field(0.6, ge=0, le=1)  # weight of the discriminator in the fused score
+    fusion_weight: float = Field(0.5, ge=0, le=1)  # weight of the discriminator in the fused score
     memory: MemoryConfig = MemoryConfig()
 
     @field_validator("weights")
