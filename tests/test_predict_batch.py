@@ -124,6 +124,7 @@ def test_heatmap_and_mask_pictures(tiny_root, trained_bagel, tmp_path):
 
     from bridgenet.data.samples import read_rgb, read_xyz
     from bridgenet.model.io import save_model
+    from bridgenet.pictures import BAR_IN, DPI, FIGURE_WIDTH_IN, GAP_IN, LABELS_IN
     from bridgenet.predict import predict_arrays
 
     _, _, trained = trained_bagel
@@ -133,11 +134,13 @@ def test_heatmap_and_mask_pictures(tiny_root, trained_bagel, tmp_path):
         rgb_path = min((folder / defect / "rgb").iterdir())
         return rgb_path, folder / defect / "xyz" / f"{rgb_path.stem}.tiff"
 
-    # a pixel threshold halfway up the contaminated part's map, so that its contour is drawn
-    # whatever the tiny model's own threshold (the pictures are under test, not the model)
-    rgb_path, xyz_path = sample("contamination")
-    peak_map = predict_arrays(trained, read_rgb(rgb_path), read_xyz(xyz_path)).anomaly_map
-    model = trained.with_meta(pixel_threshold=float((peak_map.max() + np.median(peak_map)) / 2))
+    # a pixel threshold halfway between the good part's peak and the contaminated part's, so that
+    # one map crosses it and the other does not, whatever the tiny model's own threshold (the
+    # pictures are under test, not the model)
+    peaks = {defect: predict_arrays(trained, read_rgb(rgb), read_xyz(xyz)).anomaly_map.max()
+             for defect, (rgb, xyz) in ((d, sample(d)) for d in ("good", "contamination"))}
+    assert peaks["good"] < peaks["contamination"]
+    model = trained.with_meta(pixel_threshold=float((peaks["good"] + peaks["contamination"]) / 2))
     save_model(model, tmp_path / "model.pt")
     model_file = tmp_path / "model.pt"
     results = {}
@@ -153,15 +156,17 @@ def test_heatmap_and_mask_pictures(tiny_root, trained_bagel, tmp_path):
         assert heatmap.shape[1] == 640 and heatmap.shape[0] > 500  # the picture, its colour bar and title
         results[defect] = (prediction, heatmap)
     assert not np.array_equal(results["good"][1], results["contamination"][1])
-    # the contour (cyan) is drawn where the map crosses the pixel threshold, and only then
-    # (the colour bar's threshold mark alone is about 40 cyan pixels; the contour of a region
-    # of 8 map pixels adds about 100)
+    # the contour (cyan) is drawn on the picture where the map crosses the pixel threshold, and only
+    # then; the colour bar, right of the picture, always holds the threshold's cyan mark
+    bar_starts = int((FIGURE_WIDTH_IN - BAR_IN - GAP_IN - LABELS_IN) * DPI)
     crossing = []
     for prediction, heatmap in results.values():
-        cyan = ((heatmap[..., 0] < 60) & (heatmap[..., 1] > 200) & (heatmap[..., 2] > 200)).sum()
+        cyan = (heatmap[..., 0] < 60) & (heatmap[..., 1] > 200) & (heatmap[..., 2] > 200)
         crossing.append(prediction.anomaly_map.max() > model.pixel_threshold)
-        assert (cyan > 80) == crossing[-1], cyan
-    assert any(crossing)
+        contour = int(cyan[:, :bar_starts].sum())
+        assert cyan[:, bar_starts:].sum() > 20  # the bar's mark (about 70 pixels)
+        assert contour > 40 if crossing[-1] else contour == 0, contour  # a contour: about 80 pixels
+    assert crossing == [False, True]
 
 
 def test_a_model_without_a_pixel_threshold_writes_no_mask(trained_bagel, tiny_root, tmp_path):
