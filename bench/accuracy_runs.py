@@ -175,7 +175,7 @@ def run_peer(work: Path, category: str) -> list[dict[str, Any]]:
     return records
 
 
-CAP_KEYS = ("max_bank",)  # model.memory caps: they change a run only where they bind
+CAP_KEYS = ("max_entries",)  # model.memory caps: they change a run only where they bind
 
 
 def params_digest(part: str = "all") -> str:
@@ -201,6 +201,14 @@ def params_digest(part: str = "all") -> str:
     return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _stored_cap(caps: dict[str, Any], modalities: int) -> int | None:
+    """The per-modality bank cap a run was trained under (``max_bank`` per modality until
+    2026-12-05, ``max_entries`` over all modalities since), None where none was recorded."""
+    if "max_entries" in caps:
+        return max(1, int(caps["max_entries"]) // max(1, modalities))
+    return int(caps["max_bank"]) if "max_bank" in caps else None
+
+
 def caps_unbound(run: dict[str, Any], memory: Any) -> bool:
     """Whether ``run``'s memory bank is the one ``memory`` (``model.memory``) would build.
 
@@ -216,12 +224,13 @@ def caps_unbound(run: dict[str, Any], memory: Any) -> bool:
     modalities = [k.removesuffix("_candidates") for k in info if k.endswith("_candidates")]
     if not modalities:
         return False
-    if set(stored_caps) == set(CAP_KEYS) and all(stored_caps[k] == getattr(memory, k) for k in CAP_KEYS):
+    cap = memory.bank_cap(len(modalities))
+    if stored_pool == 0 and _stored_cap(stored_caps, len(modalities)) == cap:
         return True
     for m in modalities:
         candidates, bank = int(info[f"{m}_candidates"]), int(info[f"{m}_bank"])
         uncapped = max(1, round(memory.coreset_ratio * candidates))
-        if bank != uncapped or uncapped > memory.max_bank:
+        if bank != uncapped or uncapped > cap:
             return False
         if 0 < stored_pool < candidates:
             return False

@@ -1,4 +1,4 @@
-"""How small can the memory bank be? Saved models' banks cut to their first K greedy picks.
+"""How large must the memory bank be? Saved models' banks cut to their first K greedy picks, or rebuilt.
 
 A greedy k-centre selection keeps its entries in the order it picked them, and the first K
 picks are the selection it would have made for K (same candidates, same start), so one
@@ -9,9 +9,15 @@ then the test split scored by evaluation's own path; plus the fused forward's ti
 sample at batch 8 on one thread (process time, so other work on the machine counts less).
 
     python -m bench.bank_size --cache CACHE --sizes 4096 2048 1024 --models M1 M2 M3 --out bench/results
+                              [--rebuild] [--name NAME]
 
 ``--cache``: the preprocessing cache the models were trained on (its validation and test
-splits). Writes ``bank_size.json`` and ``bank_size.md`` to ``--out``.
+splits). ``--rebuild``: each model's bank is instead selected again at each size from its
+training split by training's own code (:class:`bridgenet.training.trainer.Trainer` builds it
+before the first step, from embeddings no training step changes, with its own seeded
+generator; epochs are chosen on the discriminator alone), so sizes above the trained cap are
+measured as training at them would give them. Writes ``bank_size.json`` and ``bank_size.md``
+to ``--out``.
 """
 
 from __future__ import annotations
@@ -53,7 +59,23 @@ def forward_ms(network: Any, rgb: torch.Tensor, depth: torch.Tensor, repeats: in
     return float(np.median(times)) / len(rgb) * 1000
 
 
-def measure(model_file: Path, cache: Path, sizes: list[int]) -> list[dict[str, Any]]:
+def rebuilt_banks(network: Any, params: Any, train: Any, size: int) -> None:
+    """Select every modality's bank again at ``size`` entries each from the training split, by training's own code."""
+    from bridgenet.config import params_from_dict
+    from bridgenet.data.batch import resolve_device
+    from bridgenet.training.trainer import Trainer
+
+    raw = params.to_dict()
+    raw["model"]["memory"]["max_entries"] = size * len(network.modalities)
+    fresh = Trainer(params_from_dict(raw, "bank_size --rebuild"), train, resolve_device("cpu")).network
+    for modality in network.modalities:  # the same embedding space, or the bank would not fit the model
+        for stat in ("mean", "std"):
+            if not torch.allclose(getattr(fresh, f"{modality}_{stat}"), getattr(network, f"{modality}_{stat}")):
+                raise RuntimeError(f"bank_size --rebuild: the rebuilt {modality} embedding differs from the model's")
+        setattr(network.memory, f"{modality}_bank", fresh.memory.bank(modality).contiguous())
+
+
+def measure(model_file: Path, cache: Path, sizes: list[int], rebuild: bool = False) -> list[dict[str, Any]]:
     from bridgenet.data.batch import Batch, resolve_device
     from bridgenet.data.cache import load_cached_split
     from bridgenet.evaluate import evaluate_category
@@ -66,17 +88,21 @@ def measure(model_file: Path, cache: Path, sizes: list[int]) -> list[dict[str, A
     params, device = base.params, resolve_device("cpu")
     validation = load_cached_split(cache, base.category, "validation", params.data)
     test = load_cached_split(cache, base.category, "test", params.data)
+    train = load_cached_split(cache, base.category, "train", params.data) if rebuild else None
     probe = Batch.from_split(test, slice(0, 8))
     rows = []
     for size in sizes:
         network = copy.deepcopy(base.network).eval()
-        cut_banks(network, size)
+        if rebuild:
+            rebuilt_banks(network, params, train, size)
+        else:
+            cut_banks(network, size)
         done = finish(network, build_validation_set(validation, params, network.modalities), device,
                       params.eval.batch_size, params.train.threshold_quantile)
         model = TrainedModel(network, base.meta).with_meta(threshold=done.threshold,
                                                             pixel_threshold=done.pixel_threshold)
         evaluation, _ = evaluate_category(params, model, test, device)
-        row = {"model": model_file.parent.parent.name, "category": base.category, "max_bank": size,
+        row = {"model": model_file.parent.parent.name, "category": base.category, "bank_per_modality": size,
                "bank": {m: int(network.memory.bank(m).shape[0]) for m in network.modalities},
                "validation_image_auroc": done.metrics.get("val_image_auroc"),
                "image_auroc": evaluation.metrics["image_auroc"], "aupro_30": evaluation.metrics["aupro_30"],
@@ -89,11 +115,11 @@ def measure(model_file: Path, cache: Path, sizes: list[int]) -> list[dict[str, A
 
 def report(rows: list[dict[str, Any]], command: str) -> str:
     """Markdown: one line per cap, means (± std) over the models."""
-    header = ("| max_bank | models | validation | test image AUROC | AU-PRO@0.3 | worst defect "
+    header = ("| bank per modality | models | validation | test image AUROC | AU-PRO@0.3 | worst defect "
               "(mean over models) | ms per sample, 1 thread |")
     lines = [f"`{command}`", "", header, "|---:|---:|---:|---:|---:|---|---:|"]
-    for size in sorted({r["max_bank"] for r in rows}, reverse=True):
-        group = [r for r in rows if r["max_bank"] == size]
+    for size in sorted({r["bank_per_modality"] for r in rows}, reverse=True):
+        group = [r for r in rows if r["bank_per_modality"] == size]
 
         def mean(key: str, group: list[dict[str, Any]] = group) -> float:
             return float(np.mean([r[key] for r in group]))
@@ -113,14 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, required=True, help="the cache the models were trained on")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 2048, 1024])
     parser.add_argument("--models", type=Path, nargs="+", required=True, help="model.pt files")
-    parser.add_argument("--out", type=Path, required=True, help="folder for bank_size.json and .md")
+    parser.add_argument("--out", type=Path, required=True, help="folder for bank_size[_NAME].json and .md")
+    parser.add_argument("--name", default="", help="results as bank_size_NAME.json and .md")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="select each bank again at each size (sizes above the trained cap too)")
     args = parser.parse_args(argv)
-    rows = [row for model_file in args.models for row in measure(model_file, args.cache, args.sizes)]
+    rows = [row for model_file in args.models for row in measure(model_file, args.cache, args.sizes, args.rebuild)]
     command = bench_command("bank_size", "--cache", "CACHE", "--sizes", *map(str, args.sizes),
+                           *(["--rebuild"] if args.rebuild else []), *(["--name", args.name] if args.name else []),
                            "--models", "MODEL...", "--out", "OUT")
-    write_results(args.out / "bank_size.json", {"machine": machine_info(command, torch=torch.__version__),
-                                                "rows": rows})
-    (args.out / "bank_size.md").write_text(report(rows, command))
+    stem = f"bank_size_{args.name}" if args.name else "bank_size"
+    write_results(args.out / f"{stem}.json", {"machine": machine_info(command, torch=torch.__version__),
+                                              "rows": rows})
+    (args.out / f"{stem}.md").write_text(report(rows, command))
     print(report(rows, command))
     return 0
 

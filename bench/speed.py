@@ -262,7 +262,7 @@ def measure_bank(train_samples: int, queue: mp.Queue) -> None:
     network = trainer.network.eval()
     info = trainer.memory_info
     result: dict[str, Any] = {"train_samples": train_samples, "image_size": size,
-                              "coreset_ratio": memory.coreset_ratio, "max_bank": memory.max_bank,
+                              "coreset_ratio": memory.coreset_ratio, "max_entries": memory.max_entries,
                               "chunk_size": memory.chunk_size, "build_seconds_both": info["memory_seconds"]}
     rgb, _ = fake_inputs(8, size, torch.device("cpu"), BANK_COVERAGE)
     depth = torch.from_numpy(disc_mask(8, size, BANK_COVERAGE)).unsqueeze(1).float() * 0.5
@@ -280,7 +280,7 @@ def measure_bank(train_samples: int, queue: mp.Queue) -> None:
         # build time of this modality alone (the trainer's figure is both together)
         candidates = trainer.clean[m].permute(0, 2, 3, 1).reshape(-1, trainer.clean[m].shape[1])[
             network.kept_patches(trainer.data.depth, grid).flatten()]
-        n_keep = min(memory.max_bank, max(1, round(memory.coreset_ratio * len(candidates))))
+        n_keep = min(memory.bank_cap(len(network.modalities)), max(1, round(memory.coreset_ratio * len(candidates))))
         start = time.perf_counter()
         coreset = greedy_coreset(candidates, n_keep, memory.projection_dim, torch.Generator().manual_seed(0),
                                  memory.chunk_size)

@@ -179,18 +179,23 @@ def test_a_run_is_reused_under_its_own_bank_caps_or_where_no_cap_bound():
     from bridgenet.config import MemoryConfig
 
     run = {"memory": {"rgb_candidates": 9000.0, "rgb_bank": 900.0, "depth_candidates": 13126.0, "depth_bank": 1313.0}}
-    assert caps_unbound(run, MemoryConfig(coreset_ratio=0.1, max_bank=4096))
-    # the new cap binds (1313 > 1000), the stored cap bound, the stored random pool bound
-    assert not caps_unbound(run, MemoryConfig(coreset_ratio=0.1, max_bank=1000))
+    assert caps_unbound(run, MemoryConfig(coreset_ratio=0.1, max_entries=8192))
+    # the new cap binds (1313 > 2000 / 2), the stored cap bound, the stored random pool bound
+    assert not caps_unbound(run, MemoryConfig(coreset_ratio=0.1, max_entries=2000))
     capped = {"memory": {**run["memory"], "depth_bank": 1000.0}}
     assert not caps_unbound(capped, MemoryConfig(coreset_ratio=0.1))
     pooled = {**run, "memory_caps": {"max_bank": 4096, "max_candidates": 10000}}
     assert not caps_unbound(pooled, MemoryConfig(coreset_ratio=0.1))
     assert not caps_unbound({"memory": {}}, MemoryConfig())  # no bank recorded: train again
-    # trained under today's cap, which bound: the bank is the one training builds today
-    assert caps_unbound({**capped, "memory_caps": {"max_bank": 1000}}, MemoryConfig(coreset_ratio=0.1, max_bank=1000))
-    assert not caps_unbound({**capped, "memory_caps": {"max_bank": 1000}}, MemoryConfig(coreset_ratio=0.1))
-
+    # trained under today's cap per modality, which bound: the bank is the one training builds today,
+    # whether the record states it per modality (max_bank, before 2026-12-05) or over both (max_entries)
+    for caps in ({"max_bank": 1000}, {"max_entries": 2000}):
+        assert caps_unbound({**capped, "memory_caps": caps}, MemoryConfig(coreset_ratio=0.1, max_entries=2000))
+        assert not caps_unbound({**capped, "memory_caps": caps}, MemoryConfig(coreset_ratio=0.1))
+    # one modality gets the whole of max_entries: a bound cap of 1000 per modality is not today's 2000
+    alone = {"memory": {"rgb_candidates": 30000.0, "rgb_bank": 1000.0}, "memory_caps": {"max_bank": 1000}}
+    assert not caps_unbound(alone, MemoryConfig(coreset_ratio=0.1, max_entries=2000))
+    assert caps_unbound(alone, MemoryConfig(coreset_ratio=0.1, max_entries=1000))
 
 
 def _sampled(category: str, seed: int, scores: list[float]) -> dict:

@@ -108,6 +108,11 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# keys users may still write, with what replaced them
+RENAMED = {"model.memory.max_bank": "; replaced by model.memory.max_entries, the cap over all modalities "
+                                    "(the old per-modality cap times the number of modalities)"}
+
+
 def _format_errors(err: ValidationError, source: str, overrides: tuple[str, ...] = ()) -> str:
     """One line per invalid key; a key set by an override (``--set``) is blamed on that override."""
     by_key = {".".join(parse_override(text)[0]): text for text in overrides}
@@ -122,7 +127,8 @@ def _format_errors(err: ValidationError, source: str, overrides: tuple[str, ...]
             lines.append(f"  {item['msg'].removeprefix('Value error, ')}")
         elif kind == "extra_forbidden":
             parent = ".".join(str(p) for p in item["loc"][:-1]) or "top level"
-            lines.append(f"  {key}: unknown key (value {value!r}); not a parameter of {parent}{where}")
+            hint = RENAMED.get(key, "")
+            lines.append(f"  {key}: unknown key (value {value!r}); not a parameter of {parent}{where}{hint}")
         else:
             lines.append(f"  {key}: got {value!r}; {item['msg']}{where}")
     blamed = [line for line in lines if "(from the override --set" in line]
@@ -198,13 +204,19 @@ _STORED_DROPPED: tuple[tuple[tuple[str, ...], str], ...] = (
 
 def upgrade_stored_params(stored: dict[str, Any]) -> dict[str, Any]:
     """A model file's stored params as they read today: keys added since it was written get
-    the behaviour the model was built with, keys since removed (building settings) are dropped."""
+    the behaviour the model was built with, keys since removed (building settings) are dropped,
+    the memory bank's cap per modality (``max_bank``) becomes ``max_entries``, that cap times the
+    model's modalities (the same banks)."""
     out = copy.deepcopy(stored)
     for path, key, value in _STORED_DEFAULTS:
         section = out
         for name in path:
             section = section.setdefault(name, {})
         section.setdefault(key, value)
+    memory = out.get("model", {}).get("memory")
+    if isinstance(memory, dict) and "max_bank" in memory:  # a cap per modality until 2026-12-05
+        modalities = out["model"].get("modalities", ["rgb", "depth"])
+        memory.setdefault("max_entries", int(memory.pop("max_bank")) * max(1, len(modalities)))
     for path, key in _STORED_DROPPED:
         section = out
         for name in path:

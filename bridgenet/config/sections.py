@@ -68,9 +68,15 @@ class MemoryConfig(Section):
     """Memory-bank head: greedy k-centre coreset of the clean training patches, per modality."""
 
     coreset_ratio: float = Field(0.1, gt=0, le=1)
-    max_bank: int = Field(2048, ge=1, le=10_000_000)
+    max_entries: int = Field(4096, ge=1, le=10_000_000)  # over all modalities, an equal share each (search cost)
     chunk_size: int = Field(16_384, ge=256, le=100_000_000)  # first greedy pass: candidates per chunk
     projection_dim: int = Field(128, ge=0, le=4096)  # random projection for the selection; 0 = none
+
+    def bank_cap(self, modalities: int) -> int:
+        """Entries one modality's bank may hold: its equal share of ``max_entries``. A patch is
+        searched in every modality's bank, so the search cost follows the entries over all of
+        them; a one-modality model may keep the share a second modality would have taken."""
+        return max(1, self.max_entries // max(1, modalities))
 
 
 class ModelConfig(Section):

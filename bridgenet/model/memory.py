@@ -202,7 +202,8 @@ class MemoryBank(nn.Module):
     ) -> dict[str, float]:
         """Fill every modality's bank from (N, D, h, w) embeddings on patches ``keep`` (N, h, w).
 
-        Keeps ``coreset_ratio`` of the candidate patches, at most ``max_bank``, chosen by
+        Keeps ``coreset_ratio`` of the candidate patches, at most the modality's share of
+        ``max_entries`` (:meth:`~bridgenet.config.MemoryConfig.bank_cap`), chosen by
         :func:`greedy_coreset` among all of them.
         Returns each modality's candidate count, bank size and covering radius.
         """
@@ -211,7 +212,7 @@ class MemoryBank(nn.Module):
         for m in self.modalities:
             emb = embeddings[m]
             rows = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])[flat_keep.to(emb.device)]
-            n_keep = min(cfg.max_bank, max(1, round(cfg.coreset_ratio * rows.shape[0])))
+            n_keep = min(cfg.bank_cap(len(self.modalities)), max(1, round(cfg.coreset_ratio * rows.shape[0])))
             coreset = greedy_coreset(rows, n_keep, cfg.projection_dim, generator, cfg.chunk_size)
             setattr(self, f"{m}_bank", rows[coreset.indices].float().contiguous())
             info.update({f"{m}_candidates": float(rows.shape[0]), f"{m}_bank": float(len(coreset.indices)),
@@ -227,28 +228,28 @@ class MemoryBank(nn.Module):
 
         The size rule of :meth:`fit` applied to the new candidates: ``coreset_ratio`` of them
         join the bank, so that it stays about that share of every candidate it has seen, and
-        it never passes ``max_bank``. They are chosen by :func:`grow_coreset`: the bank is kept
-        whole and each new entry is the new patch farthest from it. A bank already at
-        ``max_bank`` is instead selected again, ``max_bank`` entries by :func:`greedy_coreset`
+        it never passes its share of ``max_entries``. They are chosen by :func:`grow_coreset`: the
+        bank is kept whole and each new entry is the new patch farthest from it. A bank already
+        at its share is instead selected again, that many entries by :func:`greedy_coreset`
         among its entries and the new patches together (``<m>_reselected`` 1). Either way
         every new patch lies within ``<m>_radius`` (exact, in the embedding space) of an
         entry. Returns, per modality, the new candidates, entries added, bank size, radius.
         """
         info: dict[str, float] = {}
-        flat_keep = keep.flatten()
+        flat_keep, cap = keep.flatten(), cfg.bank_cap(len(self.modalities))
         for m in self.modalities:
             emb, bank = embeddings[m], self.bank(m)
             rows = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])[flat_keep.to(emb.device)].float()
             if rows.shape[0] == 0:
                 raise ValueError(f"memory bank {m}: the new parts have no patch to add")
-            room = cfg.max_bank - bank.shape[0]
+            room = cap - bank.shape[0]
             n_add = min(room, max(1, round(cfg.coreset_ratio * rows.shape[0])))
             if n_add > 0:
                 grown = grow_coreset(bank, rows, n_add, cfg.projection_dim, generator)
                 new_bank, radius = torch.cat([bank, rows[grown.indices].to(bank.device)]), grown.radius
             else:
                 union = torch.cat([bank, rows.to(bank.device)])
-                chosen = greedy_coreset(union, cfg.max_bank, cfg.projection_dim, generator, cfg.chunk_size)
+                chosen = greedy_coreset(union, cap, cfg.projection_dim, generator, cfg.chunk_size)
                 new_bank = union[chosen.indices]
                 radius = float(nearest_distance(rows, new_bank).max())
             setattr(self, f"{m}_bank", new_bank.float().contiguous())

@@ -33,6 +33,20 @@ def test_meta_round_trips_and_reads_files_older_than_its_version():
     assert (read.pixel_threshold, read.foreground_fraction, read.threshold) == (None, 1.0, 0.75)
 
 
+@pytest.mark.parametrize(("modalities", "entries"), [(["rgb", "depth"], 4096), (["rgb"], 2048)])
+def test_a_model_stored_with_a_cap_per_modality_keeps_its_banks(modalities, entries):
+    """Until 2026-12-05 the bank cap (``max_bank``) was per modality; a model stored then reads
+    with the cap over all its modalities that gives each bank the same size, so growing it
+    (``bridgenet bank add``) stops where it stopped before."""
+    record = meta().to_dict()
+    memory = dict(record["params"]["model"]["memory"])
+    memory.pop("max_entries")
+    record["params"]["model"] = {**record["params"]["model"], "modalities": modalities,
+                                 "memory": {**memory, "max_bank": 2048}}
+    read = ModelMeta.from_dict(record, "old.pt").params.model
+    assert read.memory.max_entries == entries and read.memory.bank_cap(len(read.modalities)) == 2048
+
+
 def test_meta_refuses_a_newer_version_and_names_a_missing_entry():
     with pytest.raises(ValueError, match=r"new\.pt: model metadata version 99 is newer"):
         ModelMeta.from_dict({**meta().to_dict(), "meta_version": 99}, "new.pt")

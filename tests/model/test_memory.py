@@ -124,12 +124,19 @@ def test_bank_fits_on_kept_patches_only_and_survives_a_state_dict_round_trip():
     assert bank.nbytes() == 2 * 6 * 8 * 4
 
 
-def test_max_bank_caps_the_bank():
+def test_max_entries_caps_the_banks_together():
+    """One modality may fill the whole cap; two share it equally (the search reads every bank)."""
     gen = torch.Generator().manual_seed(0)
-    bank = MemoryBank(("rgb",), 4)
-    bank.fit({"rgb": torch.randn(2, 4, 8, 8, generator=gen)}, torch.ones(2, 8, 8, dtype=torch.bool),
-             MemoryConfig(coreset_ratio=1.0, max_bank=10), torch.Generator().manual_seed(0))
-    assert bank.bank("rgb").shape == (10, 4)
+    cfg = MemoryConfig(coreset_ratio=1.0, max_entries=10)
+    alone = MemoryBank(("rgb",), 4)
+    alone.fit({"rgb": torch.randn(2, 4, 8, 8, generator=gen)}, torch.ones(2, 8, 8, dtype=torch.bool), cfg,
+              torch.Generator().manual_seed(0))
+    assert alone.bank("rgb").shape == (10, 4)
+    both = MemoryBank(("rgb", "depth"), 4)
+    both.fit({m: torch.randn(2, 4, 8, 8, generator=gen) for m in ("rgb", "depth")},
+             torch.ones(2, 8, 8, dtype=torch.bool), cfg, torch.Generator().manual_seed(0))
+    assert both.bank("rgb").shape == (5, 4) and both.bank("depth").shape == (5, 4)
+    assert MemoryConfig(max_entries=4096).bank_cap(2) == 2048 and MemoryConfig(max_entries=3).bank_cap(4) == 1
 
 
 def test_memory_scorer_without_a_bank_is_refused():
@@ -153,7 +160,7 @@ def _bank_with(rows: torch.Tensor, cfg: MemoryConfig) -> MemoryBank:
 def test_extending_keeps_the_bank_and_covers_every_new_patch(projection_dim):
     """A new cluster far from the bank gets entries; the old entries stay, in front; every new
     patch lies within the reported radius (exact space) of an entry; size: ratio x new ones."""
-    cfg = MemoryConfig(coreset_ratio=0.1, max_bank=1000, projection_dim=projection_dim)
+    cfg = MemoryConfig(coreset_ratio=0.1, max_entries=1000, projection_dim=projection_dim)
     old = clustered_rows(seed=0, n=600)
     bank = _bank_with(old, cfg)
     before = bank.bank("rgb").clone()
@@ -173,7 +180,7 @@ def test_extending_keeps_the_bank_and_covers_every_new_patch(projection_dim):
 
 def test_new_patches_the_bank_covers_add_nothing_new_to_the_radius():
     """Patches like the training ones stay within about the bank's own radius."""
-    cfg = MemoryConfig(coreset_ratio=0.1, max_bank=1000, projection_dim=0)
+    cfg = MemoryConfig(coreset_ratio=0.1, max_entries=1000, projection_dim=0)
     bank = _bank_with(clustered_rows(seed=0, n=600), cfg)
     fit_radius = float(torch.cdist(clustered_rows(seed=0, n=600), bank.bank("rgb")).amin(1).max())
     similar = clustered_rows(seed=0, n=900)[600:]  # the same clusters, new draws
@@ -183,7 +190,7 @@ def test_new_patches_the_bank_covers_add_nothing_new_to_the_radius():
 
 
 def test_a_full_bank_is_selected_again_over_old_and_new_and_still_covers_the_new_patches():
-    cfg = MemoryConfig(coreset_ratio=0.5, max_bank=60, projection_dim=0)
+    cfg = MemoryConfig(coreset_ratio=0.5, max_entries=60, projection_dim=0)
     bank = _bank_with(clustered_rows(seed=0, n=600), cfg)
     assert len(bank.bank("rgb")) == 60
     new = torch.randn(100, 32, generator=torch.Generator().manual_seed(1)) * 0.3 + 40.0

@@ -1,0 +1,31 @@
+"""bench.bank_size: a bank rebuilt on a saved model is the bank training would have built."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from bench.bank_size import cut_banks, rebuilt_banks
+
+
+def test_a_rebuilt_bank_is_the_trained_one_and_its_first_picks_are_the_cut(trained_bagel):
+    from bridgenet.data.cache import load_cached_split
+
+    params, _, model = trained_bagel
+    train = load_cached_split(Path(params.data.cache_dir), "bagel", "train", params.data)
+    trained = {m: model.network.memory.bank(m) for m in model.network.modalities}
+    size = int(trained["rgb"].shape[0])
+    assert size < params.model.memory.bank_cap(len(model.network.modalities))  # the cap did not bind
+
+    same = copy.deepcopy(model.network)
+    rebuilt_banks(same, params, train, size)  # at the trained size: entry for entry what training kept
+    assert all(torch.equal(same.memory.bank(m), trained[m]) for m in trained)
+
+    small, cut = copy.deepcopy(model.network), copy.deepcopy(model.network)
+    rebuilt_banks(small, params, train, size // 2)
+    cut_banks(cut, size // 2)
+    for m in trained:
+        assert small.memory.bank(m).shape[0] == size // 2
+        assert torch.equal(small.memory.bank(m), cut.memory.bank(m))  # a greedy selection's prefix
