@@ -123,7 +123,7 @@ def test_scans_without_any_object_train_on_rgb_alone(tiny_root, tmp_path, monkey
     from bridgenet import train as train_module
     from bridgenet.train import TrainingError, modalities_with_a_signal
 
-    params = tiny_params(tiny_root, "train.epochs=1")
+    params = tiny_params(tiny_root, "train.epochs=1", "model.memory.max_entries=100")
     assert params.model.modalities == ("rgb", "depth")
     load = train_module.load_cached_split
 
@@ -139,6 +139,8 @@ def test_scans_without_any_object_train_on_rgb_alone(tiny_root, tmp_path, monkey
     model = load_model(summary.model_path)
     assert model.network.modalities == ("rgb",) and model.params.model.modalities == ("rgb",)
     assert model.foreground_fraction == 0.0
+    # its one bank keeps the entries two would share (1,728 candidates, 10 % of them, cap 100 over all)
+    assert model.network.memory.bank("rgb").shape[0] == 100
     split = flat(params.data.cache_dir, "cookie", "test", params.data)
     scores = score_split(model, split, 4, torch.device("cpu"))[0]
     assert np.isfinite(scores).all() and np.ptp(scores) > 0
