@@ -1,7 +1,9 @@
 """Unified Texture Anomaly Generator: Perlin regions on the foreground filled with blended texture.
 
 Beyond the paper, a region's blend may fade out beyond its rim (``soft_edge_prob``), the label
-covering the fade: real stains and worn spots have no crisp outline.
+covering the fade: real stains and worn spots have no crisp outline. A sample without any
+foreground (no point cloud, a flat part) gets its regions where its colour image has structure
+(:func:`structured`), the part rather than the plain backdrop around it.
 
 All per-step work is tensor indexing on the training device: Perlin masks and
 resized textures are drawn once into banks when the generator is built.
@@ -51,6 +53,29 @@ def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
         return matrix.index_put_((rows, cols), kernel.expand(n, -1), accumulate=True)
 
     return along(images.shape[-2]) @ images @ along(images.shape[-1]).T
+
+
+def structured(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) bool: where each (B, 3, S, S) image has local structure, the part rather than a
+    plain backdrop; the whole image where it has none.
+
+    The grey image's gradient magnitude, blurred over 1/32 of the side, above its Otsu
+    threshold (scikit-image's; no setting to choose). Where a scan gives no foreground, this
+    is where anomalies go: spread over the whole frame, most would land on the backdrop, which
+    teaches the discriminator little about the part (docs/benchmarks.md, "Without point clouds").
+    """
+    from skimage.filters import threshold_otsu
+
+    grey = rgb.float().mean(1, keepdim=True)
+    dx = (grey[..., :, 1:] - grey[..., :, :-1]).abs()
+    dy = (grey[..., 1:, :] - grey[..., :-1, :]).abs()
+    energy = F.pad(dx, (0, 1)) + F.pad(dy, (0, 0, 0, 1))
+    energy = _gaussian_blur(energy, max(1.0, rgb.shape[-1] / 32))[:, 0]
+    out = []
+    for e in energy.cpu().numpy():
+        mask = e > threshold_otsu(e) if e.max() > e.min() else np.ones_like(e, bool)
+        out.append(mask if mask.any() else np.ones_like(e, bool))
+    return torch.from_numpy(np.stack(out)).to(rgb.device)
 
 
 def _or_whole_image(foreground: torch.Tensor) -> torch.Tensor:
@@ -112,8 +137,8 @@ class TextureAnomalyGenerator:
     def regions(self, foreground: torch.Tensor, generator: torch.Generator, tries: int = 8) -> torch.Tensor:
         """(B, S, S) bool Perlin regions inside ``foreground``; the first non-empty of ``tries`` draws.
 
-        A sample without any foreground (a flat part, a scan that carries nothing) takes
-        the whole image as its foreground, as the network then scores the whole image.
+        A sample without any foreground here takes the whole image as its foreground
+        (``__call__`` passes :func:`structured` instead).
         """
         b = foreground.shape[0]
         foreground = _or_whole_image(foreground)
@@ -127,7 +152,11 @@ class TextureAnomalyGenerator:
         self, rgb: torch.Tensor, depth: torch.Tensor, foreground: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         b, device = rgb.shape[0], rgb.device
-        region = self.regions(foreground.to(torch.bool), generator).to(rgb.dtype)
+        foreground = foreground.to(torch.bool)
+        empty = ~foreground.flatten(1).any(1)
+        if bool(empty.any()):
+            foreground = torch.where(empty.view(-1, 1, 1), structured(rgb), foreground)
+        region = self.regions(foreground, generator).to(rgb.dtype)
         texture = self.textures[torch.randint(len(self.textures), (b,), generator=generator).to(device)]
         beta = torch.normal(self.cfg.beta_mean, self.cfg.beta_std, (b,), generator=generator)
         beta = beta.clamp(self.cfg.beta_min, self.cfg.beta_max).to(device).view(b, 1, 1, 1)

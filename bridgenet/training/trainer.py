@@ -46,8 +46,9 @@ class Trainer:
         self.data = Batch.from_split(train_split).to(device)
         empty = int((~self.data.foreground.flatten(1).any(1)).sum())
         if empty:
-            LOGGER.warning("%d of %d training samples have no foreground: anomalies are placed and "
-                           "patches scored on their whole image", empty, len(self.data))
+            LOGGER.warning("%d of %d training samples have no foreground: their patches are scored on the "
+                           "whole image, anomalies placed where the colour image has structure", empty,
+                           len(self.data))
         self.clean = self._embed_all(self.data)
         self.memory_info = self._fit_memory()
         self.use_amp = params.train.amp and device.type == "cuda"

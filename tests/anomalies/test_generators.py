@@ -13,6 +13,7 @@ from bridgenet.anomalies.texture import (
     TextureAnomalyGenerator,
     choose_modalities,
     mask_to_grid,
+    structured,
 )
 from bridgenet.anomalies.textures import load_textures
 from bridgenet.config import GaussianConfig, TextureConfig
@@ -89,6 +90,29 @@ def test_a_sample_without_foreground_gets_its_anomaly_anywhere_on_the_image(text
     assert (region[2:].bool() & outside).any()  # not confined to where an object would be
     changed = (out_rgb != rgb).any(1) | (out_depth != depth).any(1)
     assert changed[2:].flatten(1).any(1).all()
+
+
+def test_without_a_foreground_anomalies_go_where_the_colour_image_has_structure(texture_gen):
+    """A scan without point clouds: a textured part on a plain, noisy dark backdrop. The
+    regions fall on the part (within the structure's blur), never far out on the backdrop;
+    an image without any structure still takes its anomaly anywhere."""
+    gen = torch.Generator().manual_seed(0)
+    b = 16
+    rgb = 0.03 + 0.01 * torch.rand(b, 3, S, S, generator=gen)  # near-black backdrop, sensor noise
+    stripes = (torch.arange(S) // 2 % 2).float().view(1, 1, 1, S).expand(b, 3, 20, S)
+    rgb[:, :, 30:50, :] = 0.4 + 0.3 * stripes  # a treaded part: rows 30-49, the full width
+    part = torch.zeros(S, S, dtype=torch.bool)
+    part[30:50] = True
+    mask = structured(rgb)
+    assert mask.shape == (b, S, S) and mask[:, 30:50].float().mean() > 0.9
+    near = torch.zeros(S, S, dtype=torch.bool)
+    near[30 - 6:50 + 6] = True  # the part grown by three blur sigmas (S / 32 = 2 px)
+    assert not (mask & ~near).any()
+    depth, empty = torch.zeros(b, 1, S, S), torch.zeros(b, S, S, dtype=torch.bool)
+    _, _, region, _ = texture_gen(rgb, depth, empty, torch.Generator().manual_seed(1))
+    assert region.flatten(1).any(1).all() and not (region.bool() & ~near).any()
+    assert (region.bool() & part).sum() > 0.75 * region.sum()  # the part is 31 % of the frame
+    assert structured(torch.full((2, 3, S, S), 0.5)).all()  # nothing to tell part from backdrop
 
 
 def test_modality_choice_frequencies():
