@@ -229,7 +229,7 @@ def caps_unbound(run: dict[str, Any], memory: Any) -> bool:
         return True
     for m in modalities:
         candidates, bank = int(info[f"{m}_candidates"]), int(info[f"{m}_bank"])
-        uncapped = max(1, round(memory.coreset_ratio * candidates))
+        uncapped = memory.share(candidates)
         if bank != uncapped or uncapped > cap:
             return False
         if 0 < stored_pool < candidates:

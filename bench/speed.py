@@ -280,7 +280,7 @@ def measure_bank(train_samples: int, queue: mp.Queue) -> None:
         # build time of this modality alone (the trainer's figure is both together)
         candidates = trainer.clean[m].permute(0, 2, 3, 1).reshape(-1, trainer.clean[m].shape[1])[
             network.kept_patches(trainer.data.depth, grid).flatten()]
-        n_keep = min(memory.bank_cap(len(network.modalities)), max(1, round(memory.coreset_ratio * len(candidates))))
+        n_keep = memory.bank_size(len(candidates), len(network.modalities))
         start = time.perf_counter()
         coreset = greedy_coreset(candidates, n_keep, memory.projection_dim, torch.Generator().manual_seed(0),
                                  memory.chunk_size)

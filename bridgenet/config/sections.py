@@ -78,6 +78,14 @@ class MemoryConfig(Section):
         them; a one-modality model may keep the share a second modality would have taken."""
         return max(1, self.max_entries // max(1, modalities))
 
+    def share(self, candidates: int) -> int:
+        """``coreset_ratio`` of ``candidates`` patches, at least one."""
+        return max(1, round(self.coreset_ratio * candidates))
+
+    def bank_size(self, candidates: int, modalities: int) -> int:
+        """Entries a bank keeps of ``candidates`` patches: their share, at most the modality's cap."""
+        return min(self.bank_cap(modalities), self.share(candidates))
+
 
 class ModelConfig(Section):
     backbone: str = "tf_efficientnet_lite0"

@@ -212,7 +212,7 @@ class MemoryBank(nn.Module):
         for m in self.modalities:
             emb = embeddings[m]
             rows = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])[flat_keep.to(emb.device)]
-            n_keep = min(cfg.bank_cap(len(self.modalities)), max(1, round(cfg.coreset_ratio * rows.shape[0])))
+            n_keep = cfg.bank_size(rows.shape[0], len(self.modalities))
             coreset = greedy_coreset(rows, n_keep, cfg.projection_dim, generator, cfg.chunk_size)
             setattr(self, f"{m}_bank", rows[coreset.indices].float().contiguous())
             info.update({f"{m}_candidates": float(rows.shape[0]), f"{m}_bank": float(len(coreset.indices)),
@@ -243,7 +243,7 @@ class MemoryBank(nn.Module):
             if rows.shape[0] == 0:
                 raise ValueError(f"memory bank {m}: the new parts have no patch to add")
             room = cap - bank.shape[0]
-            n_add = min(room, max(1, round(cfg.coreset_ratio * rows.shape[0])))
+            n_add = min(room, cfg.share(rows.shape[0]))
             if n_add > 0:
                 grown = grow_coreset(bank, rows, n_add, cfg.projection_dim, generator)
                 new_bank, radius = torch.cat([bank, rows[grown.indices].to(bank.device)]), grown.radius
