@@ -78,10 +78,14 @@ def structured(rgb: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).to(rgb.device)
 
 
-def _or_whole_image(foreground: torch.Tensor) -> torch.Tensor:
-    """(B, S, S) bool where anomalies may go: the foreground, or the whole image where it is empty."""
-    empty = ~foreground.flatten(1).any(1)
-    return foreground | empty.view(-1, 1, 1)
+def placement(foreground: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) bool where anomalies may go: the foreground, or, in a sample without any,
+    where its colour image has structure (:func:`structured`, computed for those samples only)."""
+    allowed = foreground.to(torch.bool).clone()
+    empty = ~allowed.flatten(1).any(1)
+    if bool(empty.any()):
+        allowed[empty] = structured(rgb[empty])
+    return allowed
 
 
 def choose_modalities(
@@ -134,36 +138,29 @@ class TextureAnomalyGenerator:
         flat = flat.expand(-1, -1, image_size, image_size)
         self.textures = torch.cat([_dihedral(textures), flat]).to(device)  # (8K + n_flat, 3, S, S)
 
-    def regions(self, foreground: torch.Tensor, generator: torch.Generator, tries: int = 8) -> torch.Tensor:
-        """(B, S, S) bool Perlin regions inside ``foreground``; the first non-empty of ``tries`` draws.
-
-        A sample without any foreground here takes the whole image as its foreground
-        (``__call__`` passes :func:`structured` instead).
-        """
-        b = foreground.shape[0]
-        foreground = _or_whole_image(foreground)
+    def regions(self, allowed: torch.Tensor, generator: torch.Generator, tries: int = 8) -> torch.Tensor:
+        """(B, S, S) bool Perlin regions inside ``allowed`` (:func:`placement`); the first
+        non-empty of ``tries`` draws."""
+        b = allowed.shape[0]
         picks = torch.randint(len(self.masks), (b, tries), generator=generator).to(self.masks.device)
-        candidates = self.masks[picks] & foreground.unsqueeze(1)  # (B, tries, S, S)
+        candidates = self.masks[picks] & allowed.unsqueeze(1)  # (B, tries, S, S)
         non_empty = candidates.flatten(2).any(-1)  # (B, tries)
         first = torch.where(non_empty.any(1), non_empty.float().argmax(1), torch.zeros_like(picks[:, 0]))
-        return candidates[torch.arange(b, device=foreground.device), first]
+        return candidates[torch.arange(b, device=allowed.device), first]
 
     def __call__(
         self, rgb: torch.Tensor, depth: torch.Tensor, foreground: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         b, device = rgb.shape[0], rgb.device
-        foreground = foreground.to(torch.bool)
-        empty = ~foreground.flatten(1).any(1)
-        if bool(empty.any()):
-            foreground = torch.where(empty.view(-1, 1, 1), structured(rgb), foreground)
-        region = self.regions(foreground, generator).to(rgb.dtype)
+        allowed = placement(foreground, rgb)
+        region = self.regions(allowed, generator).to(rgb.dtype)
         texture = self.textures[torch.randint(len(self.textures), (b,), generator=generator).to(device)]
         beta = torch.normal(self.cfg.beta_mean, self.cfg.beta_std, (b,), generator=generator)
         beta = beta.clamp(self.cfg.beta_min, self.cfg.beta_max).to(device).view(b, 1, 1, 1)
         touched = choose_modalities(b, self.cfg.modality_probs, self.modalities, generator)
         m = region.unsqueeze(1)
         if self.cfg.soft_edge_prob > 0:
-            m, region = self.soften(m, _or_whole_image(foreground.to(torch.bool)), generator)
+            m, region = self.soften(m, allowed, generator)
         out = {"rgb": rgb, "depth": depth}
         sources = {"rgb": texture, "depth": texture.mean(dim=1, keepdim=True)}
         for name, selected in touched.items():
@@ -173,20 +170,20 @@ class TextureAnomalyGenerator:
         return out["rgb"], out["depth"], region, touched
 
     def soften(
-        self, m: torch.Tensor, foreground: torch.Tensor, generator: torch.Generator
+        self, m: torch.Tensor, allowed: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, S, S) blend weights and (B, S, S) labels of regions ``m`` (B, 1, S, S).
 
         A share ``soft_edge_prob`` of the samples gets a halo: the blend fades out beyond the
         region's rim over about two sigma (sigma drawn in [1, ``soft_edge_px``] pixels), on the
-        ``foreground`` only, as a stain or a worn spot fades into the surface around it; its label
+        ``allowed`` part only, as a stain or a worn spot fades into the surface around it; its label
         then covers the halo where the blend weight is at least SOFT_EDGE_LABEL. The rest stay crisp.
         """
         b = m.shape[0]
         soft = (torch.rand(b, generator=generator) < self.cfg.soft_edge_prob).to(m.device).view(b, 1, 1, 1)
         sigma = 1.0 + float(torch.rand(1, generator=generator)) * (self.cfg.soft_edge_px - 1.0)
         halo = (2 * _gaussian_blur(m, sigma)).clamp(0, 1)
-        halo = torch.maximum(halo * foreground.unsqueeze(1).to(m.dtype), m)
+        halo = torch.maximum(halo * allowed.unsqueeze(1).to(m.dtype), m)
         weights = torch.where(soft, halo, m)
         return weights, (weights >= SOFT_EDGE_LABEL).squeeze(1).to(m.dtype)
 
