@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 
-from bench.bank_size import cut_banks, rebuilt_banks
+from bench.bank_size import bank_trainer, cut_banks, rebuilt_banks
 
 
 def test_a_rebuilt_bank_is_the_trained_one_and_its_first_picks_are_the_cut(trained_bagel):
@@ -19,13 +20,29 @@ def test_a_rebuilt_bank_is_the_trained_one_and_its_first_picks_are_the_cut(train
     size = int(trained["rgb"].shape[0])
     assert size < params.model.memory.bank_cap(len(model.network.modalities))  # the cap did not bind
 
+    trainer = bank_trainer(model.network, params, train)  # embeds the training split once for every size
     same = copy.deepcopy(model.network)
-    rebuilt_banks(same, params, train, size)  # at the trained size: entry for entry what training kept
+    rebuilt_banks(same, trainer, size)  # at the trained size: entry for entry what training kept
     assert all(torch.equal(same.memory.bank(m), trained[m]) for m in trained)
 
     small, cut = copy.deepcopy(model.network), copy.deepcopy(model.network)
-    rebuilt_banks(small, params, train, size // 2)
+    rebuilt_banks(small, trainer, size // 2)
     cut_banks(cut, size // 2)
     for m in trained:
         assert small.memory.bank(m).shape[0] == size // 2
         assert torch.equal(small.memory.bank(m), cut.memory.bank(m))  # a greedy selection's prefix
+
+    again = copy.deepcopy(model.network)  # each size's selection starts afresh on the same embeddings
+    rebuilt_banks(again, trainer, size)
+    assert all(torch.equal(again.memory.bank(m), trained[m]) for m in trained)
+
+
+def test_a_bank_is_not_rebuilt_for_another_embedding_space(trained_bagel):
+    from bridgenet.data.cache import load_cached_split
+
+    params, _, model = trained_bagel
+    train = load_cached_split(Path(params.data.cache_dir), "bagel", "train", params.data)
+    other = copy.deepcopy(model.network)
+    other.rgb_mean += 0.01  # another cache or embedding setting: statistics the training split does not give
+    with pytest.raises(RuntimeError, match="rgb embedding differs"):
+        bank_trainer(other, params, train)

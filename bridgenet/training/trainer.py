@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bridgenet.config import Params
+from bridgenet.config import MemoryConfig, Params
 from bridgenet.data.batch import Batch
 from bridgenet.data.cache import CachedSplit
 from bridgenet.model.network import BridgeNet
@@ -50,7 +50,7 @@ class Trainer:
                            "whole image, anomalies placed where the colour image has structure", empty,
                            len(self.data))
         self.clean = self._embed_all(self.data)
-        self.memory_info = self._fit_memory()
+        self.memory_info = self.fit_memory()
         self.use_amp = params.train.amp and device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -69,13 +69,15 @@ class Trainer:
         self.network.fit_standardization(raw)
         return {m: self.network.standardize(m, raw[m]) for m in self.modalities}
 
-    def _fit_memory(self) -> dict[str, float]:
+    def fit_memory(self, memory: MemoryConfig | None = None) -> dict[str, float]:
         """The memory bank from the clean embeddings of the scored patches (its own seeded generator,
-        so that building it leaves the training's random stream as it was)."""
+        so that building it leaves the training's random stream as it was), under ``memory``
+        (default: the params'). Training builds it once, before the first step; a bench may build
+        it again under other memory settings without embedding the training split again."""
         grid = self.clean[self.modalities[0]].shape[-2:]
         keep = self.network.kept_patches(self.data.depth, grid).view(len(self.data), *grid)
         tick = time.perf_counter()
-        info = self.network.memory.fit(self.clean, keep, self.params.model.memory,
+        info = self.network.memory.fit(self.clean, keep, memory or self.params.model.memory,
                                        torch.Generator().manual_seed(self.params.train.seed))
         info["memory_seconds"] = time.perf_counter() - tick
         info["memory_mb"] = self.network.memory.nbytes() / 2**20
