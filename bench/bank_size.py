@@ -77,13 +77,17 @@ def bank_trainer(network: Any, params: Any, train: Any) -> Any:
     return trainer
 
 
-def rebuilt_banks(network: Any, trainer: Any, size: int) -> None:
-    """Select every modality's bank of ``network`` again at ``size`` entries each, by training's own
-    code on ``trainer``'s embeddings (:func:`bank_trainer`)."""
-    memory = trainer.params.model.memory.model_copy(update={"max_entries": size * len(network.modalities)})
-    trainer.fit_memory(memory)
+def rebuilt_banks(network: Any, trainer: Any, size: int | None = None) -> dict[str, float]:
+    """Give ``network`` the banks that training's own code selects on ``trainer``'s embeddings
+    (:func:`bank_trainer`): again at ``size`` entries per modality, or, without ``size``, the ones
+    the trainer holds (its constructor's, under its params' memory settings, unless selected at a
+    size since). Returns that selection's record (sizes, radius, seconds)."""
+    if size is not None:
+        trainer.fit_memory(trainer.params.model.memory.model_copy(
+            update={"max_entries": size * len(network.modalities)}))
     for modality in network.modalities:
         setattr(network.memory, f"{modality}_bank", trainer.network.memory.bank(modality).clone())
+    return dict(trainer.memory_info)
 
 
 def measure(model_file: Path, cache: Path, sizes: list[int], rebuild: bool = False) -> list[dict[str, Any]]:

@@ -34,7 +34,10 @@ The peer, anomalib's PatchCore on the same backbone, cache and depth image
 it; it needs the ``bench`` extra). Every result is written to ``--work/results``
 as soon as it exists, with a digest of the params it was made under, so an
 interrupted benchmark resumes; a result made under other params (params.yaml or
-``--set`` changed) is made again.
+``--set`` changed) is made again: by scoring the saved model again where only scoring
+keys changed, by selecting its memory bank again where only ``model.memory`` settings
+changed (training builds the bank before the first step and chooses epochs without it, so
+the weights are the same; seconds instead of a training), else by training.
 
 The summary (``--out/real_<name>.json`` and ``real_<name>.md``) holds mean ± std
 over seeds per configuration / scorer and for the peer (rgb, depth, fused), per
@@ -71,10 +74,12 @@ from bench.real_runs import (
     base_params,
     bench_digest,
     find_categories,
+    memory_twin,
     model_dir,
     params_digest,
     peer_place,
     peer_record,
+    rebuild_and_score,
     run_params,
     run_path,
     score_run,
@@ -165,6 +170,15 @@ def run_jobs(args: argparse.Namespace, base: Params, work: Path) -> Iterator[str
             write_results(path, saved)
             for scorer, cell in saved["scores"].items():
                 yield headline(f"{config} / {scorer}", cell)
+            continue
+        twin = memory_twin(work, params, config, seed, category)
+        if twin is not None:
+            yield f"{tag}: selecting the bank again on {twin['model']} (only memory settings changed)"
+            record = rebuild_and_score(params, twin, model_dir(work, bench, config, seed, category))
+            write_results(path, record)
+            for scorer, cell in record["scores"].items():
+                yield headline(f"{config} / {scorer}", cell)
+            yield f"    bank selected again in {record['rebuild_seconds']:.0f} s; wrote {path}"
             continue
         yield f"{tag}: training"
         try:

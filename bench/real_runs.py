@@ -4,8 +4,9 @@ A run is one configuration (:data:`CONFIGS`), seed and category of an MVTec 3D-A
 Its params are params.yaml, the bench's ``--set`` overrides and the run's own keys
 (:func:`run_params`); three digests of them decide what is reused: :func:`bench_digest`
 names the model and result folders, :func:`params_digest` makes a stored result current,
-:func:`train_digest` lets a saved model be scored again instead of trained again. The
-peer's result is current under :func:`peer_digest`. ``bench.real`` decides what to run.
+:func:`train_digest` lets a saved model be scored again instead of trained again, and
+:func:`network_digest` lets one trained under other memory settings serve with its bank
+selected again (:func:`rebuild_and_score`). The peer's result is current under :func:`peer_digest`. ``bench.real`` decides what to run.
 """
 
 from __future__ import annotations
@@ -113,6 +114,17 @@ def train_digest(params: Params) -> str:
     return digest(_training_part(params.to_dict()))
 
 
+def network_digest(params: Params) -> str:
+    """Digest of the parameters that shape the trained weights: :func:`train_digest`'s less
+    ``model.memory``. Training builds the bank before the first step with its own seeded
+    generator and chooses epochs on the discriminator alone, so runs that differ only in memory
+    settings train the same weights: one model serves them all with its bank selected again
+    (:func:`rebuild_and_score`)."""
+    raw = _training_part(params.to_dict())
+    raw["model"].pop("memory", None)
+    return digest(raw)
+
+
 def peer_digest(params: Params, settings: dict[str, Any]) -> str:
     """Digest of what the peer's result depends on: data, backbone, depth image, AU-PRO, its settings."""
     model = {key: getattr(params.model, key) for key in PEER_MODEL_KEYS}
@@ -149,6 +161,18 @@ def stored_training(path: Path, params: Params) -> dict[str, Any] | None:
     if record is None or record.get("train_digest") != train_digest(params):
         return None
     return record if Path(record.get("model", "")).is_file() else None
+
+
+def memory_twin(work: Path, params: Params, config: str, seed: int, category: str) -> dict[str, Any] | None:
+    """A stored record of the same configuration, seed and category whose model was trained
+    under the same :func:`network_digest` (other memory settings) and is still on disk; None if
+    there is none (records written before the digest existed never match)."""
+    wanted = network_digest(params)
+    for path in sorted((Path(work) / "results").glob(f"*/{config}-seed{seed}-{category}.json")):
+        record = read_json(path)
+        if record is not None and record.get("network_digest") == wanted and Path(record.get("model", "")).is_file():
+            return record
+    return None
 
 
 def peer_place(base: Params, work: Path, category: str, seed: int) -> tuple[Params, str, Path]:
@@ -225,12 +249,57 @@ def train_and_score(params: Params, out_dir: Path, config: str, seed: int, categ
     scores, test = score_run(params, out_dir / "model.pt", category)
     return {
         "config": config, "seed": seed, "category": category, "params_digest": params_digest(params),
-        "train_digest": train_digest(params),
+        "train_digest": train_digest(params), "network_digest": network_digest(params),
         "model": str(out_dir / "model.pt"), "train_seconds": train_seconds,
         "best_epoch": summary.best_epoch, "epochs": summary.epochs,
         "seconds_per_epoch": summary.seconds_per_epoch, "setup_seconds": summary.setup_seconds,
         "threshold": summary.threshold, "memory": summary.memory, "validation": summary.validation,
         "test": test, "scores": scores,
+    }
+
+
+def rebuild_and_score(params: Params, twin: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The model of ``twin`` (:func:`memory_twin`) with its bank selected again under ``params``'
+    memory settings, by training's own code on the training split, and calibration and
+    thresholds set again on the validation split by training's rules: the model that training
+    under the twin's params with these memory settings gives (tests/test_bench_real.py), written
+    to ``out_dir`` and scored under ``params`` (:func:`score_run`). The
+    record keeps the twin's training figures (epochs, seconds) and adds ``rebuilt_from`` and
+    ``rebuild_seconds``."""
+    from bench.bank_size import bank_trainer, rebuilt_banks
+    from bridgenet.data.batch import resolve_device
+    from bridgenet.data.cache import load_cached_split
+    from bridgenet.model.io import load_model, read_checkpoint, save_model
+    from bridgenet.train import fast_start_graph
+    from bridgenet.training.finish import finish
+    from bridgenet.training.validation import build_validation_set
+
+    start = time.perf_counter()
+    category, device = twin["category"], resolve_device("cpu")
+    model = load_model(Path(twin["model"]))
+    # the twin's own params (modalities as training resolved them) under this run's memory settings
+    stored = model.params
+    own = stored.model_copy(update={"model": stored.model.model_copy(update={"memory": params.model.memory})})
+    cache = params.data.cache_dir
+    trainer = bank_trainer(model.network, own, load_cached_split(cache, category, "train", params.data))
+    memory = rebuilt_banks(model.network, trainer)
+    validation = build_validation_set(load_cached_split(cache, category, "validation", params.data), own,
+                                      model.network.modalities)
+    done = finish(model.network, validation, device, own.eval.batch_size, own.train.threshold_quantile)
+    model = model.with_meta(params=own, threshold=done.threshold, pixel_threshold=done.pixel_threshold,
+                            metrics=done.metrics)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(model, out_dir / "model.pt", read_checkpoint(Path(twin["model"])).get("history"),
+               graph=fast_start_graph(model))
+    rebuild_seconds = time.perf_counter() - start
+    scores, test = score_run(params, out_dir / "model.pt", category)
+    kept = ("config", "seed", "category", "train_seconds", "best_epoch", "epochs", "seconds_per_epoch",
+            "setup_seconds")
+    return {
+        **{key: twin.get(key) for key in kept}, "params_digest": params_digest(params),
+        "train_digest": train_digest(params), "network_digest": network_digest(params),
+        "model": str(out_dir / "model.pt"), "rebuilt_from": twin["model"], "rebuild_seconds": rebuild_seconds,
+        "threshold": done.threshold, "memory": memory, "validation": done.metrics, "test": test, "scores": scores,
     }
 
 

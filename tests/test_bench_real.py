@@ -17,15 +17,18 @@ from bench.real_runs import (
     bench_digest,
     cache_dir,
     find_categories,
+    memory_twin,
     model_dir,
+    network_digest,
     params_digest,
     peer_digest,
+    rebuild_and_score,
     run_params,
     run_path,
     stored_training,
     train_digest,
 )
-from bench.results import current_record, record_rows, rows_frame, write_results
+from bench.results import current_record, read_json, record_rows, rows_frame, write_results
 from bridgenet.data.cache import CachedSplit
 
 DEFECTS = ("bent", "cut")
@@ -303,3 +306,96 @@ def test_a_configuration_training_refuses_is_reported_and_the_others_still_run(t
     lines = list(real.run_jobs(args, base_params(args.data_root, []), args.work))
     assert any("depth seed 0 cable_gland: not trained: cable_gland: no training scan" in line for line in lines)
     assert trained == ["rgb"]
+
+
+def test_runs_differing_only_in_memory_settings_share_the_trained_weights(tmp_path):
+    root, work = tmp_path / "root", tmp_path / "work"
+    base = base_params(root, [])
+    params = run_params(base, work, "cable_gland", "rgb+depth", 0)
+    smaller = run_params(base_params(root, ["model.memory.max_entries=1024", "model.memory.coreset_ratio=0.05"]),
+                         work, "cable_gland", "rgb+depth", 0)
+    assert train_digest(smaller) != train_digest(params)  # so a saved model is not merely scored again ...
+    assert network_digest(smaller) == network_digest(params)  # ... but its weights serve
+    for other in (run_params(base_params(root, ["train.epochs=5"]), work, "cable_gland", "rgb+depth", 0),
+                  run_params(base, work, "cable_gland", "rgb+depth", 1),
+                  run_params(base, work, "cable_gland", "rgb", 0)):
+        assert network_digest(other) != network_digest(params)
+
+
+def test_the_memory_twin_is_a_run_of_the_same_weights_whose_model_is_on_disk(tmp_path):
+    root, work = tmp_path / "root", tmp_path / "work"
+    base = base_params(root, [])
+    params = run_params(base, work, "cable_gland", "rgb+depth", 0)
+    smaller = base_params(root, ["model.memory.max_entries=1024"])
+    model = tmp_path / "model.pt"
+    twin = {**_run("rgb+depth", 0, "cable_gland", 0.9), "network_digest": network_digest(params), "model": str(model)}
+    write_results(run_path(work, bench_digest(base), "rgb+depth", 0, "cable_gland"), twin)
+    wanted = run_params(smaller, work, "cable_gland", "rgb+depth", 0)
+    assert memory_twin(work, wanted, "rgb+depth", 0, "cable_gland") is None  # the model file is gone
+    model.write_bytes(b"saved")
+    assert memory_twin(work, wanted, "rgb+depth", 0, "cable_gland")["model"] == str(model)
+    assert memory_twin(work, wanted, "rgb+depth", 1, "cable_gland") is None  # another seed
+    retrained = run_params(base_params(root, ["train.epochs=3"]), work, "cable_gland", "rgb+depth", 0)
+    assert memory_twin(work, retrained, "rgb+depth", 0, "cable_gland") is None
+    legacy = {key: value for key, value in twin.items() if key != "network_digest"}  # written before the digest
+    write_results(run_path(work, bench_digest(base), "rgb+depth", 0, "cable_gland"), legacy)
+    assert memory_twin(work, wanted, "rgb+depth", 0, "cable_gland") is None
+
+
+def test_the_bench_selects_the_bank_again_instead_of_training_when_only_memory_settings_changed(
+        tmp_path, monkeypatch):
+    import bridgenet.preprocess
+    from bench import real
+
+    (tmp_path / "root" / "cable_gland" / "train").mkdir(parents=True)
+    monkeypatch.setattr(bridgenet.preprocess, "run_preprocess", lambda params: None)
+    args = real.parse_args(["--data-root", str(tmp_path / "root"), "--work", str(tmp_path / "work"),
+                            "--out", str(tmp_path / "out"), "--categories", "cable_gland", "--seeds", "0",
+                            "--configs", "rgb", "--no-peer", "--set", "model.memory.max_entries=1024"])
+    base = base_params(args.data_root, args.sets)
+    trained_base = base_params(args.data_root, [])
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"saved")
+    params = run_params(trained_base, args.work, "cable_gland", "rgb", 0)
+    write_results(run_path(args.work, bench_digest(trained_base), "rgb", 0, "cable_gland"),
+                  {**_run("rgb", 0, "cable_gland", 0.9), "network_digest": network_digest(params),
+                   "model": str(model)})
+    calls = []
+
+    def rebuild(params, twin, out_dir):
+        calls.append((params.model.memory.max_entries, twin["model"], out_dir))
+        return {**_run("rgb", 0, "cable_gland", 0.9), "rebuild_seconds": 1.0}
+
+    monkeypatch.setattr(real, "rebuild_and_score", rebuild)
+    monkeypatch.setattr(real, "train_and_score", lambda *a: pytest.fail("trained although the weights exist"))
+    lines = list(real.run_jobs(args, base, args.work))
+    assert calls == [(1024, str(model), model_dir(args.work, bench_digest(base), "rgb", 0, "cable_gland"))]
+    assert any("selecting the bank again" in line for line in lines)
+    assert read_json(run_path(args.work, bench_digest(base), "rgb", 0, "cable_gland"))["rebuild_seconds"] == 1.0
+
+
+def test_a_bank_selected_again_gives_the_model_training_under_those_settings_gives(
+        tiny_root, trained_bagel, tmp_path):
+    from bridgenet.model.io import load_model
+    from tests.conftest import tiny_params, train_tiny_bagel
+
+    _, summary, model = trained_bagel
+    size = int(model.network.memory.bank("rgb").shape[0])
+    other = ("model.memory.max_entries=" + str(size),)  # half the entries per modality: the cap binds
+    _, _, direct = train_tiny_bagel(tiny_root, tmp_path / "direct", *other)
+    wanted = tiny_params(tiny_root, "train.epochs=8", *other)
+    twin = {"config": "rgb+depth", "seed": 0, "category": "bagel", "model": summary.model_path,
+            "best_epoch": summary.best_epoch, "epochs": 8, "train_seconds": 1.0}
+    record = rebuild_and_score(wanted, twin, tmp_path / "rebuilt")
+    rebuilt = load_model(tmp_path / "rebuilt" / "model.pt")
+    for m in direct.network.modalities:
+        assert rebuilt.network.memory.bank(m).shape[0] == size // 2
+    direct_state, rebuilt_state = direct.network.state_dict(), rebuilt.network.state_dict()
+    assert direct_state.keys() == rebuilt_state.keys()
+    for key, value in direct_state.items():  # weights, bank, calibration: what training gives
+        assert torch.allclose(rebuilt_state[key], value, atol=1e-5), key
+    assert rebuilt.threshold == pytest.approx(direct.threshold, rel=1e-5)
+    assert rebuilt.meta.pixel_threshold == pytest.approx(direct.meta.pixel_threshold, rel=1e-5)
+    assert rebuilt.params.model.memory == direct.params.model.memory
+    assert record["memory"]["rgb_bank"] == size // 2 and record["rebuilt_from"] == summary.model_path
+    assert record["best_epoch"] == summary.best_epoch and record["scores"]["fused"]["metrics"]["image_auroc"] >= 0

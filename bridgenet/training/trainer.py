@@ -50,7 +50,8 @@ class Trainer:
                            "whole image, anomalies placed where the colour image has structure", empty,
                            len(self.data))
         self.clean = self._embed_all(self.data)
-        self.memory_info = self.fit_memory()
+        self.memory_info: dict[str, float] = {}
+        self.fit_memory()
         self.use_amp = params.train.amp and device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -82,6 +83,7 @@ class Trainer:
         info["memory_seconds"] = time.perf_counter() - tick
         info["memory_mb"] = self.network.memory.nbytes() / 2**20
         LOGGER.info("memory bank: %s", ", ".join(f"{k} {v:.4g}" for k, v in info.items()))
+        self.memory_info = info  # the record of the bank the network holds now
         return info
 
     def step(self, index: torch.Tensor) -> dict[str, float]:
