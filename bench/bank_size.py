@@ -59,13 +59,23 @@ def forward_ms(network: Any, rgb: torch.Tensor, depth: torch.Tensor, repeats: in
     return float(np.median(times)) / len(rgb) * 1000
 
 
-def bank_trainer(network: Any, params: Any, train: Any) -> Any:
+def memory_at(params: Any, size: int, modalities: int) -> Any:
+    """``params``' memory settings with the cap at ``size`` entries per modality."""
+    return params.model.memory.model_copy(update={"max_entries": size * modalities})
+
+
+def bank_trainer(network: Any, params: Any, train: Any, size: int | None = None) -> Any:
     """Training's own :class:`~bridgenet.training.trainer.Trainer` on the ``train`` split, its clean
     embeddings computed once, checked to be ``network``'s embedding space (or no bank it builds
-    would fit the model)."""
+    would fit the model). Its constructor selects a bank under ``params``' memory settings, capped
+    at ``size`` per modality where given (the first size asked for, so that no selection is made
+    for nothing)."""
     from bridgenet.data.batch import resolve_device
     from bridgenet.training.trainer import Trainer
 
+    if size is not None:
+        params = params.model_copy(update={"model": params.model.model_copy(
+            update={"memory": memory_at(params, size, len(network.modalities))})})
     trainer = Trainer(params, train, resolve_device("cpu"))
     for modality in network.modalities:
         for stat in ("mean", "std"):
@@ -83,8 +93,9 @@ def rebuilt_banks(network: Any, trainer: Any, size: int | None = None) -> dict[s
     the trainer holds (its constructor's, under its params' memory settings, unless selected at a
     size since). Returns that selection's record (sizes, radius, seconds)."""
     if size is not None:
-        trainer.fit_memory(trainer.params.model.memory.model_copy(
-            update={"max_entries": size * len(network.modalities)}))
+        memory = memory_at(trainer.params, size, len(network.modalities))
+        if memory != trainer.memory_config:  # the bank it holds is that selection already
+            trainer.fit_memory(memory)
     for modality in network.modalities:
         setattr(network.memory, f"{modality}_bank", trainer.network.memory.bank(modality).clone())
     return dict(trainer.memory_info)
@@ -104,8 +115,8 @@ def measure(model_file: Path, cache: Path, sizes: list[int], rebuild: bool = Fal
     validation = load_cached_split(cache, base.category, "validation", params.data)
     test = load_cached_split(cache, base.category, "test", params.data)
     # the training split embedded once per model, every size's bank selected from it
-    trainer = bank_trainer(base.network, params, load_cached_split(cache, base.category, "train", params.data)) \
-        if rebuild else None
+    trainer = bank_trainer(base.network, params, load_cached_split(cache, base.category, "train", params.data),
+                           sizes[0]) if rebuild else None
     probe = Batch.from_split(test, slice(0, 8))
     rows = []
     for size in sizes:

@@ -51,6 +51,7 @@ class Trainer:
                            len(self.data))
         self.clean = self._embed_all(self.data)
         self.memory_info: dict[str, float] = {}
+        self.memory_config = params.model.memory
         self.fit_memory()
         self.use_amp = params.train.amp and device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -83,7 +84,8 @@ class Trainer:
         info["memory_seconds"] = time.perf_counter() - tick
         info["memory_mb"] = self.network.memory.nbytes() / 2**20
         LOGGER.info("memory bank: %s", ", ".join(f"{k} {v:.4g}" for k, v in info.items()))
-        self.memory_info = info  # the record of the bank the network holds now
+        self.memory_info = info  # the record of the bank the network holds now, and its settings
+        self.memory_config = memory or self.params.model.memory
         return info
 
     def step(self, index: torch.Tensor) -> dict[str, float]:
