@@ -37,7 +37,7 @@ if _unknown:
 
 # model keys that change how a trained model scores, not what training makes: a change to
 # them scores the saved models again instead of training them again
-SCORING_KEYS = ("scorer", "fusion_weight", "image_score", "memory_fusion", "map_smoothing_sigma")
+SCORING_KEYS = ("scorer", "fusion_weight", "image_score", "memory_fusion", "map_smoothing_sigma", "map_guide_radius")
 
 
 def apply_scoring(model: Any, params: Any) -> None:
@@ -47,6 +47,7 @@ def apply_scoring(model: Any, params: Any) -> None:
     network.image_score = params.model.image_score
     network.memory_fusion = params.model.memory_fusion
     network.smoothing_sigma = params.model.map_smoothing_sigma
+    network.guide_radius = params.model.map_guide_radius
 
 
 def cpu_model() -> str:

@@ -196,6 +196,7 @@ _STORED_DEFAULTS: tuple[tuple[tuple[str, ...], str, Any], ...] = (
     (("model",), "depth_input", "height"),  # before the relief input
     (("model",), "image_score", "patch_max"),  # before the smoothed map's peak
     (("model",), "memory_fusion", "max"),  # before the modalities' sum
+    (("model",), "map_guide_radius", 0),  # before the guided map
 )
 _STORED_DROPPED: tuple[tuple[tuple[str, ...], str], ...] = (
     (("model", "memory"), "max_candidates"),  # a bank-building setting only: the bank is stored

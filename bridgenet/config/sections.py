@@ -98,6 +98,7 @@ class ModelConfig(Section):
     dsc_hidden: int = Field(512, ge=8, le=8192)
     modalities: tuple[Literal["rgb", "depth"], ...] = ("rgb", "depth")
     map_smoothing_sigma: float = Field(4.0, ge=0, le=32)
+    map_guide_radius: int = Field(16, ge=0, le=64)  # raise the map along the input image (bridgenet.model.maps); 0 = off
     image_score: Literal["map_max", "patch_max"] = "map_max"  # the smoothed map's peak, or the top patch's
     depth_input: Literal["relief", "height"] = "relief"  # what the backbone reads of the visible depth
     relief_sigma: float = Field(0.05, gt=0, le=1)  # relief: Gaussian removed from the height, x input side

@@ -32,6 +32,7 @@ from bridgenet.model.backbone import Backbone
 from bridgenet.model.contract import ScoreResult
 from bridgenet.model.depth_image import DepthImage, gaussian_blur
 from bridgenet.model.heads import Discriminator, PatchAdapter, Projection
+from bridgenet.model.maps import guided_raise
 from bridgenet.model.memory import MemoryBank, matmul_nearest
 from bridgenet.model.scorers import SCORERS, Scorer, scorer_named  # noqa: F401  (SCORERS: the names)
 
@@ -76,6 +77,7 @@ class BridgeNet(nn.Module):
         self.projection = Projection(fused, cfg.pre_proj_layers)
         self.discriminator = Discriminator(fused, cfg.dsc_hidden, cfg.dsc_layers)
         self.smoothing_sigma = cfg.map_smoothing_sigma
+        self.guide_radius = cfg.map_guide_radius
         self.image_score = cfg.image_score
         self.memory_fusion = cfg.memory_fusion
         self.depth_image = DepthImage(cfg.depth_input, cfg.relief_sigma, cfg.relief_gain)
@@ -318,22 +320,32 @@ class BridgeNet(nn.Module):
             patch = scorer.combine(self, self.patch_components(embeddings, keep, scorer, head))
             scores = torch.full((b * h * w,), torch.inf, device=patch.device)
             scores[keep] = patch
-        size = rgb.shape[-2:] if "rgb" in self.modalities else depth.shape[-2:]
-        return self.result_from_patches(scores.view(b, h, w), scorer, (int(size[0]), int(size[1])))
+        guide = rgb if "rgb" in self.modalities else depth
+        return self.result_from_patches(scores.view(b, h, w), scorer, guide)
 
-    def result_from_patches(self, scores: torch.Tensor, scorer: Scorer, size: tuple[int, int]) -> ScoreResult:
-        """Patch scores (B, h, w), ``inf`` on the patches not scored -> image scores and S x S maps.
+    def result_from_patches(self, scores: torch.Tensor, scorer: Scorer, guide: torch.Tensor) -> ScoreResult:
+        """Patch scores (B, h, w), ``inf`` on the patches not scored -> image scores and S x S maps,
+        S the side of ``guide`` (B, C, S, S), the RGB input (the depth input without RGB).
 
         The patches not scored get the sample's lowest score (0 for probabilities); maps are
         upsampled bilinearly and smoothed. The image score is the smoothed map's peak
         (``image_score: map_max``): one hot patch on a good part (a glint, a sensor hole) is
         spread over its neighbours and falls, while a defect spanning a few patches keeps its
-        level; ``patch_max`` takes the highest patch as it is.
+        level; ``patch_max`` takes the highest patch as it is. The map is then raised where
+        ``guide`` shows a high region going on (``map_guide_radius``,
+        :func:`bridgenet.model.maps.guided_raise`): it reaches more of a defect's outline, and
+        the image score does not move.
         """
+        size = (int(guide.shape[-2]), int(guide.shape[-1]))
         lowest = scores.flatten(1).amin(1).view(-1, 1, 1)
         fill = torch.zeros_like(lowest) if scorer.probability else lowest  # sigmoid(-inf) = 0
-        scores = torch.where(torch.isinf(scores), fill, scores)
+        unscored = torch.isinf(scores)
+        scores = torch.where(unscored, fill, scores)
         maps = F.interpolate(scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
         maps = gaussian_blur(maps.squeeze(1), self.smoothing_sigma)
         peak = maps if self.image_score == "map_max" else scores
-        return ScoreResult(pred_score=peak.flatten(1).amax(dim=1), anomaly_map=maps)
+        raised = maps
+        if self.guide_radius > 0:  # raised on the scored patches only: off the object the map stays the floor
+            scored = F.interpolate((~unscored).float().unsqueeze(1), size=size, mode="nearest").squeeze(1) > 0
+            raised = torch.where(scored, guided_raise(guide, maps, self.guide_radius), maps)
+        return ScoreResult(pred_score=peak.flatten(1).amax(dim=1), anomaly_map=raised)

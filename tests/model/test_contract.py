@@ -96,3 +96,11 @@ def test_the_network_and_the_scripted_graph_meet_the_scoring_protocol():
         module = torch.jit.script(torch.nn.Identity())
     graph = ScriptedNetwork(module, "memory", ("rgb",), (8, 16))
     assert isinstance(graph, ScoringNetwork) and graph.scorer is MEMORY
+
+
+def test_a_model_stored_before_the_guided_map_keeps_its_maps():
+    record = meta().to_dict()
+    record["params"]["model"] = {k: v for k, v in record["params"]["model"].items() if k != "map_guide_radius"}
+    assert ModelMeta.from_dict(record, "old.pt").params.model.map_guide_radius == 0
+    assert ModelMeta.from_dict(meta().to_dict(), "new.pt").params.model.map_guide_radius == \
+        ModelConfig().map_guide_radius > 0

@@ -255,16 +255,16 @@ def test_one_hot_patch_stays_below_the_threshold_while_a_small_defect_exceeds_it
     net = BridgeNet(SMALL.model_copy(update={"scorer": "memory"}), weights="none", announce_random=False)
     gen = torch.Generator().manual_seed(0)
     goods = torch.randn(200, 32, 32, generator=gen).abs() * 0.3
-    size = (256, 256)
-    threshold = float(torch.quantile(net.result_from_patches(goods, MEMORY, size).pred_score, 0.99))
+    flat = torch.full((200, 3, 256, 256), 0.5)  # the input image: a plain grey part
+    threshold = float(torch.quantile(net.result_from_patches(goods, MEMORY, flat).pred_score, 0.99))
     level = 2.0 * threshold
     glint, defect = goods[:1].clone(), goods[1:2].clone()
     glint[0, 16, 16] = level
     defect[0, 15:18, 15:18] = level
-    scores = net.result_from_patches(torch.cat([glint, defect]), MEMORY, size).pred_score
+    scores = net.result_from_patches(torch.cat([glint, defect]), MEMORY, flat[:2]).pred_score
     assert float(scores[0]) < threshold < float(scores[1])
     net.image_score = "patch_max"
-    raw = net.result_from_patches(torch.cat([glint, defect]), MEMORY, size).pred_score
+    raw = net.result_from_patches(torch.cat([glint, defect]), MEMORY, flat[:2]).pred_score
     assert float(raw[0]) == float(raw[1]) == pytest.approx(level)
 
 
