@@ -71,7 +71,12 @@ RUN_SECTIONS = ("data", "model", "anomalies", "train", "eval", "category_overrid
 
 
 def _run_part(raw: dict[str, Any]) -> dict[str, Any]:
-    return {key: raw[key] for key in RUN_SECTIONS if key in raw}
+    """The sections a run reads, with the cache named by its folder alone: that name holds the
+    digest of the data settings and root, and a work folder moved elsewhere keeps its results."""
+    part = {key: raw[key] for key in RUN_SECTIONS if key in raw}
+    if part.get("data", {}).get("cache_dir") is not None:
+        part["data"] = {**part["data"], "cache_dir": Path(part["data"]["cache_dir"]).name}
+    return part
 
 
 def _training_part(raw: dict[str, Any]) -> dict[str, Any]:

@@ -158,6 +158,19 @@ def test_settings_no_run_reads_reuse_every_result(tmp_path):
     assert bench_digest(elsewhere) == bench_digest(base)
     assert (params_digest(other), train_digest(other)) == (params_digest(params), train_digest(params))
 
+
+def test_a_work_folder_moved_elsewhere_keeps_its_results(tmp_path):
+    root = tmp_path / "root"
+    base = base_params(root, [])
+    here = run_params(base, tmp_path / "work", "cable_gland", "rgb+depth", 0)
+    moved = run_params(base, tmp_path / "elsewhere" / "work", "cable_gland", "rgb+depth", 0)
+    assert here.data.cache_dir != moved.data.cache_dir
+    for made in (params_digest, train_digest, network_digest):
+        assert made(here) == made(moved)
+    other_data = run_params(base_params(root, ["data.image_size=320"]), tmp_path / "work", "cable_gland",
+                            "rgb+depth", 0)
+    assert train_digest(other_data) != train_digest(here)  # another cache is another training
+
 def test_a_change_of_scoring_keys_rescores_the_saved_model_and_any_other_change_retrains(tmp_path):
     root, work = tmp_path / "root", tmp_path / "work"
     base = base_params(root, [])
