@@ -103,7 +103,8 @@ def fill_off_object(grid: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
 def components(network, rgb: torch.Tensor, depth: torch.Tensor, batch: int = 8) -> dict[str, Any]:
     """Standardised components (B, h, w) per name, the kept patches (B, h, w), and for each memory
     modality the bank index of every patch's nearest entry and its distance (B, h, w)."""
-    from bridgenet.model.memory import faiss
+    import faiss  # the bench extra and dev (k nearest entries and their indices)
+
     from bridgenet.model.scorers import DISCRIMINATOR, FUSED
 
     out: dict[str, list[torch.Tensor]] = {}
@@ -131,7 +132,7 @@ def components(network, rgb: torch.Tensor, depth: torch.Tensor, batch: int = 8) 
 
 def patchcore_weights(network, modality: str) -> torch.Tensor:
     """(K, NEIGHBOURS) indices of each bank entry's nearest other entries."""
-    from bridgenet.model.memory import faiss
+    import faiss  # the bench extra and dev (k nearest entries and their indices)
 
     bank = np.ascontiguousarray(network.memory.bank(modality).numpy())
     index = faiss.IndexFlatL2(bank.shape[1])

@@ -137,7 +137,7 @@ def predict_folder(
     workers = workers or default_workers()
     out_dir = Path(out_dir)
     # The network itself, not the traced graph that one-sample predict starts from: its search of
-    # the bank reads only the scored patches (faiss), about twice the graph's speed here, and the
+    # the bank reads only the scored patches (the graph's reads every patch), and the
     # second of importing timm is paid once per folder. Scores agree with the graph's to ~1e-6.
     model, origin = load_with_origin(model_ref, tracking_uri, graph=False)
     compile_network_backbone(model, compile_backbone)

@@ -5,7 +5,7 @@ Per modality, the standardised clean patch embeddings of the training goods on t
 (PatchCore, Roth et al. CVPR 2022): repeatedly keep the embedding farthest from
 those already kept, with distances taken after a fixed random projection to make
 them cheap. A test patch's score is its Euclidean distance to the nearest kept
-embedding (found with faiss on the CPU, a chunked matrix product elsewhere); it
+embedding (chunked matrix products, :func:`nearest_distance`); it
 needs no anomaly generator, so it sees defects that look like nothing the
 generators draw.
 """
@@ -15,16 +15,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-try:  # faiss-cpu is a runtime dependency; without it the torch search gives the same distances
-    import faiss
-except ImportError:  # pragma: no cover - exercised only where faiss is missing
-    faiss = None
-
 from bridgenet.config import MemoryConfig
+
+# queries per product in :func:`nearest_distance`: on 2 CPU cores, 632 queries per sample in a
+# 2,048 x 256 bank took 4.5 / 3.7 / 3.6 / 3.6 / 5.5 ms per sample at 256 / 512 / 1,024 / 2,048 /
+# 8,192 (one product, the whole batch) per chunk (docs/benchmarks.md, Speed)
+SEARCH_CHUNK = 1024
 
 
 @dataclass
@@ -142,37 +141,31 @@ def grow_coreset(
     return Coreset(picked, float(nearest_distance(rows.float(), grown).max()))
 
 
-def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Euclidean distance (Q,) of each query row (Q, D) to its nearest ``bank`` row (K, D).
-
-    On the CPU, faiss's exact flat search (about twice the speed of the matrix
-    product below, bench/speed.py); elsewhere chunked ``|q|^2 - 2 q.b + |b|^2``
-    matrix products. Both are exact up to float rounding; memory is bounded by
-    ``chunk`` x K.
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = SEARCH_CHUNK) -> torch.Tensor:
+    """Euclidean distance (Q,) of each query row (Q, D) to its nearest ``bank`` row (K, D), exact
+    up to float rounding: :func:`matmul_nearest` on ``chunk`` queries at a time, so that each
+    chunk's ``chunk`` x K distances stay in cache (4 MB at the default and K = 1,024) instead of
+    a Q x K matrix written to memory and read back.
     """
     if bank.shape[0] == 0:
         raise ValueError("nearest_distance: the memory bank is empty")
     queries, bank = queries.float(), bank.float()
-    if faiss is not None and queries.device.type == "cpu" and bank.device.type == "cpu" and len(queries):
-        return _faiss_nearest(queries, bank)
-    out = [matmul_nearest(queries[start:start + chunk], bank) for start in range(0, queries.shape[0], chunk)]
+    bank_sq, bank_t = (bank * bank).sum(1), bank.t()
+    out = [matmul_nearest(queries[start:start + chunk], bank, bank_sq, bank_t)
+           for start in range(0, queries.shape[0], chunk)]
     return torch.cat(out) if out else queries.new_zeros(0)
 
 
-def matmul_nearest(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour distances (Q,) from one ``|q|^2 - 2 q.b + |b|^2`` product: plain
-    torch operations (the exported model's search); memory Q x K."""
-    bank_sq = (bank * bank).sum(1)
-    d2 = torch.addmm(bank_sq.unsqueeze(0), queries, bank.t(), alpha=-2.0) + (queries * queries).sum(1, keepdim=True)
-    return d2.amin(1).clamp_min(0.0).sqrt()
-
-
-def _faiss_nearest(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    faiss.omp_set_num_threads(torch.get_num_threads())  # the same cap as torch's (no oversubscription)
-    index = faiss.IndexFlatL2(bank.shape[1])
-    index.add(np.ascontiguousarray(bank.detach().numpy()))
-    d2, _ = index.search(np.ascontiguousarray(queries.detach().numpy()), 1)
-    return torch.from_numpy(d2[:, 0]).clamp_min(0.0).sqrt()
+def matmul_nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None,
+                   bank_t: torch.Tensor | None = None) -> torch.Tensor:
+    """Nearest-neighbour distances (Q,) from one ``|b|^2 - 2 q.b`` product, its row minimum, plus
+    ``|q|^2`` (a per-row constant, added after the minimum: one Q x K pass fewer): plain torch
+    operations, the exported model's search too; memory Q x K. ``bank_sq`` and ``bank_t`` (the
+    bank's squared norms and transpose) may be given when one bank serves many calls."""
+    bank_sq = (bank * bank).sum(1) if bank_sq is None else bank_sq
+    bank_t = bank.t() if bank_t is None else bank_t
+    d2 = torch.addmm(bank_sq.unsqueeze(0), queries, bank_t, alpha=-2.0).amin(1) + (queries * queries).sum(1)
+    return d2.clamp_min(0.0).sqrt()
 
 
 class MemoryBank(nn.Module):

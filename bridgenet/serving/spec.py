@@ -39,7 +39,6 @@ RUNTIME_DISTRIBUTIONS = (
     "PyYAML",
     "tifffile",
     "tqdm",
-    "faiss-cpu",
 )
 
 

@@ -94,17 +94,20 @@ def test_nearest_distance_matches_cdist_across_chunks():
     assert torch.allclose(nearest_distance(bank[:5], bank), torch.zeros(5), atol=1e-3)
 
 
-def test_faiss_search_and_the_matrix_product_agree(monkeypatch):
-    from bridgenet.model import memory
+def test_the_chunked_search_and_the_graphs_single_product_agree_with_cdist():
+    from bridgenet.model.memory import matmul_nearest
 
-    pytest.importorskip("faiss")
     gen = torch.Generator().manual_seed(2)
-    queries, bank = torch.randn(500, 64, generator=gen), torch.randn(200, 64, generator=gen)
-    with_faiss = nearest_distance(queries, bank)
-    monkeypatch.setattr(memory, "faiss", None)
-    without = nearest_distance(queries, bank, chunk=128)
-    assert torch.allclose(with_faiss, without, atol=1e-4)
-    assert torch.allclose(with_faiss, torch.cdist(queries, bank).amin(1), atol=1e-4)
+    queries, bank = torch.randn(2500, 64, generator=gen) * 3, torch.randn(200, 64, generator=gen) * 3
+    expected = torch.cdist(queries, bank).amin(1)
+    chunked = nearest_distance(queries, bank)  # the default chunk: several products
+    single = matmul_nearest(queries, bank)  # the exported graph's one product
+    given = matmul_nearest(queries, bank, (bank * bank).sum(1), bank.t())
+    for got in (chunked, single, given):
+        assert got.shape == (2500,)
+        assert torch.allclose(got, expected, atol=1e-3)
+    assert torch.equal(single, given)
+    assert nearest_distance(queries[:0], bank).shape == (0,)
 
 
 def test_bank_fits_on_kept_patches_only_and_survives_a_state_dict_round_trip():
