@@ -56,14 +56,6 @@ def _solve(var: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     return torch.stack([sum(adj[i][j] * cov[:, j] for j in range(3)) for i in range(3)], 1) / det[:, None]
 
 
-def _shrink(x: torch.Tensor, step: int) -> torch.Tensor:
-    """(B, C, H, W) averaged over ``step`` x ``step`` blocks (a reshape where the sides divide)."""
-    b, c, h, w = x.shape
-    if h % step or w % step:
-        return F.avg_pool2d(x, step, ceil_mode=True)
-    return x.reshape(b, c, h // step, step, w // step, step).mean((3, 5))
-
-
 def guided_filter(guide: torch.Tensor, maps: torch.Tensor, radius: int, step: int = 1) -> torch.Tensor:
     """Maps (B, H, W) filtered by ``guide`` (B, C, H, W), C = 1 or 3, window radius ``radius``.
 
@@ -76,7 +68,9 @@ def guided_filter(guide: torch.Tensor, maps: torch.Tensor, radius: int, step: in
         raise ValueError(f"guided_filter: a guide of 1 or 3 channels, got {guide.shape[1]}")
     full = guide
     if step > 1:
-        guide, maps = _shrink(guide, step), _shrink(maps.unsqueeze(1), step).squeeze(1)
+        # block means (ceil_mode: a last, partial block is the mean of the pixels it holds)
+        guide = F.avg_pool2d(guide, step, ceil_mode=True)
+        maps = F.avg_pool2d(maps.unsqueeze(1), step, ceil_mode=True).squeeze(1)
         radius = max(1, round(radius / step))
     p = maps.unsqueeze(1)
     channels = guide.shape[1]

@@ -150,21 +150,19 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = SEA
     if bank.shape[0] == 0:
         raise ValueError("nearest_distance: the memory bank is empty")
     queries, bank = queries.float(), bank.float()
-    bank_sq, bank_t = (bank * bank).sum(1), bank.t()
-    out = [matmul_nearest(queries[start:start + chunk], bank, bank_sq, bank_t)
+    bank_sq = (bank * bank).sum(1)
+    out = [matmul_nearest(queries[start:start + chunk], bank, bank_sq)
            for start in range(0, queries.shape[0], chunk)]
     return torch.cat(out) if out else queries.new_zeros(0)
 
 
-def matmul_nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None,
-                   bank_t: torch.Tensor | None = None) -> torch.Tensor:
+def matmul_nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Nearest-neighbour distances (Q,) from one ``|b|^2 - 2 q.b`` product, its row minimum, plus
     ``|q|^2`` (a per-row constant, added after the minimum: one Q x K pass fewer): plain torch
-    operations, the exported model's search too; memory Q x K. ``bank_sq`` and ``bank_t`` (the
-    bank's squared norms and transpose) may be given when one bank serves many calls."""
+    operations, the exported model's search too; memory Q x K. ``bank_sq``, the bank's squared
+    row norms, may be given when one bank serves many calls."""
     bank_sq = (bank * bank).sum(1) if bank_sq is None else bank_sq
-    bank_t = bank.t() if bank_t is None else bank_t
-    d2 = torch.addmm(bank_sq.unsqueeze(0), queries, bank_t, alpha=-2.0).amin(1) + (queries * queries).sum(1)
+    d2 = torch.addmm(bank_sq.unsqueeze(0), queries, bank.t(), alpha=-2.0).amin(1) + (queries * queries).sum(1)
     return d2.clamp_min(0.0).sqrt()
 
 
