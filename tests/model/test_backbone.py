@@ -12,6 +12,8 @@ from skimage import data as skdata
 from bridgenet.model.backbone import (
     Backbone,
     WeightsUnavailableError,
+    ZeroTapSameConv,
+    drop_same_padding,
     drop_unused_blocks,
     fold_batch_norms,
     pretrained_state_dict,
@@ -140,6 +142,42 @@ def test_fold_batch_norms_keeps_the_activation_and_skips_unpaired_norms():
     assert fold_batch_norms(net) == 1
     assert isinstance(net[1], torch.nn.Identity) and isinstance(net[3], torch.nn.BatchNorm2d)
     torch.testing.assert_close(net(x), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel, groups", [(3, 1), (3, 8), (5, 8), ((3, 5), 1)])
+@pytest.mark.parametrize("size", [(16, 16), (15, 15), (16, 13), (7, 10)])
+def test_same_convolutions_read_unpadded_give_timms_padded_outputs(kernel, groups, size):
+    """Stride 2 pads one more row / column after an even side than before it: the zero taps
+    in front of the kernel must take the padded copy's place on every side length."""
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(8, 16, kernel, stride=2, groups=groups, bias=True)
+    x = torch.randn(2, 8, *size)
+    with torch.no_grad():
+        want = conv(x)
+        got = ZeroTapSameConv(conv)(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_folded_copy_has_no_padded_same_convolutions_and_keeps_the_features():
+    from timm.layers import Conv2dSame
+
+    backbone = Backbone("tf_efficientnet_lite0", "package", (2, 3))
+    assert sum(isinstance(m, Conv2dSame) for m in backbone.net.modules()) > 0
+    wrapped = [m.conv for m in backbone.folded().modules() if isinstance(m, ZeroTapSameConv)]
+    assert len(wrapped) == 4  # the stem and the first layer of each stride-2 stage kept
+    assert all(any(m is w for w in wrapped) for m in backbone.folded().modules() if isinstance(m, Conv2dSame))
+    for size in [(64, 64), (70, 57)]:  # even and odd sides: pad after only, and both sides
+        x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(4))
+        with torch.inference_mode():
+            got = backbone(x)
+        for a, b in zip(got, _original_outputs(backbone, x)):
+            torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    dilated = torch.nn.Sequential(Conv2dSame(3, 4, 3, stride=2, dilation=2))
+    assert drop_same_padding(dilated) == 0  # zero taps in front shift by the dilation: left as is
+
 
 def test_file_weights_round_trip(tmp_path):
     reference = build_classifier("tf_efficientnet_lite0", "package")
