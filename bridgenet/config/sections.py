@@ -105,7 +105,7 @@ class ModelConfig(Section):
     relief_gain: float = Field(0.5, gt=0, le=100)  # relief: grey levels per standard deviation of clean relief
     memory_fusion: Literal["sum", "max"] = "sum"  # how the modalities' standardised memory scores combine
     foreground_only: bool = True
-    backbone_cpu_batch: int = Field(2, ge=0, le=1024)
+    backbone_cpu_batch: int = Field(4, ge=0, le=1024)
     scorer: Literal["discriminator", "memory", "fused"] = "fused"
     fusion_weight: float = Field(0.5, ge=0, le=1)  # weight of the discriminator in the fused score
     memory: MemoryConfig = MemoryConfig()

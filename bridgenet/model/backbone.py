@@ -269,8 +269,9 @@ class Backbone(nn.Module):
 
     The network runs channels-last. On the CPU, batches are cut into pieces of
     ``cpu_batch`` images: EfficientNet's wide early activations then stay in the
-    caches, which measured 1.5 to 2 times faster than whole batches of 8 on a
-    2-core machine (``bench/speed.py``). Results do not depend on the piece size.
+    caches, which measured 1.5 to 2 times faster than whole batches of 8 on a 2-core
+    AMD machine, and pieces of 4 1-8 % faster than 2 on a 2-core Intel Xeon
+    (``bench/speed.py``). Results do not depend on the piece size.
 
     The network is frozen, so its batch norms are constants: ``forward`` runs a copy with
     each one folded into the convolution before it (:func:`fold_batch_norms`, a quarter
