@@ -172,9 +172,10 @@ def fold_batch_norms(net: nn.Module) -> int:
 
     For eval-mode inference only: ``conv`` then ``bn`` becomes one convolution with weights
     ``w * g / sqrt(v + eps)`` and bias ``(b - m) * g / sqrt(v + eps) + beta``. A timm
-    ``BatchNormAct2d`` becomes its dropout and activation (those that do something: each
-    module costs a Python call per image piece); a plain batch norm becomes the identity. Pairs are found as consecutive children of a module (timm's and torchvision's
-    blocks register them in the order they run).
+    ``BatchNormAct2d`` becomes its dropout and activation, those that do something (each
+    module costs a Python call per image piece); a plain batch norm becomes the identity.
+    Pairs are found as consecutive children of a module (timm's and torchvision's blocks
+    register them in the order they run).
     """
     folded = 0
     for module in list(net.modules()):
@@ -194,7 +195,8 @@ def fold_batch_norms(net: nn.Module) -> int:
                 conv.bias = nn.Parameter(bias.to(conv.weight.dtype).clone(), requires_grad=False)
             rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
                     if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
-            setattr(module, bn_name, rest[0] if len(rest) == 1 else nn.Sequential(*rest) if rest else nn.Identity())
+            replacement = nn.Sequential(*rest) if len(rest) > 1 else rest[0] if rest else nn.Identity()
+            setattr(module, bn_name, replacement)
             folded += 1
     return folded
 
@@ -270,7 +272,7 @@ class Backbone(nn.Module):
     The network runs channels-last. On the CPU, batches are cut into pieces of
     ``cpu_batch`` images: EfficientNet's wide early activations then stay in the
     caches, which measured 1.5 to 2 times faster than whole batches of 8 on a 2-core
-    AMD machine, and pieces of 4 1-8 % faster than 2 on a 2-core Intel Xeon
+    AMD machine; on a 2-core Intel Xeon, pieces of 4 ran 1-8 % faster than pieces of 2
     (``bench/speed.py``). Results do not depend on the piece size.
 
     The network is frozen, so its batch norms are constants: ``forward`` runs a copy with
