@@ -25,7 +25,7 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.layers import Conv2dSame
+from timm.layers import Conv2dSame, get_same_padding
 from torch import nn
 
 LOGGER = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class ZeroTapSameConv(nn.Module):
         conv = self.conv
         padding, grow = [], []
         for size, kernel, stride in zip(x.shape[-2:], conv.kernel_size, conv.stride):
-            total = max((-(-int(size) // stride) - 1) * stride + kernel - int(size), 0)
+            total = get_same_padding(int(size), kernel, stride, 1)  # timm's own, as Conv2dSame pads
             before, after = total // 2, total - total // 2
             padding.append(after)
             grow.append(after - before)

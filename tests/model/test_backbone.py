@@ -8,6 +8,7 @@ import timm
 import torch
 from PIL import Image
 from skimage import data as skdata
+from timm.layers import Conv2dSame
 
 from bridgenet.model.backbone import (
     Backbone,
@@ -149,8 +150,6 @@ def test_fold_batch_norms_keeps_the_activation_and_skips_unpaired_norms():
 def test_same_convolutions_read_unpadded_give_timms_padded_outputs(kernel, groups, size):
     """Stride 2 pads one more row / column after an even side than before it: the zero taps
     in front of the kernel must take the padded copy's place on every side length."""
-    from timm.layers import Conv2dSame
-
     torch.manual_seed(0)
     conv = Conv2dSame(8, 16, kernel, stride=2, groups=groups, bias=True)
     x = torch.randn(2, 8, *size)
@@ -162,8 +161,6 @@ def test_same_convolutions_read_unpadded_give_timms_padded_outputs(kernel, group
 
 
 def test_the_folded_copy_has_no_padded_same_convolutions_and_keeps_the_features():
-    from timm.layers import Conv2dSame
-
     backbone = Backbone("tf_efficientnet_lite0", "package", (2, 3))
     assert sum(isinstance(m, Conv2dSame) for m in backbone.net.modules()) > 0
     wrapped = [m.conv for m in backbone.folded().modules() if isinstance(m, ZeroTapSameConv)]
