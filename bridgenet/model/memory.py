@@ -145,7 +145,7 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = SEA
     """Euclidean distance (Q,) of each query row (Q, D) to its nearest ``bank`` row (K, D), exact
     up to float rounding: :func:`matmul_nearest` on ``chunk`` queries at a time, so memory is
     ``chunk`` x K distances (8 MB at the defaults, a 2,048-entry bank) instead of Q x K, and
-    the default chunk was the fastest measured (:data:`SEARCH_CHUNK`).
+    the default chunk was among the fastest measured (:data:`SEARCH_CHUNK`).
     """
     if bank.shape[0] == 0:
         raise ValueError("nearest_distance: the memory bank is empty")
